@@ -1,0 +1,236 @@
+//! Wiring: from a validated configuration to running services.
+//!
+//! Opens the store (running migrations), builds the GitLab client, the policy, the plugin
+//! registry and the shared `Services`, and starts the workers, the watcher and the metrics
+//! refresher. `serve` and `console` differ only in which front ends and servers they add.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use shepherd_config::Config;
+use shepherd_core::audit::AuditLog;
+use shepherd_core::gitlab::{GitLab, GitLabSettings};
+use shepherd_core::metrics::Metrics;
+use shepherd_core::outbox::Outbox;
+use shepherd_core::policy::{PersonSpec, Policy};
+use shepherd_core::queue::{Queue, QueueSettings};
+use shepherd_core::retrigger::{Retrigger, RetriggerSettings};
+use shepherd_core::store::Store;
+use shepherd_core::watcher::{Watcher, WatcherSettings};
+use shepherd_plugins::{PipelineReporter, Registry, Services};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::dispatch::Dispatcher;
+use crate::worker::Worker;
+
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub queue: Queue,
+    pub outbox: Outbox,
+    pub registry: Arc<Registry>,
+    pub services: Arc<Services>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub tasks: JoinSet<()>,
+    pub shutdown: watch::Sender<bool>,
+}
+
+/// Checks what the config crate cannot know: that permissions name real commands.
+pub fn check_permissions(config: &Config) -> anyhow::Result<()> {
+    let unknown: Vec<&String> = config
+        .permissions
+        .keys()
+        .filter(|k| !shepherd_commands::COMMAND_NAMES.contains(&k.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "permissions: unknown command(s) {} (expected one of: {})",
+            unknown
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            shepherd_commands::COMMAND_NAMES.join(", ")
+        );
+    }
+    Ok(())
+}
+
+impl App {
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        check_permissions(&config)?;
+        if !config.queue.is_store() {
+            bail!(
+                "queue.url: `{}` — only the embedded queue (`store`) is available in this version",
+                config.queue.url
+            );
+        }
+        let metrics = Arc::new(Metrics::new().context("creating metrics")?);
+        let store = Store::connect(&config.store.url).await?;
+        tracing::info!(backend = ?store.backend(), "store ready (migrations applied)");
+
+        let gitlab = GitLab::new(
+            GitLabSettings {
+                base_url: config.gitlab.url.clone(),
+                token: config.gitlab.token().map(|s| s.expose().to_string()),
+                timeout: config.gitlab.timeout(),
+                max_retries: config.gitlab.max_retries,
+                retry_base: config.gitlab.retry_base(),
+                retry_max: config.gitlab.retry_max(),
+                requests_per_minute: config.gitlab.requests_per_minute,
+            },
+            metrics.clone(),
+        )?;
+
+        let registry = Arc::new(Registry::new());
+        let permissions: BTreeMap<String, Vec<String>> =
+            registry.effective_permissions(&config.permissions);
+        let people: Vec<PersonSpec> = config
+            .people
+            .iter()
+            .map(|p| PersonSpec {
+                name: p.name.clone(),
+                identities: p.identities.clone(),
+                groups: p.groups.clone(),
+            })
+            .collect();
+        let policy = Arc::new(Policy::new(&people, permissions)?);
+
+        let queue = Queue::new(
+            store.clone(),
+            QueueSettings {
+                max_attempts: config.queue.max_attempts,
+                lease: config.queue.lease(),
+                retry_base: config.queue.retry_base(),
+                retry_max: config.queue.retry_max(),
+            },
+            metrics.clone(),
+        );
+        let outbox = Outbox::new(store.clone());
+        let audit = AuditLog::new(store.clone());
+        let retrigger = Retrigger::new(
+            gitlab.clone(),
+            store.clone(),
+            RetriggerSettings {
+                marker_variables: config
+                    .retrigger
+                    .marker_variables
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                lookback: config.retrigger.lookback(),
+                create_attempts: 3,
+            },
+        );
+        let services = Arc::new(Services {
+            production: config.production,
+            bot_name: config.bot.name.clone(),
+            prefix: config.bot.prefix.clone(),
+            default_project: config.gitlab.default_project.clone(),
+            gitlab: gitlab.clone(),
+            store: store.clone(),
+            retrigger,
+            policy: policy.clone(),
+            started_at: Instant::now(),
+        });
+        let watcher = Watcher::new(
+            store.clone(),
+            gitlab,
+            outbox.clone(),
+            WatcherSettings {
+                poll_interval: config.watcher.poll_interval(),
+                max_poll_interval: config.watcher.max_poll_interval(),
+            },
+            Arc::new(PipelineReporter),
+            metrics.clone(),
+        );
+        let dispatcher = Arc::new(Dispatcher::new(
+            registry.clone(),
+            services.clone(),
+            queue.clone(),
+            outbox.clone(),
+            audit.clone(),
+            metrics.clone(),
+            config.rate_limits.per_identity_per_minute,
+            config.rate_limits.per_room_per_minute,
+        ));
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for n in 0..config.queue.workers {
+            let worker = Worker {
+                name: format!("{}-{}-w{n}", hostname(), std::process::id()),
+                queue: queue.clone(),
+                outbox: outbox.clone(),
+                audit: audit.clone(),
+                registry: registry.clone(),
+                services: services.clone(),
+                watcher: watcher.clone(),
+                metrics: metrics.clone(),
+                poll_interval: config.queue.poll_interval(),
+            };
+            tasks.spawn(worker.run(shutdown_rx.clone()));
+        }
+        tasks.spawn(watcher.clone().run(shutdown_rx.clone()));
+        {
+            let queue = queue.clone();
+            let mut rx = shutdown_rx.clone();
+            tasks.spawn(async move {
+                loop {
+                    if let Err(e) = queue.refresh_metrics().await {
+                        tracing::warn!(error = %e, "metrics: cannot read queue counts");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = rx.changed() => return,
+                    }
+                }
+            });
+        }
+
+        if !config.production {
+            tracing::info!("non-production mode: writes to GitLab are described, not made");
+        }
+        Ok(Self {
+            config,
+            store,
+            metrics,
+            queue,
+            outbox,
+            registry,
+            services,
+            dispatcher,
+            tasks,
+            shutdown,
+        })
+    }
+
+    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Stops the background tasks, letting in-flight work finish for a short while.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown: some tasks did not stop in time; aborting them");
+            self.tasks.abort_all();
+        }
+        self.store.close().await;
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "shepherd".to_string())
+}

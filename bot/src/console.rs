@@ -1,0 +1,119 @@
+//! The console front end: the terminal is a chat room.
+//!
+//! One command per stdin line (a pipe works as well as a terminal; invalid UTF-8 is
+//! replaced, not fatal), replies on stdout from the outbox room `console:<room>`. In
+//! `shepherd console`, after EOF the process exits once every command it read has been
+//! answered and every pipeline those commands started has reported its end — including
+//! work left over by an earlier run that crashed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shepherd_commands::Frontend;
+use shepherd_core::Origin;
+use shepherd_core::outbox::Outbox;
+use shepherd_core::queue::Queue;
+use shepherd_core::store::{Store, StoreError};
+use shepherd_core::watcher;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+
+use crate::dispatch::{Dispatcher, Inbound};
+
+pub const FRONTEND: &str = "console";
+
+pub struct Console {
+    pub dispatcher: Arc<Dispatcher>,
+    pub outbox: Outbox,
+    pub queue: Queue,
+    pub store: Store,
+    pub identity: String,
+    pub room: String,
+}
+
+impl Console {
+    /// Reads stdin until EOF, handing each line to the dispatcher.
+    pub async fn read_stdin(&self) -> Result<(), StoreError> {
+        let mut lines = BufReader::new(tokio::io::stdin());
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match lines.read_until(b'\n', &mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "console: stdin closed with an error");
+                    return Ok(());
+                }
+            }
+            let text = String::from_utf8_lossy(&buf).trim().to_string();
+            if text.is_empty() {
+                continue;
+            }
+            let inbound = Inbound {
+                frontend: Frontend::Console,
+                origin: Origin::new(FRONTEND, self.room.clone()),
+                identity: self.identity.clone(),
+                text,
+            };
+            self.dispatcher.handle(&inbound).await?;
+        }
+    }
+
+    /// Prints outbox messages for the console as they come, until `shutdown`.
+    pub async fn deliver(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut stdout = tokio::io::stdout();
+        loop {
+            let waiter = self.outbox.notified().notified();
+            match self.outbox.pending(FRONTEND, 100).await {
+                Ok(batch) if !batch.is_empty() => {
+                    for m in batch {
+                        let line = format!("{}\n", m.body);
+                        if let Err(e) = stdout.write_all(line.as_bytes()).await {
+                            tracing::error!(error = %e, "console: stdout is gone");
+                            return;
+                        }
+                        let _ = stdout.flush().await;
+                        if let Err(e) = self.outbox.mark_delivered(&m.id).await {
+                            tracing::warn!(error = %e, "console: cannot mark a reply delivered");
+                        }
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "console: outbox unavailable"),
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = waiter => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// True when no console request, watch or reply is outstanding.
+    pub async fn idle(&self) -> Result<bool, StoreError> {
+        Ok(self.queue.unfinished_for(FRONTEND).await? == 0
+            && watcher::active_for(&self.store, FRONTEND).await? == 0
+            && self.outbox.pending_count(FRONTEND).await? == 0)
+    }
+
+    /// Waits until `idle()`.
+    pub async fn drain(&self) {
+        loop {
+            match self.idle().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "console: cannot check outstanding work"),
+            }
+            let waiter = self.outbox.notified().notified();
+            tokio::select! {
+                _ = waiter => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The dispatcher: from a front end's text to a stored request or an inline reply.
+//!
+//! For every command addressed to the bot: parse (commands crate), rate-limit per identity
+//! and per room (governor), resolve the identity and check the permission (core policy),
+//! then either run it inline (help, ping, ...) or store it in the durable queue — the
+//! request is committed before anything acknowledges it. Every reply goes to the outbox of
+//! the origin. Refusals and every command that changes something are audited.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use governor::{DefaultKeyedRateLimiter, Quota};
+use shepherd_commands::{Addressing, Frontend, ParseContext, addressed, parse};
+use shepherd_core::Origin;
+use shepherd_core::audit::{AuditLog, AuditOutcome};
+use shepherd_core::metrics::Metrics;
+use shepherd_core::outbox::Outbox;
+use shepherd_core::queue::{NewRequest, Queue};
+use shepherd_core::store::{StoreError, new_id, now_ms};
+use shepherd_plugins::{Call, Outcome, PluginError, Registry, Services};
+
+/// A message received by a front end.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub frontend: Frontend,
+    pub origin: Origin,
+    pub identity: String,
+    pub text: String,
+}
+
+/// The payload of a queued command.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct QueuedCommand {
+    pub command: shepherd_commands::Command,
+    pub text: String,
+}
+
+pub const COMMAND_KIND: &str = "command";
+
+pub struct Dispatcher {
+    pub registry: Arc<Registry>,
+    pub services: Arc<Services>,
+    pub queue: Queue,
+    pub outbox: Outbox,
+    pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
+    per_identity: DefaultKeyedRateLimiter<String>,
+    per_room: DefaultKeyedRateLimiter<String>,
+}
+
+impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        registry: Arc<Registry>,
+        services: Arc<Services>,
+        queue: Queue,
+        outbox: Outbox,
+        audit: AuditLog,
+        metrics: Arc<Metrics>,
+        per_identity_per_minute: u32,
+        per_room_per_minute: u32,
+    ) -> Self {
+        let quota = |n: u32| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+        Self {
+            registry,
+            services,
+            queue,
+            outbox,
+            audit,
+            metrics,
+            per_identity: DefaultKeyedRateLimiter::keyed(quota(per_identity_per_minute)),
+            per_room: DefaultKeyedRateLimiter::keyed(quota(per_room_per_minute)),
+        }
+    }
+
+    /// Handles every command in one incoming message, in order.
+    pub async fn handle(&self, inbound: &Inbound) -> Result<(), StoreError> {
+        let addressing = Addressing {
+            bot_name: &self.services.bot_name,
+            prefix: &self.services.prefix,
+        };
+        for text in addressed(inbound.frontend, &inbound.text, &addressing) {
+            self.handle_one(inbound, text.as_ref()).await?;
+        }
+        Ok(())
+    }
+
+    async fn reply(&self, origin: &Origin, text: &str) -> Result<(), StoreError> {
+        self.outbox.push(origin, text, None, None).await.map(|_| ())
+    }
+
+    async fn handle_one(&self, inbound: &Inbound, text: &str) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let origin = &inbound.origin;
+        let command = match parse(text, &ParseContext { implicit_mr: None }) {
+            Ok(c) => c,
+            Err(e) => {
+                self.count("unknown", "parse_error");
+                return self.reply(origin, &e.reply(text)).await;
+            }
+        };
+        let name = command.name();
+
+        if self.per_identity.check_key(&inbound.identity).is_err()
+            || self.per_room.check_key(&origin.to_string()).is_err()
+        {
+            self.count(name, "rate_limited");
+            return self
+                .reply(
+                    origin,
+                    &format!("slow down: too many commands from you or this room; `{name}` was not run. Try again in a minute."),
+                )
+                .await;
+        }
+
+        let Some(plugin) = self.registry.get(name) else {
+            self.count(name, "not_enabled");
+            return self.reply(origin, &Registry::not_enabled(name)).await;
+        };
+        let entry = plugin.help();
+        let principal = self.services.policy.resolve(&inbound.identity);
+        if let Err(refusal) = self.services.policy.check(&principal, name) {
+            self.count(name, "refused");
+            let needed = if refusal.needed.is_empty() {
+                "it is not enabled for anyone".to_string()
+            } else {
+                format!("it needs group {}", refusal.needed.join(" or "))
+            };
+            let who = match &principal.person {
+                Some(p) => format!("you are {} ({p})", principal.identity),
+                None => format!("{} is not a known identity", principal.identity),
+            };
+            self.audit
+                .record(
+                    &principal.identity,
+                    principal.person.as_deref(),
+                    origin,
+                    name,
+                    text,
+                    AuditOutcome::Refused,
+                    Some(&needed),
+                )
+                .await?;
+            return self
+                .reply(
+                    origin,
+                    &format!("sorry, you may not use `{name}`: {needed}, and {who}. See `whoami`."),
+                )
+                .await;
+        }
+
+        if entry.queued {
+            let payload = serde_json::to_value(QueuedCommand {
+                command,
+                text: text.to_string(),
+            })
+            .map_err(|e| StoreError::Corrupt {
+                what: "command payload",
+                detail: e.to_string(),
+            })?;
+            let enqueued = self
+                .queue
+                .enqueue(NewRequest {
+                    kind: COMMAND_KIND.to_string(),
+                    origin: origin.clone(),
+                    identity: inbound.identity.clone(),
+                    payload,
+                    dedup_key: None,
+                })
+                .await?;
+            tracing::info!(request = %enqueued.id(), command = name, origin = %origin, identity = %inbound.identity, "command queued");
+            if entry.changes_something {
+                self.audit
+                    .record(
+                        &principal.identity,
+                        principal.person.as_deref(),
+                        origin,
+                        name,
+                        text,
+                        AuditOutcome::Accepted,
+                        Some(&format!("request {}", enqueued.id())),
+                    )
+                    .await?;
+            }
+            return Ok(());
+        }
+
+        let request_id = new_id();
+        let call = Call {
+            request_id: &request_id,
+            requested_at: now_ms(),
+            attempt: 1,
+            origin,
+            principal: &principal,
+            command: &command,
+        };
+        let outcome = plugin.run(&self.services, &call).await;
+        let replies = match outcome {
+            Ok(Outcome { replies, .. }) => {
+                self.count(name, "ok");
+                replies
+            }
+            Err(PluginError::Refuse(msg)) | Err(PluginError::Retry(msg)) => {
+                self.count(name, "error");
+                vec![msg]
+            }
+        };
+        for r in replies {
+            self.reply(origin, &r).await?;
+        }
+        self.metrics
+            .command_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn count(&self, command: &str, outcome: &str) {
+        self.metrics
+            .commands
+            .with_label_values(&[command, outcome])
+            .inc();
+    }
+}

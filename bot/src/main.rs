@@ -1,0 +1,243 @@
+//! `shepherd`: the ChatOps service for CI/CD operations.
+//!
+//! `serve` runs everything configured (HTTP server, workers, watcher, console chat on
+//! stdin); `console` is the same bot with the terminal as its only chat, exiting after EOF
+//! once all its work has reported; `config check` validates and prints the effective
+//! configuration with secrets redacted.
+
+mod app;
+mod console;
+mod dispatch;
+mod http;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shepherd_config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+use crate::app::App;
+use crate::console::Console;
+
+#[derive(Parser)]
+#[command(name = "shepherd", version, about = "ChatOps for CI/CD: pipelines, retriggers, deploys and alerts from chat")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run everything configured: HTTP server, workers, watcher and console chat.
+    Serve {
+        /// Configuration file (default: $SHEPHERD_CONFIG, else config/shepherd.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The bot with the terminal as its chat: one command per line, replies on stdout.
+    Console {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also serve HTTP (metrics, health) on http.listen.
+        #[arg(long)]
+        http: bool,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate the configuration and print it with secrets redacted.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shepherd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shepherd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let path = path.unwrap_or_else(shepherd_config::default_path);
+    let config = shepherd_config::load(&path)?;
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = std::env::var("SHEPHERD_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&config.log.filter).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    for w in config.warnings() {
+        tracing::warn!("config: {w}");
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Config {
+            command: ConfigCmd::Check { config },
+        } => {
+            let config = load(config)?;
+            app::check_permissions(&config)?;
+            for w in config.warnings() {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", config.redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Serve { config } => {
+            let config = load(config)?;
+            init_logging(&config);
+            serve(config).await
+        }
+        Cmd::Console { config, http } => {
+            let config = load(config)?;
+            init_logging(&config);
+            console(config, http).await
+        }
+    }
+}
+
+fn console_for(app: &App) -> Console {
+    Console {
+        dispatcher: app.dispatcher.clone(),
+        outbox: app.outbox.clone(),
+        queue: app.queue.clone(),
+        store: app.store.clone(),
+        identity: app.config.console.identity().to_string(),
+        room: app.config.console.room.clone(),
+    }
+}
+
+fn spawn_http(app: &mut App) {
+    let state = http::HttpState {
+        metrics: app.metrics.clone(),
+        store: app.store.clone(),
+        reference: Arc::new(app.registry.reference(
+            &app.services.policy,
+            &app.config.bot.prefix,
+            &app.config.bot.name,
+        )),
+    };
+    let listen = app.config.http.listen;
+    let rx = app.shutdown_rx();
+    let stop = app.shutdown.clone();
+    app.tasks.spawn(async move {
+        if let Err(e) = http::serve(listen, state, rx).await {
+            tracing::error!(error = %e, %listen, "http: server failed; shutting down");
+            let _ = stop.send(true);
+        }
+    });
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let mut app = App::start(config).await?;
+    // Fail early and clearly when the port is taken.
+    let probe = tokio::net::TcpListener::bind(app.config.http.listen)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {}", app.config.http.listen))?;
+    drop(probe);
+    spawn_http(&mut app);
+    let console = Arc::new(console_for(&app));
+    {
+        let c = console.clone();
+        let rx = app.shutdown_rx();
+        app.tasks.spawn(async move { c.deliver(rx).await });
+    }
+    {
+        // In serve mode stdin is one more chat: EOF just ends it, the service goes on.
+        let c = console.clone();
+        app.tasks.spawn(async move {
+            if let Err(e) = c.read_stdin().await {
+                tracing::error!(error = %e, "console: store error; console input stopped");
+            }
+        });
+    }
+    let mut stopped = app.shutdown_rx();
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = stopped.wait_for(|s| *s) => {}
+    }
+    app.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn console(config: Config, with_http: bool) -> anyhow::Result<ExitCode> {
+    let mut app = App::start(config).await?;
+    if with_http {
+        spawn_http(&mut app);
+    }
+    let console = Arc::new(console_for(&app));
+    let deliver = {
+        let c = console.clone();
+        let rx = app.shutdown_rx();
+        tokio::spawn(async move { c.deliver(rx).await })
+    };
+    let work = async {
+        console.read_stdin().await?;
+        console.drain().await;
+        Ok::<(), shepherd_core::store::StoreError>(())
+    };
+    tokio::select! {
+        r = work => r?,
+        _ = shutdown_signal() => tracing::info!("interrupted"),
+    }
+    app.stop().await;
+    let _ = deliver.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

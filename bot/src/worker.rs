@@ -1,0 +1,219 @@
+//! Workers: take requests from the durable queue, run the plugin, commit the outcome.
+//!
+//! A plugin's replies, the pipelines it started, the watches it opened and the completion of
+//! the queue item are written in ONE transaction, so a crash either leaves the item to be
+//! redelivered (and the plugin's own idempotency records prevent a second effect) or leaves
+//! everything done. The lease is renewed while a plugin runs. A transient failure goes back
+//! to the queue with a growing delay; after the last attempt the item is parked as dead and
+//! the asker is told — nothing is dropped silently.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shepherd_core::audit::{AuditLog, AuditOutcome};
+use shepherd_core::metrics::Metrics;
+use shepherd_core::outbox::{self, Outbox};
+use shepherd_core::queue::{Leased, Queue};
+use shepherd_core::store::{StoreError, now_ms};
+use shepherd_core::watcher::{self, Watcher};
+use shepherd_plugins::{Call, Outcome, PluginError, Registry, Services};
+use tokio::sync::watch;
+
+use crate::dispatch::{COMMAND_KIND, QueuedCommand};
+
+#[derive(Clone)]
+pub struct Worker {
+    pub name: String,
+    pub queue: Queue,
+    pub outbox: Outbox,
+    pub audit: AuditLog,
+    pub registry: Arc<Registry>,
+    pub services: Arc<Services>,
+    pub watcher: Watcher,
+    pub metrics: Arc<Metrics>,
+    pub poll_interval: Duration,
+}
+
+impl Worker {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.queue.lease(&self.name).await {
+                Ok(Some(item)) => {
+                    if let Err(e) = self.process(item).await {
+                        tracing::error!(worker = %self.name, error = %e, "worker: store error while finishing an item; it will be redelivered");
+                        tokio::time::sleep(self.poll_interval).await;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(worker = %self.name, error = %e, "worker: cannot lease"),
+            }
+            let pause = match self.queue.next_due_in().await {
+                Ok(Some(d)) => d.min(self.poll_interval),
+                _ => self.poll_interval,
+            };
+            tokio::select! {
+                _ = self.queue.notified().notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    async fn process(&self, item: Leased) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let span = tracing::info_span!("request", id = %item.id, origin = %item.origin, attempt = item.attempt);
+        let _enter = span.enter();
+        drop(_enter);
+
+        let queued: QueuedCommand = match (item.kind.as_str(), serde_json::from_value(item.payload.clone())) {
+            (COMMAND_KIND, Ok(q)) => q,
+            (kind, Err(e)) => {
+                tracing::error!(request = %item.id, kind, error = %e, "worker: unreadable request; parking it");
+                return self.finish_dead(&item, &format!("internal error: request {} could not be read", item.id)).await;
+            }
+            (kind, _) => {
+                tracing::error!(request = %item.id, kind, "worker: unknown request kind; parking it");
+                return self.finish_dead(&item, &format!("internal error: request {} has unknown kind {kind}", item.id)).await;
+            }
+        };
+        let name = queued.command.name();
+        let Some(plugin) = self.registry.get(name) else {
+            return self.finish(&item, Outcome::reply(Registry::not_enabled(name)), name, "not_enabled", &queued.text).await;
+        };
+        let principal = self.services.policy.resolve(&item.identity);
+        let call = Call {
+            request_id: &item.id,
+            requested_at: item.created_at,
+            attempt: item.attempt,
+            origin: &item.origin,
+            principal: &principal,
+            command: &queued.command,
+        };
+
+        // Keep the lease while the plugin works.
+        let renew_every = self.queue.settings().lease / 3;
+        let renewer = {
+            let queue = self.queue.clone();
+            let item = item.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(renew_every).await;
+                    match queue.renew(&item).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(request = %item.id, "worker: lease lost");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(request = %item.id, error = %e, "worker: lease renewal failed"),
+                    }
+                }
+            })
+        };
+        let result = plugin.run(&self.services, &call).await;
+        renewer.abort();
+
+        let changes = plugin.help().changes_something;
+        let res = match result {
+            Ok(outcome) => {
+                let audit = outcome.audit.clone();
+                self.finish(&item, outcome, name, "ok", &queued.text).await?;
+                if let (true, Some((what, detail))) = (changes, audit) {
+                    self.audit_entry(&item, name, &queued.text, what, &detail).await;
+                }
+                Ok(())
+            }
+            Err(PluginError::Refuse(msg)) => {
+                self.finish(&item, Outcome::reply(msg.clone()), name, "error", &queued.text).await?;
+                if changes {
+                    self.audit_entry(&item, name, &queued.text, AuditOutcome::Failed, &msg).await;
+                }
+                Ok(())
+            }
+            Err(PluginError::Retry(msg)) => {
+                if self.queue.is_last_attempt(&item) {
+                    let text = format!(
+                        "`{name}` failed after {} attempts and was given up (request {}): {msg}",
+                        item.attempt, item.id
+                    );
+                    self.finish_dead(&item, &text).await?;
+                    self.count(name, "dead");
+                    if changes {
+                        self.audit_entry(&item, name, &queued.text, AuditOutcome::Failed, &msg).await;
+                    }
+                } else {
+                    let out = self.queue.fail(&item, &msg).await?;
+                    tracing::warn!(request = %item.id, command = name, error = %msg, outcome = ?out, "worker: attempt failed; retrying later");
+                }
+                Ok(())
+            }
+        };
+        self.metrics
+            .command_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        res
+    }
+
+    /// Commits replies, started pipelines, watches and completion together.
+    async fn finish(
+        &self,
+        item: &Leased,
+        outcome: Outcome,
+        name: &str,
+        result: &str,
+        _text: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.services.store.pool().begin().await?;
+        for (i, reply) in outcome.replies.iter().enumerate() {
+            outbox::push_in(&mut tx, &item.origin, reply, Some(&format!("{}:reply:{i}", item.id)), Some(&item.id)).await?;
+        }
+        for p in &outcome.started {
+            watcher::record_pipeline_in(&mut tx, &p.project, p.pipeline_id, &item.id, &item.identity, &p.web_url).await?;
+        }
+        let first_poll = now_ms() + i64::try_from(self.watcher.settings().poll_interval.as_millis()).unwrap_or(0);
+        for w in &outcome.watches {
+            watcher::add_in(&mut tx, w, first_poll).await?;
+        }
+        if !self.queue.complete_in(&mut tx, item).await? {
+            tx.rollback().await?;
+            tracing::warn!(request = %item.id, "worker: lease lost before completion; another worker will finish it");
+            return Ok(());
+        }
+        tx.commit().await?;
+        self.outbox.wake();
+        if !outcome.watches.is_empty() {
+            self.watcher.wake();
+        }
+        self.count(name, result);
+        Ok(())
+    }
+
+    /// Parks the item as dead and tells the asker, in one transaction.
+    async fn finish_dead(&self, item: &Leased, text: &str) -> Result<(), StoreError> {
+        let mut tx = self.services.store.pool().begin().await?;
+        outbox::push_in(&mut tx, &item.origin, text, Some(&format!("{}:dead", item.id)), Some(&item.id)).await?;
+        self.queue.park_in(&mut tx, item, text).await?;
+        tx.commit().await?;
+        self.outbox.wake();
+        Ok(())
+    }
+
+    async fn audit_entry(&self, item: &Leased, name: &str, text: &str, outcome: AuditOutcome, detail: &str) {
+        let principal = self.services.policy.resolve(&item.identity);
+        if let Err(e) = self
+            .audit
+            .record(&item.identity, principal.person.as_deref(), &item.origin, name, text, outcome, Some(detail))
+            .await
+        {
+            tracing::error!(request = %item.id, error = %e, "audit write failed");
+        }
+    }
+
+    fn count(&self, command: &str, outcome: &str) {
+        self.metrics.commands.with_label_values(&[command, outcome]).inc();
+    }
+}

@@ -1,0 +1,566 @@
+//! The typed configuration: one struct per TOML section, every key with a default so that an empty
+//! file is a valid configuration. Unknown keys are refused everywhere (`deny_unknown_fields`), so a typo
+//! is an error instead of a silently ignored setting. Secrets are never keys of their own: a `*_env` /
+//! `*_file` pair names where a secret comes from, and loading stores the result in a private slot that
+//! only an accessor exposes (and that serializes as `<redacted>`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::secret::{Secret, SecretSlot};
+
+/// The whole configuration of one shepherd process.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `false` (the default) turns every write to GitLab, the registry and Alertmanager into a logged
+    /// "would do X" reply.
+    pub production: bool,
+    pub bot: BotConfig,
+    pub store: StoreConfig,
+    pub queue: QueueConfig,
+    pub http: HttpConfig,
+    pub gitlab: GitlabConfig,
+    pub retrigger: RetriggerConfig,
+    pub watcher: WatcherConfig,
+    pub console: ConsoleConfig,
+    /// Identities -> people -> groups.
+    pub people: Vec<Person>,
+    /// Command name -> groups allowed to run it; `"*"` means everyone.
+    pub permissions: BTreeMap<String, Vec<String>>,
+    pub rate_limits: RateLimitsConfig,
+    pub log: LogConfig,
+    /// The IRC front end; absent means it is not started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub irc: Option<IrcConfig>,
+    /// Commands in GitLab merge-request comments (the Note Hook); absent means not enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gitlab_comments: Option<GitlabCommentsConfig>,
+    /// Alertmanager webhook, alert routes, silences; absent means not enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsConfig>,
+    #[serde(skip)]
+    pub(crate) warnings: Vec<String>,
+}
+
+/// `[bot]`: how the bot is named and addressed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BotConfig {
+    /// IRC nick, Matrix display name, GitLab @username it answers to.
+    pub name: String,
+    /// Command prefix in IRC and Matrix.
+    pub prefix: String,
+}
+
+impl Default for BotConfig {
+    fn default() -> Self {
+        BotConfig {
+            name: "shepherd".to_owned(),
+            prefix: "!".to_owned(),
+        }
+    }
+}
+
+/// `[store]`: the database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite:PATH` / `sqlite://PATH` or `postgres://...` / `postgresql://...`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://shepherd.db".to_owned(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Whether the store is SQLite (else PostgreSQL).
+    pub fn is_sqlite(&self) -> bool {
+        self.url.starts_with("sqlite:")
+    }
+}
+
+/// `[queue]`: the durable work queue.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// `store` (embedded in the store) or `amqp://...` (RabbitMQ).
+    pub url: String,
+    /// Attempts before an item is parked as dead (>= 1).
+    pub max_attempts: u32,
+    /// How long a worker holds an item before another may take it.
+    pub lease_seconds: u64,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub retry_base_ms: u64,
+    /// Longest retry delay.
+    pub retry_max_ms: u64,
+    /// Concurrent workers (>= 1).
+    pub workers: u32,
+    /// How often an idle worker looks for work (embedded queue).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            url: "store".to_owned(),
+            max_attempts: 8,
+            lease_seconds: 60,
+            retry_base_ms: 1000,
+            retry_max_ms: 300_000,
+            workers: 4,
+            poll_interval_ms: 250,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Whether the queue lives in the store (else it is AMQP at `url`).
+    pub fn is_store(&self) -> bool {
+        self.url == "store"
+    }
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds)
+    }
+    pub fn retry_base(&self) -> Duration {
+        Duration::from_millis(self.retry_base_ms)
+    }
+    pub fn retry_max(&self) -> Duration {
+        Duration::from_millis(self.retry_max_ms)
+    }
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+/// `[http]`: the HTTP server (webhooks, /metrics, health, /api/v1/say).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Variable holding the bearer token of `POST /api/v1/say`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token_env: Option<String>,
+    /// File holding the bearer token of `POST /api/v1/say`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token_file: Option<PathBuf>,
+    #[serde(
+        skip_deserializing,
+        skip_serializing_if = "SecretSlot::is_not_configured"
+    )]
+    pub(crate) api_token: SecretSlot,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_token_env: None,
+            api_token_file: None,
+            api_token: SecretSlot::NotConfigured,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Bearer token for `POST /api/v1/say`; `None` means the endpoint refuses every request.
+    pub fn api_token(&self) -> Option<&Secret> {
+        self.api_token.get()
+    }
+    pub fn set_api_token(&mut self, token: Option<Secret>) {
+        self.api_token = slot(token);
+    }
+}
+
+/// `[gitlab]`: the GitLab instance and its API client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitlabConfig {
+    /// Base URL of the instance (http or https).
+    pub url: Url,
+    /// Variable holding the API token (`""` for none).
+    pub token_env: String,
+    /// File holding the API token; wins over `token_env` when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(
+        skip_deserializing,
+        skip_serializing_if = "SecretSlot::is_not_configured"
+    )]
+    pub(crate) token: SecretSlot,
+    /// Project (`group/project`) that bare pipeline ids refer to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_project: Option<String>,
+    /// Client-side rate limit.
+    pub requests_per_minute: u32,
+    /// Per-request timeout.
+    pub timeout_ms: u64,
+    /// Retries of a failed request (network error, 5xx, 429).
+    pub max_retries: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for GitlabConfig {
+    fn default() -> Self {
+        GitlabConfig {
+            url: Url::parse("https://gitlab.com").unwrap_or_else(|_| unreachable!("constant URL")),
+            token_env: "GITLAB_TOKEN".to_owned(),
+            token_file: None,
+            token: SecretSlot::NotConfigured,
+            default_project: None,
+            requests_per_minute: 600,
+            timeout_ms: 10_000,
+            max_retries: 5,
+            retry_base_ms: 500,
+            retry_max_ms: 30_000,
+        }
+    }
+}
+
+impl GitlabConfig {
+    /// The API token; `None` when its source is not set (see [`Config::warnings`]).
+    pub fn token(&self) -> Option<&Secret> {
+        self.token.get()
+    }
+    pub fn set_token(&mut self, token: Option<Secret>) {
+        self.token = slot(token);
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+    pub fn retry_base(&self) -> Duration {
+        Duration::from_millis(self.retry_base_ms)
+    }
+    pub fn retry_max(&self) -> Duration {
+        Duration::from_millis(self.retry_max_ms)
+    }
+}
+
+/// `[retrigger]`: how retriggered pipelines are marked and found.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetriggerConfig {
+    /// Variables set on every retriggered pipeline (they mark it as a retrigger).
+    pub marker_variables: BTreeMap<String, String>,
+    /// How far back to look for a pipeline shepherd already created for a request.
+    pub lookback_minutes: u64,
+}
+
+impl Default for RetriggerConfig {
+    fn default() -> Self {
+        RetriggerConfig {
+            marker_variables: BTreeMap::new(),
+            lookback_minutes: 60,
+        }
+    }
+}
+
+impl RetriggerConfig {
+    pub fn lookback(&self) -> Duration {
+        Duration::from_secs(self.lookback_minutes.saturating_mul(60))
+    }
+}
+
+/// `[watcher]`: how watched pipelines are polled.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatcherConfig {
+    /// First poll interval; it grows while nothing changes.
+    pub poll_interval_ms: u64,
+    /// Longest poll interval.
+    pub max_poll_interval_ms: u64,
+}
+
+impl Default for WatcherConfig {
+    fn default() -> Self {
+        WatcherConfig {
+            poll_interval_ms: 30_000,
+            max_poll_interval_ms: 300_000,
+        }
+    }
+}
+
+impl WatcherConfig {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+    pub fn max_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.max_poll_interval_ms)
+    }
+}
+
+/// `[console]`: the terminal front end.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Identity of the console user; loading fills in `console:$USER` when it is absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Room name that console replies and origins use.
+    pub room: String,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            identity: None,
+            room: "console".to_owned(),
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// The console identity (`console:<user>`); after [`crate::load`] it is always set.
+    pub fn identity(&self) -> &str {
+        self.identity.as_deref().unwrap_or("console:unknown")
+    }
+}
+
+/// One `[[people]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Person {
+    pub name: String,
+    /// Glob patterns over identities: `irc:alice`, `console:*`, `gitlab:*`.
+    #[serde(default)]
+    pub identities: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// `[rate_limits]`: commands accepted per minute.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Per person (or per unknown identity).
+    pub per_identity_per_minute: u32,
+    pub per_room_per_minute: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            per_identity_per_minute: 30,
+            per_room_per_minute: 120,
+        }
+    }
+}
+
+/// `[log]`: tracing output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive (`info`, `shepherd_core=debug,info`); `SHEPHERD_LOG` may override it
+    /// at runtime (that is up to the binary).
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[irc]`: the IRC front end.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IrcConfig {
+    /// Host name or address (required).
+    pub server: String,
+    #[serde(default = "default_irc_port")]
+    pub port: u16,
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    /// Nick; loading fills in `bot.name` when it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nick: Option<String>,
+    /// Channels to join (`#ops`).
+    #[serde(default)]
+    pub channels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_password_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_password_file: Option<PathBuf>,
+    #[serde(
+        skip_deserializing,
+        skip_serializing_if = "SecretSlot::is_not_configured"
+    )]
+    pub(crate) sasl_password: SecretSlot,
+    /// Lines sent at once before pacing starts.
+    #[serde(default = "default_flood_burst")]
+    pub flood_burst: u32,
+    /// Lines per second after the burst.
+    #[serde(default = "default_flood_rate")]
+    pub flood_rate: f64,
+}
+
+fn default_irc_port() -> u16 {
+    6697
+}
+fn default_true() -> bool {
+    true
+}
+fn default_flood_burst() -> u32 {
+    4
+}
+fn default_flood_rate() -> f64 {
+    1.0
+}
+
+impl Default for IrcConfig {
+    /// Every default; `server` is empty, which loading refuses (it is required in a file).
+    fn default() -> Self {
+        IrcConfig {
+            server: String::new(),
+            port: default_irc_port(),
+            tls: true,
+            nick: None,
+            channels: Vec::new(),
+            sasl_password_env: None,
+            sasl_password_file: None,
+            sasl_password: SecretSlot::NotConfigured,
+            flood_burst: default_flood_burst(),
+            flood_rate: default_flood_rate(),
+        }
+    }
+}
+
+impl IrcConfig {
+    /// The nick; after [`crate::load`] it is always set (default `bot.name`).
+    pub fn nick(&self) -> &str {
+        self.nick.as_deref().unwrap_or("shepherd")
+    }
+    /// SASL password; `None` means no SASL.
+    pub fn sasl_password(&self) -> Option<&Secret> {
+        self.sasl_password.get()
+    }
+    pub fn set_sasl_password(&mut self, password: Option<Secret>) {
+        self.sasl_password = slot(password);
+    }
+}
+
+/// `[gitlab_comments]`: commands in merge-request comments.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitlabCommentsConfig {
+    /// Variable holding the webhook secret (checked against `X-Gitlab-Token`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_file: Option<PathBuf>,
+    #[serde(
+        skip_deserializing,
+        skip_serializing_if = "SecretSlot::is_not_configured"
+    )]
+    pub(crate) webhook_secret: SecretSlot,
+    /// Lowest GitLab access level on the project that may run commands from a comment.
+    pub min_access_level: AccessLevel,
+}
+
+impl GitlabCommentsConfig {
+    /// The webhook secret; `None` means every webhook is refused.
+    pub fn webhook_secret(&self) -> Option<&Secret> {
+        self.webhook_secret.get()
+    }
+    pub fn set_webhook_secret(&mut self, secret: Option<Secret>) {
+        self.webhook_secret = slot(secret);
+    }
+}
+
+/// GitLab project access levels, lowest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLevel {
+    Guest,
+    Reporter,
+    #[default]
+    Developer,
+    Maintainer,
+    Owner,
+}
+
+impl AccessLevel {
+    /// GitLab's numeric access level (10, 20, 30, 40, 50).
+    pub fn gitlab_value(self) -> u32 {
+        match self {
+            AccessLevel::Guest => 10,
+            AccessLevel::Reporter => 20,
+            AccessLevel::Developer => 30,
+            AccessLevel::Maintainer => 40,
+            AccessLevel::Owner => 50,
+        }
+    }
+}
+
+/// `[alerts]`: Alertmanager webhook, routes and silences.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Variable holding the bearer token of `POST /hooks/alertmanager`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_token_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_token_file: Option<PathBuf>,
+    #[serde(
+        skip_deserializing,
+        skip_serializing_if = "SecretSlot::is_not_configured"
+    )]
+    pub(crate) webhook_token: SecretSlot,
+    /// Alertmanager API, for `alerts`, `silence` and `unsilence`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alertmanager_url: Option<Url>,
+    /// Where alerts go; an alert goes to the targets of every route that matches it.
+    pub routes: Vec<AlertRoute>,
+}
+
+impl AlertsConfig {
+    /// The webhook bearer token; `None` means every webhook is refused.
+    pub fn webhook_token(&self) -> Option<&Secret> {
+        self.webhook_token.get()
+    }
+    pub fn set_webhook_token(&mut self, token: Option<Secret>) {
+        self.webhook_token = slot(token);
+    }
+}
+
+/// One `[[alerts.routes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRoute {
+    /// Alertmanager matchers (`severity=~"critical|page"`); all must match. Empty matches everything.
+    #[serde(default)]
+    pub matchers: Vec<String>,
+    /// Rooms: `<front end>:<room>` (`irc:#ops`, `matrix:!roomid:server`).
+    pub targets: Vec<String>,
+}
+
+fn slot(secret: Option<Secret>) -> SecretSlot {
+    match secret {
+        Some(secret) => SecretSlot::Set(secret),
+        None => SecretSlot::NotConfigured,
+    }
+}

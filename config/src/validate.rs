@@ -1,0 +1,310 @@
+//! Checks that types alone cannot express: URL schemes, lower bounds, identity patterns, room names.
+//! Each problem names the key's dotted path; [`validate`] returns all of them, so `shepherd config
+//! check` shows every mistake at once.
+
+use std::collections::BTreeSet;
+
+use url::Url;
+
+use crate::model::Config;
+
+/// A problem with one key: its path segments and what is wrong.
+pub(crate) struct Problem {
+    pub(crate) key: Vec<String>,
+    pub(crate) message: String,
+}
+
+/// Front ends an identity or a room may name.
+pub const FRONT_ENDS: &[&str] = &["irc", "matrix", "gitlab", "console"];
+
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn fail(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.split('.').map(str::to_owned).collect(),
+            message: message.into(),
+        });
+    }
+
+    fn at_least(&mut self, key: &str, value: u64, min: u64) {
+        if value < min {
+            self.fail(
+                key,
+                format!("{value} is too small (expected at least {min})"),
+            );
+        }
+    }
+
+    fn word(&mut self, key: &str, value: &str) {
+        if value.is_empty() || value.chars().any(char::is_whitespace) {
+            self.fail(
+                key,
+                format!("{value:?} is not valid (expected a non-empty word without spaces)"),
+            );
+        }
+    }
+
+    fn not_empty(&mut self, key: &str, value: &str) {
+        if value.trim().is_empty() {
+            self.fail(key, "must not be empty");
+        }
+    }
+
+    fn http_url(&mut self, key: &str, url: &Url) {
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            self.fail(
+                key,
+                format!(
+                    "{:?} is not supported (expected an http:// or https:// URL)",
+                    url.as_str()
+                ),
+            );
+        }
+    }
+
+    fn ordered(&mut self, low_key: &str, low: u64, high_key: &str, high: u64) {
+        if high < low {
+            self.fail(
+                high_key,
+                format!("{high} is less than {low_key} ({low}) (expected at least that)"),
+            );
+        }
+    }
+
+    fn room(&mut self, key: &str, room: &str) {
+        let ok = room
+            .split_once(':')
+            .is_some_and(|(front, rest)| FRONT_ENDS.contains(&front) && !rest.is_empty());
+        if !ok {
+            self.fail(
+                key,
+                format!(
+                    "{room:?} is not a room (expected <front end>:<room> such as irc:#ops or \
+                     matrix:!roomid:server; front ends: {})",
+                    FRONT_ENDS.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+pub(crate) fn validate(config: &Config) -> Vec<Problem> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+
+    c.word("bot.name", &config.bot.name);
+    c.word("bot.prefix", &config.bot.prefix);
+
+    let store = &config.store.url;
+    let store_ok = store.strip_prefix("sqlite:").is_some_and(|rest| {
+        !rest.is_empty() && rest != "//" && rest != "///" && !rest.contains(char::is_whitespace)
+    }) || ["postgres://", "postgresql://"]
+        .iter()
+        .any(|scheme| store.len() > scheme.len() && store.starts_with(scheme));
+    if !store_ok {
+        c.fail(
+            "store.url",
+            format!("{store:?} is not supported (expected sqlite:PATH or postgres://...)"),
+        );
+    }
+
+    let queue = &config.queue;
+    let queue_ok = queue.url == "store"
+        || ["amqp://", "amqps://"]
+            .iter()
+            .any(|scheme| queue.url.len() > scheme.len() && queue.url.starts_with(scheme));
+    if !queue_ok {
+        c.fail(
+            "queue.url",
+            format!(
+                "{:?} is not supported (expected \"store\" or amqp://...)",
+                queue.url
+            ),
+        );
+    }
+    c.at_least("queue.max_attempts", queue.max_attempts.into(), 1);
+    c.at_least("queue.workers", queue.workers.into(), 1);
+    c.at_least("queue.lease_seconds", queue.lease_seconds, 1);
+    c.at_least("queue.poll_interval_ms", queue.poll_interval_ms, 1);
+    c.at_least("queue.retry_base_ms", queue.retry_base_ms, 1);
+    c.ordered(
+        "queue.retry_base_ms",
+        queue.retry_base_ms,
+        "queue.retry_max_ms",
+        queue.retry_max_ms,
+    );
+
+    let gitlab = &config.gitlab;
+    c.http_url("gitlab.url", &gitlab.url);
+    if let Some(project) = &gitlab.default_project {
+        let ok = project.contains('/')
+            && !project.starts_with('/')
+            && !project.ends_with('/')
+            && !project.contains("//")
+            && !project.contains(char::is_whitespace);
+        if !ok {
+            c.fail(
+                "gitlab.default_project",
+                format!("{project:?} is not a project path (expected group/project)"),
+            );
+        }
+    }
+    c.at_least(
+        "gitlab.requests_per_minute",
+        gitlab.requests_per_minute.into(),
+        1,
+    );
+    c.at_least("gitlab.timeout_ms", gitlab.timeout_ms, 1);
+    c.at_least("gitlab.retry_base_ms", gitlab.retry_base_ms, 1);
+    c.ordered(
+        "gitlab.retry_base_ms",
+        gitlab.retry_base_ms,
+        "gitlab.retry_max_ms",
+        gitlab.retry_max_ms,
+    );
+
+    for name in config.retrigger.marker_variables.keys() {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        {
+            c.fail(
+                &format!("retrigger.marker_variables.{name}"),
+                "is not a CI variable name (expected letters, digits and _)",
+            );
+        }
+    }
+    c.at_least(
+        "retrigger.lookback_minutes",
+        config.retrigger.lookback_minutes,
+        1,
+    );
+
+    let watcher = &config.watcher;
+    c.at_least("watcher.poll_interval_ms", watcher.poll_interval_ms, 1);
+    c.ordered(
+        "watcher.poll_interval_ms",
+        watcher.poll_interval_ms,
+        "watcher.max_poll_interval_ms",
+        watcher.max_poll_interval_ms,
+    );
+
+    if let Some(identity) = &config.console.identity
+        && identity.strip_prefix("console:").is_none_or(str::is_empty)
+    {
+        c.fail(
+            "console.identity",
+            format!("{identity:?} is not a console identity (expected console:<user>)"),
+        );
+    }
+    c.not_empty("console.room", &config.console.room);
+
+    let mut names = BTreeSet::new();
+    for (i, person) in config.people.iter().enumerate() {
+        let at = format!("people[{i}]");
+        c.not_empty(&format!("{at}.name"), &person.name);
+        if !names.insert(person.name.as_str()) {
+            c.fail(
+                &format!("{at}.name"),
+                format!(
+                    "{:?} is used by another person (expected unique names)",
+                    person.name
+                ),
+            );
+        }
+        for (j, pattern) in person.identities.iter().enumerate() {
+            let key = format!("{at}.identities[{j}]");
+            let front = pattern.split_once(':').map(|(front, _)| front);
+            if !front.is_some_and(|front| FRONT_ENDS.contains(&front)) {
+                c.fail(
+                    &key,
+                    format!(
+                        "{pattern:?} does not start with a front end (expected one of {}: \
+                         followed by a name or glob, such as irc:alice or console:*)",
+                        FRONT_ENDS.join(":, ")
+                    ),
+                );
+            } else if let Err(err) = globset::Glob::new(pattern) {
+                c.fail(
+                    &key,
+                    format!("{pattern:?} is not a valid glob: {}", err.kind()),
+                );
+            }
+        }
+        for (j, group) in person.groups.iter().enumerate() {
+            c.word(&format!("{at}.groups[{j}]"), group);
+        }
+    }
+
+    for (command, groups) in &config.permissions {
+        for (j, group) in groups.iter().enumerate() {
+            c.word(&format!("permissions.{command}[{j}]"), group);
+        }
+    }
+
+    c.at_least(
+        "rate_limits.per_identity_per_minute",
+        config.rate_limits.per_identity_per_minute.into(),
+        1,
+    );
+    c.at_least(
+        "rate_limits.per_room_per_minute",
+        config.rate_limits.per_room_per_minute.into(),
+        1,
+    );
+    c.not_empty("log.filter", &config.log.filter);
+
+    if let Some(irc) = &config.irc {
+        c.not_empty("irc.server", &irc.server);
+        c.at_least("irc.port", irc.port.into(), 1);
+        if let Some(nick) = &irc.nick {
+            c.word("irc.nick", nick);
+        }
+        for (j, channel) in irc.channels.iter().enumerate() {
+            if !(channel.starts_with('#') || channel.starts_with('&'))
+                || channel.len() < 2
+                || channel.contains([' ', ',', '\x07'])
+            {
+                c.fail(
+                    &format!("irc.channels[{j}]"),
+                    format!("{channel:?} is not a channel name (expected #name)"),
+                );
+            }
+        }
+        c.at_least("irc.flood_burst", irc.flood_burst.into(), 1);
+        if !(irc.flood_rate.is_finite() && irc.flood_rate > 0.0) {
+            c.fail(
+                "irc.flood_rate",
+                format!(
+                    "{} is not allowed (expected lines per second > 0)",
+                    irc.flood_rate
+                ),
+            );
+        }
+    }
+
+    if let Some(alerts) = &config.alerts {
+        if let Some(url) = &alerts.alertmanager_url {
+            c.http_url("alerts.alertmanager_url", url);
+        }
+        for (i, route) in alerts.routes.iter().enumerate() {
+            let at = format!("alerts.routes[{i}]");
+            for (j, matcher) in route.matchers.iter().enumerate() {
+                c.not_empty(&format!("{at}.matchers[{j}]"), matcher);
+            }
+            if route.targets.is_empty() {
+                c.fail(&format!("{at}.targets"), "must name at least one room");
+            }
+            for (j, target) in route.targets.iter().enumerate() {
+                c.room(&format!("{at}.targets[{j}]"), target);
+            }
+        }
+    }
+
+    c.problems
+}

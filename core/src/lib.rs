@@ -1,0 +1,17 @@
+//! shepherd-core: the orchestration library. It talks to GitLab and the store, runs the
+//! durable queue and the pipeline watcher, and decides who may do what — and it knows
+//! nothing of chat: no front end, no message formatting (see ARCHITECTURE.md).
+
+pub mod audit;
+pub mod effects;
+pub mod gitlab;
+pub mod metrics;
+pub mod origin;
+pub mod outbox;
+pub mod policy;
+pub mod queue;
+pub mod retrigger;
+pub mod store;
+pub mod watcher;
+
+pub use origin::Origin;

@@ -1,0 +1,133 @@
+//! Prometheus metrics for every part of shepherd, in one registry.
+//!
+//! One `Metrics` value is created at start and shared (`Arc`) by every service; the HTTP
+//! server renders its registry on `GET /metrics`. Collectors are created here, not in the
+//! services, so the full list of series lives in one place and names stay consistent.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Buckets for latencies of local work and API calls, in seconds (1 ms .. 60 s).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Commands by name and outcome (`ok`, `refused`, `rate_limited`, `parse_error`, `error`, `not_enabled`).
+    pub commands: IntCounterVec,
+    /// Time from a command's arrival to its reply being queued, by command name.
+    pub command_duration: HistogramVec,
+    /// Queue items by state (`ready`, `leased`, `dead`); refreshed by the queue.
+    pub queue_items: IntGaugeVec,
+    /// Queue items that failed an attempt and were put back with a delay.
+    pub queue_retries: IntCounterVec,
+    /// Queue items parked as dead after their last attempt.
+    pub queue_dead_total: IntCounterVec,
+    /// GitLab API calls by endpoint (a route template, not the concrete path) and HTTP status
+    /// (`error` when no status came back: timeout, reset, refused).
+    pub gitlab_requests: IntCounterVec,
+    /// GitLab API call latency by endpoint.
+    pub gitlab_request_duration: HistogramVec,
+    /// Retries of GitLab calls by reason (`5xx`, `429`, `timeout`, `connect`, ...).
+    pub gitlab_retries: IntCounterVec,
+    /// Pipelines being watched right now.
+    pub watched_pipelines: IntGauge,
+    /// Replies and notifications waiting in the outbox, by front end.
+    pub outbox_pending: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new_custom(Some("shepherd".into()), None)?;
+        let commands = IntCounterVec::new(
+            Opts::new("commands_total", "Commands received, by command and outcome"),
+            &["command", "outcome"],
+        )?;
+        let command_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "command_duration_seconds",
+                "Time from a command's arrival to its reply being queued",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["command"],
+        )?;
+        let queue_items = IntGaugeVec::new(
+            Opts::new("queue_items", "Work queue items by state"),
+            &["state"],
+        )?;
+        let queue_retries = IntCounterVec::new(
+            Opts::new("queue_retries_total", "Queue items put back after a failed attempt"),
+            &["kind"],
+        )?;
+        let queue_dead_total = IntCounterVec::new(
+            Opts::new("queue_dead_total", "Queue items parked as dead after their last attempt"),
+            &["kind"],
+        )?;
+        let gitlab_requests = IntCounterVec::new(
+            Opts::new("gitlab_requests_total", "GitLab API calls by endpoint and status"),
+            &["endpoint", "status"],
+        )?;
+        let gitlab_request_duration = HistogramVec::new(
+            HistogramOpts::new("gitlab_request_duration_seconds", "GitLab API call latency")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["endpoint"],
+        )?;
+        let gitlab_retries = IntCounterVec::new(
+            Opts::new("gitlab_retries_total", "GitLab API calls retried, by reason"),
+            &["reason"],
+        )?;
+        let watched_pipelines =
+            IntGauge::new("watched_pipelines", "Pipelines being watched until they finish")?;
+        let outbox_pending = IntGaugeVec::new(
+            Opts::new("outbox_pending", "Messages waiting in the outbox, by front end"),
+            &["frontend"],
+        )?;
+        registry.register(Box::new(commands.clone()))?;
+        registry.register(Box::new(command_duration.clone()))?;
+        registry.register(Box::new(queue_items.clone()))?;
+        registry.register(Box::new(queue_retries.clone()))?;
+        registry.register(Box::new(queue_dead_total.clone()))?;
+        registry.register(Box::new(gitlab_requests.clone()))?;
+        registry.register(Box::new(gitlab_request_duration.clone()))?;
+        registry.register(Box::new(gitlab_retries.clone()))?;
+        registry.register(Box::new(watched_pipelines.clone()))?;
+        registry.register(Box::new(outbox_pending.clone()))?;
+        Ok(Self {
+            registry,
+            commands,
+            command_duration,
+            queue_items,
+            queue_retries,
+            queue_dead_total,
+            gitlab_requests,
+            gitlab_request_duration,
+            gitlab_retries,
+            watched_pipelines,
+            outbox_pending,
+        })
+    }
+
+    /// The registry, for collectors added by other crates (front ends, HTTP server).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Everything in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec cannot fail on I/O; a collector error would be a bug, so log it.
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

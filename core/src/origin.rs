@@ -1,0 +1,53 @@
+//! Where a request came from and where its replies go: a front end and a room within it.
+//!
+//! Rooms are named the same way everywhere (alert routes, `POST /api/v1/say`, the outbox):
+//! `irc:#ops`, `matrix:!roomid`, `gitlab:group/project!12`, `console:console`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    pub frontend: String,
+    pub room: String,
+}
+
+impl Origin {
+    pub fn new(frontend: impl Into<String>, room: impl Into<String>) -> Self {
+        Self {
+            frontend: frontend.into(),
+            room: room.into(),
+        }
+    }
+
+    /// Parses `frontend:room`; the room may itself contain colons (`matrix:!a:b`).
+    pub fn parse(target: &str) -> Option<Self> {
+        let (frontend, room) = target.split_once(':')?;
+        if frontend.is_empty() || room.is_empty() {
+            return None;
+        }
+        Some(Self::new(frontend, room))
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.frontend, self.room)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_targets() {
+        let o = Origin::parse("matrix:!abc:example.org").expect("valid");
+        assert_eq!(o.frontend, "matrix");
+        assert_eq!(o.room, "!abc:example.org");
+        assert_eq!(o.to_string(), "matrix:!abc:example.org");
+        assert_eq!(Origin::parse("irc:"), None);
+        assert_eq!(Origin::parse("nocolon"), None);
+    }
+}

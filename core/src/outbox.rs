@@ -1,0 +1,147 @@
+//! The outbox: replies and notifications waiting for the front end that owns their room.
+//!
+//! Everything said to a person goes through here, so nothing is lost while a front end is
+//! disconnected or the process restarts. Each message may carry a dedup key derived from
+//! the effect it reports (`<request id>:reply`, `watch:<id>:final`), so redelivered work
+//! never says the same thing twice. Front ends deliver in (created_at, id) order per room.
+
+use std::sync::Arc;
+
+use sqlx::{AnyConnection, Row};
+use tokio::sync::Notify;
+
+use crate::origin::Origin;
+use crate::store::{Store, StoreError, new_id, now_ms};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub id: String,
+    pub origin: Origin,
+    pub body: String,
+    pub request_id: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Clone)]
+pub struct Outbox {
+    store: Store,
+    notify: Arc<Notify>,
+}
+
+impl Outbox {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Wakes front ends in this process when a message was added.
+    pub fn notified(&self) -> &Notify {
+        &self.notify
+    }
+
+    /// Call after committing a transaction that pushed messages with `push_in`.
+    pub fn wake(&self) {
+        self.notify.notify_waiters();
+    }
+
+    pub async fn push(
+        &self,
+        origin: &Origin,
+        body: &str,
+        dedup_key: Option<&str>,
+        request_id: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
+        let added = push_in(&mut conn, origin, body, dedup_key, request_id).await?;
+        drop(conn);
+        self.wake();
+        Ok(added)
+    }
+
+    /// Undelivered messages for a front end, oldest first.
+    pub async fn pending(&self, frontend: &str, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, frontend, room, body, request_id, created_at FROM outbox \
+             WHERE frontend = $1 AND delivered_at IS NULL ORDER BY created_at, id LIMIT $2",
+        )
+        .bind(frontend)
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutboxMessage {
+                    id: row.try_get("id")?,
+                    origin: Origin::new(
+                        row.try_get::<String, _>("frontend")?,
+                        row.try_get::<String, _>("room")?,
+                    ),
+                    body: row.try_get("body")?,
+                    request_id: row.try_get("request_id")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn mark_delivered(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET delivered_at = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(id)
+            .execute(self.store.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn pending_count(&self, frontend: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM outbox WHERE frontend = $1 AND delivered_at IS NULL",
+        )
+        .bind(frontend)
+        .fetch_one(self.store.pool())
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Everything ever addressed to a room, oldest first (for tests and history).
+    pub async fn history(&self, origin: &Origin) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT body FROM outbox WHERE frontend = $1 AND room = $2 ORDER BY created_at, id",
+        )
+        .bind(&origin.frontend)
+        .bind(&origin.room)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("body"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}
+
+/// Adds a message inside the caller's transaction; false when its dedup key was already used.
+pub async fn push_in(
+    conn: &mut AnyConnection,
+    origin: &Origin,
+    body: &str,
+    dedup_key: Option<&str>,
+    request_id: Option<&str>,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query(
+        "INSERT INTO outbox (id, frontend, room, body, dedup_key, request_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedup_key) DO NOTHING",
+    )
+    .bind(new_id())
+    .bind(&origin.frontend)
+    .bind(&origin.room)
+    .bind(body)
+    .bind(dedup_key)
+    .bind(request_id)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}

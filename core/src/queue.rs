@@ -1,0 +1,471 @@
+//! The durable work queue, kept in the store.
+//!
+//! A request is written here before anyone acknowledges it. Workers take it under a lease
+//! (at-least-once: a worker that dies loses its lease and the item comes back when the lease
+//! expires). A failed attempt puts the item at the back of the queue with a growing, jittered
+//! delay; after `max_attempts` it is parked as `dead` — kept, counted and listable, never
+//! dropped. Leasing is a compare-and-set on `attempts`, which works the same on SQLite and
+//! PostgreSQL and lets several processes share one queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use sqlx::{AnyConnection, Row};
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+use crate::origin::Origin;
+use crate::store::{Store, StoreError, new_id, now_ms};
+
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub max_attempts: u32,
+    pub lease: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub kind: String,
+    pub origin: Origin,
+    pub identity: String,
+    pub payload: serde_json::Value,
+    /// Delivery id of the event that caused it; a second enqueue with the same key is a no-op.
+    pub dedup_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    New(String),
+    Duplicate(String),
+}
+
+impl Enqueued {
+    pub fn id(&self) -> &str {
+        match self {
+            Enqueued::New(id) | Enqueued::Duplicate(id) => id,
+        }
+    }
+}
+
+/// An item taken from the queue under a lease.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    pub id: String,
+    pub kind: String,
+    pub origin: Origin,
+    pub identity: String,
+    pub payload: serde_json::Value,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    pub created_at: i64,
+    pub owner: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailOutcome {
+    /// Back in the queue, available again at this time (Unix ms).
+    Retry { available_at: i64 },
+    /// Parked after its last attempt.
+    Dead,
+    /// The lease had already passed to someone else; nothing changed.
+    LeaseLost,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadItem {
+    pub id: String,
+    pub kind: String,
+    pub origin: Origin,
+    pub identity: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub ready: i64,
+    pub leased: i64,
+    pub dead: i64,
+}
+
+#[derive(Clone)]
+pub struct Queue {
+    store: Store,
+    settings: QueueSettings,
+    metrics: Arc<Metrics>,
+    notify: Arc<Notify>,
+}
+
+impl Queue {
+    pub fn new(store: Store, settings: QueueSettings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            settings,
+            metrics,
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    /// Wakes when something is enqueued in this process (other processes are found by polling).
+    pub fn notified(&self) -> &Notify {
+        &self.notify
+    }
+
+    /// Stores a request durably; returns only after the commit.
+    pub async fn enqueue(&self, req: NewRequest) -> Result<Enqueued, StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
+        let out = enqueue_in(&mut conn, &req).await?;
+        drop(conn);
+        if matches!(out, Enqueued::New(_)) {
+            self.notify.notify_waiters();
+            self.notify.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Takes the oldest available item under a lease, or None when nothing is due.
+    pub async fn lease(&self, owner: &str) -> Result<Option<Leased>, StoreError> {
+        let pool = self.store.pool();
+        // A lost compare-and-set means another worker took that item: look again.
+        for _ in 0..16 {
+            let now = now_ms();
+            let row = sqlx::query(
+                "SELECT id, attempts, state FROM requests \
+                 WHERE (state = 'ready' AND available_at <= $1) \
+                    OR (state = 'leased' AND lease_until <= $2) \
+                 ORDER BY available_at, id LIMIT 1",
+            )
+            .bind(now)
+            .bind(now)
+            .fetch_optional(pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let id: String = row.try_get("id")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let state: String = row.try_get("state")?;
+
+            if state == "leased" && attempts >= i64::from(self.settings.max_attempts) {
+                // Its last attempt died with its worker: park it rather than run it again.
+                let done = sqlx::query(
+                    "UPDATE requests SET state = 'dead', lease_owner = NULL, lease_until = NULL, \
+                     last_error = COALESCE(last_error, 'lease expired on the last attempt'), updated_at = $1 \
+                     WHERE id = $2 AND attempts = $3 AND state = 'leased'",
+                )
+                .bind(now)
+                .bind(&id)
+                .bind(attempts)
+                .execute(pool)
+                .await?;
+                if done.rows_affected() == 1 {
+                    self.metrics.queue_dead_total.with_label_values(&["expired"]).inc();
+                }
+                continue;
+            }
+
+            let lease_until = now + duration_ms(self.settings.lease);
+            let taken = sqlx::query(
+                "UPDATE requests SET state = 'leased', lease_owner = $1, lease_until = $2, \
+                 attempts = attempts + 1, updated_at = $3 \
+                 WHERE id = $4 AND attempts = $5 AND state = $6",
+            )
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(&id)
+            .bind(attempts)
+            .bind(&state)
+            .execute(pool)
+            .await?;
+            if taken.rows_affected() != 1 {
+                continue;
+            }
+            let row = sqlx::query(
+                "SELECT id, kind, frontend, room, identity, payload, attempts, created_at \
+                 FROM requests WHERE id = $1",
+            )
+            .bind(&id)
+            .fetch_one(pool)
+            .await?;
+            let payload: String = row.try_get("payload")?;
+            let payload = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+                what: "requests.payload",
+                detail: e.to_string(),
+            })?;
+            return Ok(Some(Leased {
+                id,
+                kind: row.try_get("kind")?,
+                origin: Origin::new(
+                    row.try_get::<String, _>("frontend")?,
+                    row.try_get::<String, _>("room")?,
+                ),
+                identity: row.try_get("identity")?,
+                payload,
+                attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                created_at: row.try_get("created_at")?,
+                owner: owner.to_string(),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Extends a lease still held by `owner`; false when it was lost.
+    pub async fn renew(&self, item: &Leased) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE requests SET lease_until = $1, updated_at = $2 \
+             WHERE id = $3 AND lease_owner = $4 AND state = 'leased' AND attempts = $5",
+        )
+        .bind(now + duration_ms(self.settings.lease))
+        .bind(now)
+        .bind(&item.id)
+        .bind(&item.owner)
+        .bind(i64::from(item.attempt))
+        .execute(self.store.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Marks an item done inside the caller's transaction, so its replies and records
+    /// commit together with it. False (and the caller should roll back) when the lease was lost.
+    pub async fn complete_in(
+        &self,
+        conn: &mut AnyConnection,
+        item: &Leased,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE requests SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+             WHERE id = $2 AND lease_owner = $3 AND state = 'leased' AND attempts = $4",
+        )
+        .bind(now_ms())
+        .bind(&item.id)
+        .bind(&item.owner)
+        .bind(i64::from(item.attempt))
+        .execute(&mut *conn)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Would a failure of this attempt park the item?
+    pub fn is_last_attempt(&self, item: &Leased) -> bool {
+        item.attempt >= self.settings.max_attempts
+    }
+
+    /// Records a failed attempt inside the caller's transaction: back of the queue with a
+    /// growing delay, or parked as dead after the last attempt.
+    pub async fn fail_in(
+        &self,
+        conn: &mut AnyConnection,
+        item: &Leased,
+        error: &str,
+    ) -> Result<FailOutcome, StoreError> {
+        let dead = self.is_last_attempt(item);
+        self.settle_failure(conn, item, error, dead).await
+    }
+
+    /// Parks an item as dead at once (it can never succeed, e.g. an unreadable payload).
+    pub async fn park_in(
+        &self,
+        conn: &mut AnyConnection,
+        item: &Leased,
+        error: &str,
+    ) -> Result<FailOutcome, StoreError> {
+        self.settle_failure(conn, item, error, true).await
+    }
+
+    async fn settle_failure(
+        &self,
+        conn: &mut AnyConnection,
+        item: &Leased,
+        error: &str,
+        dead: bool,
+    ) -> Result<FailOutcome, StoreError> {
+        let now = now_ms();
+        let available_at = now + duration_ms(self.retry_delay(item.attempt));
+        let r = sqlx::query(
+            "UPDATE requests SET state = $1, available_at = $2, lease_owner = NULL, lease_until = NULL, \
+             last_error = $3, updated_at = $4 \
+             WHERE id = $5 AND lease_owner = $6 AND state = 'leased' AND attempts = $7",
+        )
+        .bind(if dead { "dead" } else { "ready" })
+        .bind(if dead { now } else { available_at })
+        .bind(error)
+        .bind(now)
+        .bind(&item.id)
+        .bind(&item.owner)
+        .bind(i64::from(item.attempt))
+        .execute(&mut *conn)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(FailOutcome::LeaseLost);
+        }
+        if dead {
+            self.metrics
+                .queue_dead_total
+                .with_label_values(&[item.kind.as_str()])
+                .inc();
+            Ok(FailOutcome::Dead)
+        } else {
+            self.metrics
+                .queue_retries
+                .with_label_values(&[item.kind.as_str()])
+                .inc();
+            Ok(FailOutcome::Retry { available_at })
+        }
+    }
+
+    /// Same as `fail_in`, in its own transaction.
+    pub async fn fail(&self, item: &Leased, error: &str) -> Result<FailOutcome, StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
+        self.fail_in(&mut conn, item, error).await
+    }
+
+    /// Exponential delay from `retry_base`, capped at `retry_max`, with equal jitter.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let base = self.settings.retry_base.as_millis() as u64;
+        let cap = self.settings.retry_max.as_millis() as u64;
+        let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(32)).min(cap);
+        let half = exp / 2;
+        let jitter = if half > 0 {
+            rand::rng().random_range(0..=half)
+        } else {
+            0
+        };
+        Duration::from_millis(half + jitter)
+    }
+
+    pub async fn dead(&self, limit: i64) -> Result<Vec<DeadItem>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, frontend, room, identity, attempts, last_error, created_at \
+             FROM requests WHERE state = 'dead' ORDER BY updated_at DESC, id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadItem {
+                    id: row.try_get("id")?,
+                    kind: row.try_get("kind")?,
+                    origin: Origin::new(
+                        row.try_get::<String, _>("frontend")?,
+                        row.try_get::<String, _>("room")?,
+                    ),
+                    identity: row.try_get("identity")?,
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?)
+                        .unwrap_or(u32::MAX),
+                    last_error: row.try_get("last_error")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn counts(&self) -> Result<QueueCounts, StoreError> {
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM requests WHERE state <> 'done' GROUP BY state",
+        )
+        .fetch_all(self.store.pool())
+        .await?;
+        let mut c = QueueCounts::default();
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            let n: i64 = row.try_get("n")?;
+            match state.as_str() {
+                "ready" => c.ready = n,
+                "leased" => c.leased = n,
+                "dead" => c.dead = n,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+
+    /// Updates the queue gauges from the store.
+    pub async fn refresh_metrics(&self) -> Result<QueueCounts, StoreError> {
+        let c = self.counts().await?;
+        self.metrics.queue_items.with_label_values(&["ready"]).set(c.ready);
+        self.metrics.queue_items.with_label_values(&["leased"]).set(c.leased);
+        self.metrics.queue_items.with_label_values(&["dead"]).set(c.dead);
+        Ok(c)
+    }
+
+    /// Requests from this front end that are not finished yet (ready or leased).
+    pub async fn unfinished_for(&self, frontend: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM requests WHERE frontend = $1 AND state IN ('ready', 'leased')",
+        )
+        .bind(frontend)
+        .fetch_one(self.store.pool())
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// The time until the next item becomes due (for sleeping workers), if any is waiting.
+    pub async fn next_due_in(&self) -> Result<Option<Duration>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MIN(CASE WHEN state = 'ready' THEN available_at ELSE lease_until END) AS due \
+             FROM requests WHERE state IN ('ready', 'leased')",
+        )
+        .fetch_one(self.store.pool())
+        .await?;
+        let due: Option<i64> = row.try_get("due")?;
+        Ok(due.map(|d| Duration::from_millis((d - now_ms()).max(0) as u64)))
+    }
+}
+
+pub async fn enqueue_in(conn: &mut AnyConnection, req: &NewRequest) -> Result<Enqueued, StoreError> {
+    if let Some(key) = &req.dedup_key {
+        let existing = sqlx::query("SELECT id FROM requests WHERE dedup_key = $1")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(row) = existing {
+            return Ok(Enqueued::Duplicate(row.try_get("id")?));
+        }
+    }
+    let id = new_id();
+    let now = now_ms();
+    let payload = req.payload.to_string();
+    let inserted = sqlx::query(
+        "INSERT INTO requests (id, kind, frontend, room, identity, payload, dedup_key, state, \
+         attempts, available_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'ready', 0, $8, $9, $10) \
+         ON CONFLICT (dedup_key) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(&req.kind)
+    .bind(&req.origin.frontend)
+    .bind(&req.origin.room)
+    .bind(&req.identity)
+    .bind(&payload)
+    .bind(req.dedup_key.as_deref())
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        // Lost a race with the same delivery id.
+        if let Some(key) = &req.dedup_key {
+            let row = sqlx::query("SELECT id FROM requests WHERE dedup_key = $1")
+                .bind(key)
+                .fetch_one(&mut *conn)
+                .await?;
+            return Ok(Enqueued::Duplicate(row.try_get("id")?));
+        }
+    }
+    Ok(Enqueued::New(id))
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

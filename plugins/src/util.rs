@@ -1,0 +1,49 @@
+//! Small helpers shared by plugins: resolving references, mapping errors, durations.
+
+use shepherd_commands::PipelineRef;
+use shepherd_core::gitlab::GitLabError;
+
+use crate::{PluginError, Services};
+
+/// The project a pipeline reference points to, using the configured default for bare ids.
+pub fn project_of(services: &Services, r: &PipelineRef) -> Result<String, PluginError> {
+    match (&r.project, &services.default_project) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(d)) => Ok(d.clone()),
+        (None, None) => Err(PluginError::Refuse(format!(
+            "pipeline {} has no project and no gitlab.default_project is configured: give its URL or group/project/pipelines/{}",
+            r.id, r.id
+        ))),
+    }
+}
+
+/// A GitLab failure as the plugin reports it: retried when it may pass, explained when not.
+pub fn gitlab_error(e: GitLabError) -> PluginError {
+    if e.is_retryable() {
+        PluginError::Retry(e.user_message())
+    } else {
+        PluginError::Refuse(e.user_message())
+    }
+}
+
+/// `1h 2m 3s` style, for pipeline durations.
+pub fn human_duration(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s}s"),
+        _ => format!("{h}h {m}m {s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(7), "7s");
+        assert_eq!(human_duration(192), "3m 12s");
+        assert_eq!(human_duration(3723), "1h 2m 3s");
+    }
+}

@@ -1,0 +1,6 @@
+//! shepherd's end-to-end test kit: the GitLab v4 test double (the one part that cannot run
+//! here for real) and a harness that runs the real `shepherd` binary against a real store
+//! (a fresh SQLite file, or a fresh database on the local PostgreSQL).
+
+pub mod gitlab;
+pub mod harness;
