@@ -71,7 +71,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A blocking read of stdin may still be pending; it must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("shepherd: {e:#}");
@@ -179,8 +182,9 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     }
     {
         // In serve mode stdin is one more chat: EOF just ends it, the service goes on.
+        // Not one of the app's tasks: a pending read of stdin cannot be cancelled.
         let c = console.clone();
-        app.tasks.spawn(async move {
+        tokio::spawn(async move {
             if let Err(e) = c.read_stdin().await {
                 tracing::error!(error = %e, "console: store error; console input stopped");
             }

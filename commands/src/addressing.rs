@@ -55,7 +55,9 @@ pub fn addressed<'m>(frontend: Frontend, message: &'m str, addr: &Addressing) ->
             .lines()
             .map(str::trim)
             .find(|l| !l.is_empty() && !l.starts_with('>'))
-            .and_then(|l| strip_name(l, addr.bot_name).or_else(|| strip_chat_prefix(l, addr.prefix)))
+            .and_then(|l| {
+                strip_name(l, addr.bot_name).or_else(|| strip_chat_prefix(l, addr.prefix))
+            })
             .map(str::trim)
             .into_iter()
             .collect(),
@@ -85,7 +87,8 @@ fn strip_at_name<'l>(s: &'l str, name: &str) -> Option<&'l str> {
 /// The prefix followed directly by a letter (so `!!!` or `! wow` are not commands).
 fn strip_chat_prefix<'l>(line: &'l str, prefix: &str) -> Option<&'l str> {
     let rest = line.strip_prefix(nonempty(prefix)?)?;
-    rest.starts_with(|c: char| c.is_alphabetic()).then_some(rest)
+    rest.starts_with(|c: char| c.is_alphabetic())
+        .then_some(rest)
 }
 
 /// `@name` at the start of a comment line, followed by whitespace, end, or `:`/`,`.
@@ -217,7 +220,12 @@ fn gitlab_commands<'m>(message: &'m str, name: &str) -> Vec<&'m str> {
 }
 
 /// Emits the commands of a finished paragraph: its `@name` lines that do not start inside a code span.
-fn flush<'m>(message: &'m str, paragraph: &mut Vec<(usize, &'m str)>, name: &str, out: &mut Vec<&'m str>) {
+fn flush<'m>(
+    message: &'m str,
+    paragraph: &mut Vec<(usize, &'m str)>,
+    name: &str,
+    out: &mut Vec<&'m str>,
+) {
     let Some(&(first, _)) = paragraph.first() else {
         return;
     };

@@ -108,9 +108,7 @@ impl ParseError {
                 command,
                 argument,
                 usage,
-            } => format!(
-                "{command}: missing {argument} (usage: `{usage}`). See `help {command}`."
-            ),
+            } => format!("{command}: missing {argument} (usage: `{usage}`). See `help {command}`."),
             ParseErrorKind::BadValue {
                 argument,
                 value,

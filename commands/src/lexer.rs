@@ -118,7 +118,13 @@ fn quoted(input: &str) -> LResult<'_, String> {
 }
 
 fn piece(in_bracket: bool) -> impl FnMut(&str) -> LResult<'_, Piece<'_>> {
-    move |input| alt((map(quoted, Piece::Quoted), map(bare(in_bracket), Piece::Bare))).parse(input)
+    move |input| {
+        alt((
+            map(quoted, Piece::Quoted),
+            map(bare(in_bracket), Piece::Bare),
+        ))
+        .parse(input)
+    }
 }
 
 /// One argument (bare and quoted pieces glued together), without its start offset.

@@ -7,7 +7,9 @@
 use crate::command::{COMMAND_NAMES, Command, DeploySource, Target, usage};
 use crate::error::{ParseError, ParseErrorKind};
 use crate::lexer::{Token, tokenize};
-use crate::refs::{MATCHER_EXPECTED, MR_EXPECTED, Matcher, MrRef, PIPELINE_EXPECTED, PipelineRef, Var};
+use crate::refs::{
+    MATCHER_EXPECTED, MR_EXPECTED, Matcher, MrRef, PIPELINE_EXPECTED, PipelineRef, Var,
+};
 
 /// What the parser knows about where the text came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,7 +27,8 @@ impl ParseContext {
     }
 }
 
-const VAR_EXPECTED: &str = "KEY=value, KEY made of letters, digits and _ and not starting with a digit";
+const VAR_EXPECTED: &str =
+    "KEY=value, KEY made of letters, digits and _ and not starting with a digit";
 const TARGET_EXPECTED: &str = "a pipeline URL, group/project/pipelines/ID, an ID, a merge request URL, group/project!IID or !IID";
 const NAME_EXPECTED: &str = "letters, digits, '.', '_' and '-', starting with a letter or digit";
 const TAG_EXPECTED: &str = "a merge request (URL, group/project!IID or !IID) or an image tag";
@@ -82,10 +85,20 @@ fn command_word(text: &str) -> Option<&'static str> {
 
 /// The closest command word to a mistyped one, if any is close enough.
 fn did_you_mean(word: &str) -> Option<&'static str> {
+    // No command is longer than 11 characters; this also bounds the work on hostile input.
+    if word.chars().count() > 16 {
+        return None;
+    }
     let word = word.to_lowercase();
     COMMAND_NAMES
         .iter()
-        .map(|n| (*n, strsim::jaro_winkler(&word, n), strsim::damerau_levenshtein(&word, n)))
+        .map(|n| {
+            (
+                *n,
+                strsim::jaro_winkler(&word, n),
+                strsim::osa_distance(&word, n),
+            )
+        })
         .filter(|(_, jw, dl)| *jw >= 0.85 || (*dl <= 2 && word.chars().count() > 3))
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(n, _, _)| n)
@@ -196,7 +209,10 @@ impl<'t> Args<'t> {
                 let t = self
                     .optional_word()?
                     .ok_or_else(|| self.missing("<silence id>"))?;
-                let valid = t.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                let valid = t
+                    .value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-');
                 if !valid || t.value.is_empty() {
                     return Err(bad(t, "silence id", SILENCE_ID_EXPECTED));
                 }
@@ -355,7 +371,9 @@ impl<'t> Args<'t> {
 
     /// A service, environment or similar name.
     fn name(&mut self, argument: &'static str, what: &'static str) -> Result<String, ParseError> {
-        let t = self.optional_word()?.ok_or_else(|| self.missing(argument))?;
+        let t = self
+            .optional_word()?
+            .ok_or_else(|| self.missing(argument))?;
         if !is_name(&t.value) {
             return Err(bad(t, what, NAME_EXPECTED));
         }
@@ -364,7 +382,10 @@ impl<'t> Args<'t> {
 
     /// The service of deploy/rollback/deployments (a keyword there means it was left out).
     fn service(&mut self) -> Result<String, ParseError> {
-        if self.peek().is_some_and(|t| t.is_keyword("to") || t.is_keyword("in")) {
+        if self
+            .peek()
+            .is_some_and(|t| t.is_keyword("to") || t.is_keyword("in"))
+        {
             return Err(self.missing("<service>"));
         }
         self.name("<service>", "service name")
@@ -402,14 +423,21 @@ impl<'t> Args<'t> {
     /// Fails on the first of `rest` (positionals left over after the expected ones).
     fn no_more(&self, mut rest: impl Iterator<Item = &'t Token>) -> Result<(), ParseError> {
         match rest.next() {
-            Some(t) if t.bare_prefix().contains('=') => Err(bad(t, "variable override", VAR_EXPECTED)),
+            Some(t) if t.bare_prefix().contains('=') => {
+                Err(bad(t, "variable override", VAR_EXPECTED))
+            }
             Some(t) => Err(self.unexpected(t)),
             None => Ok(()),
         }
     }
 
     /// A malformed positional; if it looks like a mistyped `KEY=value`, says so instead.
-    fn bad_or_override(&self, t: &Token, argument: &'static str, expected: &'static str) -> ParseError {
+    fn bad_or_override(
+        &self,
+        t: &Token,
+        argument: &'static str,
+        expected: &'static str,
+    ) -> ParseError {
         if t.bare_prefix().contains('=') && !t.bare_prefix().contains('/') {
             bad(t, "variable override", VAR_EXPECTED)
         } else {
@@ -462,7 +490,8 @@ fn bad(t: &Token, argument: &'static str, expected: &'static str) -> ParseError 
 }
 
 fn matcher(t: &Token) -> Result<Matcher, ParseError> {
-    Matcher::from_parts(t.bare_prefix(), &t.value).ok_or_else(|| bad(t, "matcher", MATCHER_EXPECTED))
+    Matcher::from_parts(t.bare_prefix(), &t.value)
+        .ok_or_else(|| bad(t, "matcher", MATCHER_EXPECTED))
 }
 
 /// Service and environment names: `[A-Za-z0-9][A-Za-z0-9._-]*`.
@@ -476,7 +505,9 @@ fn is_name(s: &str) -> bool {
 fn is_tag(s: &str) -> bool {
     let mut chars = s.chars();
     s.len() <= 128
-        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
@@ -512,5 +543,6 @@ mod tests {
         assert_eq!(did_you_mean("hello"), Some("help"));
         assert_eq!(did_you_mean("frobnicate"), None);
         assert_eq!(did_you_mean("x"), None);
+        assert_eq!(did_you_mean("retriggerretrigger"), None);
     }
 }

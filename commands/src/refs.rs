@@ -71,8 +71,7 @@ impl MatchOp {
     }
 }
 
-pub(crate) const PIPELINE_EXPECTED: &str =
-    "a pipeline URL, group/project/pipelines/ID or an ID";
+pub(crate) const PIPELINE_EXPECTED: &str = "a pipeline URL, group/project/pipelines/ID or an ID";
 pub(crate) const MR_EXPECTED: &str = "a merge request URL, group/project!IID or !IID";
 pub(crate) const MATCHER_EXPECTED: &str =
     "a label matcher like severity=critical, env!=dev or alertname=~\"Disk.*\"";

@@ -71,18 +71,30 @@ fn chat_with_other_prefix_and_no_prefix() {
         prefix: ".",
     };
     assert_eq!(addressed(Frontend::Chat, ".ping", &addr), vec!["ping"]);
-    assert_eq!(addressed(Frontend::Chat, "!ping", &addr), Vec::<&str>::new());
+    assert_eq!(
+        addressed(Frontend::Chat, "!ping", &addr),
+        Vec::<&str>::new()
+    );
     let no_prefix = Addressing {
         bot_name: "bot",
         prefix: "",
     };
-    assert_eq!(addressed(Frontend::Chat, "ping", &no_prefix), Vec::<&str>::new());
-    assert_eq!(addressed(Frontend::Chat, "bot: ping", &no_prefix), vec!["ping"]);
+    assert_eq!(
+        addressed(Frontend::Chat, "ping", &no_prefix),
+        Vec::<&str>::new()
+    );
+    assert_eq!(
+        addressed(Frontend::Chat, "bot: ping", &no_prefix),
+        vec!["ping"]
+    );
     let no_name = Addressing {
         bot_name: "",
         prefix: "!",
     };
-    assert_eq!(addressed(Frontend::Chat, ": ping", &no_name), Vec::<&str>::new());
+    assert_eq!(
+        addressed(Frontend::Chat, ": ping", &no_name),
+        Vec::<&str>::new()
+    );
 }
 
 #[test]
@@ -97,7 +109,9 @@ fn gitlab_several_commands_in_order() {
 #[test]
 fn gitlab_not_us_and_not_at_line_start() {
     assert_eq!(
-        gitlab("@shepherdx retrigger 1\n@shepherd.bot ping\ncc @shepherd ping\n@other ping\n- @shepherd ping"),
+        gitlab(
+            "@shepherdx retrigger 1\n@shepherd.bot ping\ncc @shepherd ping\n@other ping\n- @shepherd ping"
+        ),
         Vec::<&str>::new()
     );
 }
@@ -133,5 +147,8 @@ fn gitlab_ignores_inline_code_spans() {
     // A blank line ends the paragraph: spans never cross it.
     assert_eq!(gitlab("open `\n\n@shepherd ping\n`"), vec!["ping"]);
     // On one line, inline code is not at the line start anyway.
-    assert_eq!(gitlab("`@shepherd retrigger 1`\n@shepherd ping"), vec!["ping"]);
+    assert_eq!(
+        gitlab("`@shepherd retrigger 1`\n@shepherd ping"),
+        vec!["ping"]
+    );
 }

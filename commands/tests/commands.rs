@@ -87,10 +87,14 @@ fn please_is_ignored_anywhere() {
 #[test]
 fn retrigger_forms() {
     assert_eq!(
-        plain("retrigger https://gitlab.com/redhat/red-hat-ci-tools/kernel/cki-internal-pipelines/cki-trusted-contributors/-/pipelines/1234567 DEBUG=1 msg=\"a b\" [ARCH=x86_64 NAME=\"v 2\"]"),
+        plain(
+            "retrigger https://gitlab.com/redhat/red-hat-ci-tools/kernel/cki-internal-pipelines/cki-trusted-contributors/-/pipelines/1234567 DEBUG=1 msg=\"a b\" [ARCH=x86_64 NAME=\"v 2\"]"
+        ),
         Command::Retrigger {
             pipeline: pipe(
-                Some("redhat/red-hat-ci-tools/kernel/cki-internal-pipelines/cki-trusted-contributors"),
+                Some(
+                    "redhat/red-hat-ci-tools/kernel/cki-internal-pipelines/cki-trusted-contributors"
+                ),
                 1234567
             ),
             overrides: vec![
@@ -128,10 +132,7 @@ fn retrigger_forms() {
 
 #[test]
 fn test_canary_retest() {
-    assert_eq!(
-        in_mr("test"),
-        Command::Test { overrides: vec![] }
-    );
+    assert_eq!(in_mr("test"), Command::Test { overrides: vec![] });
     assert_eq!(
         in_mr("test please [DEBUG=1] X=y"),
         Command::Test {
@@ -281,7 +282,9 @@ fn rollback_and_deployments() {
 fn alerts_silence_unsilence() {
     assert_eq!(plain("alerts"), Command::Alerts { filter: vec![] });
     assert_eq!(
-        plain(r#"alerts severity=~"critical|page" env!=dev [team!~"infra.*"] alertname="Disk full""#),
+        plain(
+            r#"alerts severity=~"critical|page" env!=dev [team!~"infra.*"] alertname="Disk full""#
+        ),
         Command::Alerts {
             filter: vec![
                 m("severity", MatchOp::Regex, "critical|page"),
@@ -359,7 +362,10 @@ fn names_and_usages() {
         usage("retrigger"),
         Some("retrigger <pipeline> [key=value ...]")
     );
-    assert_eq!(usage("SILENCE"), Some("silence <matcher ...> for <duration> [reason ...]"));
+    assert_eq!(
+        usage("SILENCE"),
+        Some("silence <matcher ...> for <duration> [reason ...]")
+    );
     assert_eq!(usage("nope"), None);
 }
 
@@ -391,14 +397,23 @@ fn serde_round_trip_and_shape() {
 fn display_is_canonical_and_parses_back() {
     let ctx = mr_ctx();
     let cases = [
-        ("please retrigger https://h/g/p/-/pipelines/3 B=\"x y\" [A=1]", "retrigger g/p/pipelines/3 B=\"x y\" A=1"),
-        ("canary https://h/g/p/-/merge_requests/2 K=\"\"", "canary g/p!2 K=\"\""),
+        (
+            "please retrigger https://h/g/p/-/pipelines/3 B=\"x y\" [A=1]",
+            "retrigger g/p/pipelines/3 B=\"x y\" A=1",
+        ),
+        (
+            "canary https://h/g/p/-/merge_requests/2 K=\"\"",
+            "canary g/p!2 K=\"\"",
+        ),
         ("test", "test"),
         ("status", "status kernel/ark!7"),
         ("deploy web v1 to prod", "deploy web v1 to prod"),
         ("rollback web to v1 in prod", "rollback web in prod to v1"),
         ("alerts a=b", "alerts a=\"b\""),
-        ("silence a!~b.* for 1h because \"it's\" fine", "silence a!~\"b.*\" for 1h \"because it's fine\""),
+        (
+            "silence a!~b.* for 1h because \"it's\" fine",
+            "silence a!~\"b.*\" for 1h \"because it's fine\"",
+        ),
         ("help status", "help status"),
     ];
     for (input, canonical) in cases {

@@ -46,7 +46,10 @@ fn unknown_command() {
         e.reply("please retriger 1"),
         "unknown command `retriger` — did you mean `retrigger`? Try `help`."
     );
-    assert_eq!(reply("frobnicate x"), "unknown command `frobnicate`. Try `help`.");
+    assert_eq!(
+        reply("frobnicate x"),
+        "unknown command `frobnicate`. Try `help`."
+    );
     // A quoted or bracketed first word is never a command.
     assert_eq!(
         err("\"ping\"").kind,
@@ -178,7 +181,9 @@ fn bad_value() {
         let text = format!("silence a=b for {d}");
         assert_eq!(
             reply(&text),
-            format!("silence: `{d}` at column 17 is not a duration (expected a duration of at least one second like 30m, 2h30m or 1d). See `help silence`.")
+            format!(
+                "silence: `{d}` at column 17 is not a duration (expected a duration of at least one second like 30m, 2h30m or 1d). See `help silence`."
+            )
         );
     }
     assert_eq!(
@@ -264,14 +269,20 @@ fn unclosed_quote_bracket_and_bad_escape() {
     );
     let text = "retrigger 1 [A=1 B=2";
     let e = err(text);
-    assert_eq!((e.kind.clone(), e.position), (ParseErrorKind::UnclosedBracket, 12));
+    assert_eq!(
+        (e.kind.clone(), e.position),
+        (ParseErrorKind::UnclosedBracket, 12)
+    );
     assert_eq!(
         e.reply(text),
         "retrigger: the bracket `[` at column 13 is never closed; end the list with `]`. See `help retrigger`."
     );
     let text = r#"retrigger 1 A="x\q""#;
     let e = err(text);
-    assert_eq!((e.kind.clone(), e.position), (ParseErrorKind::BadEscape, 16));
+    assert_eq!(
+        (e.kind.clone(), e.position),
+        (ParseErrorKind::BadEscape, 16)
+    );
     assert_eq!(
         e.reply(text),
         "retrigger: unknown escape `\\q` at column 17 in quoted text (use `\\\"`, `\\\\`, `\\n` or `\\t`). See `help retrigger`."
@@ -287,7 +298,10 @@ fn unclosed_quote_bracket_and_bad_escape() {
 #[test]
 fn needs_merge_request() {
     let e = err("please test A=1");
-    assert_eq!(e.kind, ParseErrorKind::NeedsMergeRequest { command: "test" });
+    assert_eq!(
+        e.kind,
+        ParseErrorKind::NeedsMergeRequest { command: "test" }
+    );
     assert_eq!(e.position, 7);
     assert_eq!(
         e.reply("please test A=1"),
@@ -297,7 +311,10 @@ fn needs_merge_request() {
 
 #[test]
 fn display_of_errors() {
-    assert_eq!(err("ping x").to_string(), "ping: unexpected argument `x` (at byte 5)");
+    assert_eq!(
+        err("ping x").to_string(),
+        "ping: unexpected argument `x` (at byte 5)"
+    );
     assert_eq!(err("").to_string(), "empty command (at byte 0)");
 }
 

@@ -24,15 +24,90 @@ impl XorShift {
 }
 
 const PIECES: &[&str] = &[
-    " ", " ", " ", "\t", "\n", "\r\n", "\"", "\\", "\\\"", "\\n", "\\q", "[", "]", "=", "!=", "=~",
-    "!~", "!", "~", "/", "-", ".", "_", "`", "```", "~~~", ">", ">>>", "    ", "@shepherd ",
-    "@shepherdx", "shepherd: ", "!", "please", "PLEASE", "to", "in", "for", "retrigger", "test",
-    "canary", "retest", "status", "cancel", "deploy", "rollback", "deployments", "alerts",
-    "silence", "unsilence", "help", "ping", "version", "whoami", "0", "1", "42", "99999999999999999999",
-    "1h", "30m", "2h30m", "0s", "1d", "g/p", "group/sub/project", "/pipelines/", "/-/pipelines/",
-    "/-/merge_requests/", "https://gitlab.com/", "!12", "A=1", "KEY=\"v 2\"", "[A=1 B=\"x\"]",
-    "severity=~\"crit|page\"", "env!=dev", "é", "ü", "日本", "🐑", "\u{0}", "\u{200b}", "v1.2",
-    "web", "prod",
+    " ",
+    " ",
+    " ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\"",
+    "\\",
+    "\\\"",
+    "\\n",
+    "\\q",
+    "[",
+    "]",
+    "=",
+    "!=",
+    "=~",
+    "!~",
+    "!",
+    "~",
+    "/",
+    "-",
+    ".",
+    "_",
+    "`",
+    "```",
+    "~~~",
+    ">",
+    ">>>",
+    "    ",
+    "@shepherd ",
+    "@shepherdx",
+    "shepherd: ",
+    "!",
+    "please",
+    "PLEASE",
+    "to",
+    "in",
+    "for",
+    "retrigger",
+    "test",
+    "canary",
+    "retest",
+    "status",
+    "cancel",
+    "deploy",
+    "rollback",
+    "deployments",
+    "alerts",
+    "silence",
+    "unsilence",
+    "help",
+    "ping",
+    "version",
+    "whoami",
+    "0",
+    "1",
+    "42",
+    "99999999999999999999",
+    "1h",
+    "30m",
+    "2h30m",
+    "0s",
+    "1d",
+    "g/p",
+    "group/sub/project",
+    "/pipelines/",
+    "/-/pipelines/",
+    "/-/merge_requests/",
+    "https://gitlab.com/",
+    "!12",
+    "A=1",
+    "KEY=\"v 2\"",
+    "[A=1 B=\"x\"]",
+    "severity=~\"crit|page\"",
+    "env!=dev",
+    "é",
+    "ü",
+    "日本",
+    "🐑",
+    "\u{0}",
+    "\u{200b}",
+    "v1.2",
+    "web",
+    "prod",
 ];
 
 fn garbage(rng: &mut XorShift) -> String {
@@ -61,7 +136,10 @@ fn check(text: &str, ctx: &ParseContext, parsed: &mut usize) {
                 "{text:?} displayed as {canonical:?}"
             );
             let json = serde_json::to_string(&command).unwrap();
-            assert_eq!(serde_json::from_str::<shepherd_commands::Command>(&json).unwrap(), command);
+            assert_eq!(
+                serde_json::from_str::<shepherd_commands::Command>(&json).unwrap(),
+                command
+            );
         }
         Err(e) => {
             assert!(e.position <= text.len(), "{text:?}: {e:?}");
@@ -115,7 +193,12 @@ fn pathological_shapes() {
     let many_brackets = "[".repeat(10_000);
     let many_ticks = "`".repeat(10_000) + "\n@shepherd ping";
     let deep_path = format!("retrigger {}pipelines/1", "a/".repeat(10_000));
-    for text in [long_quote.as_str(), many_brackets.as_str(), many_ticks.as_str(), deep_path.as_str()] {
+    for text in [
+        long_quote.as_str(),
+        many_brackets.as_str(),
+        many_ticks.as_str(),
+        deep_path.as_str(),
+    ] {
         let _ = parse(text, &ctx);
         for frontend in [Frontend::Console, Frontend::Chat, Frontend::GitLabComment] {
             let addr = Addressing {

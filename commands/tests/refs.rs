@@ -21,14 +21,38 @@ fn mr(project: Option<&str>, iid: u64) -> Option<MrRef> {
 fn pipeline_forms() {
     let cases = [
         ("123", pipe(None, 123)),
-        ("https://gitlab.com/group/sub/project/-/pipelines/123", pipe(Some("group/sub/project"), 123)),
-        ("https://gitlab.com/group/sub/project/pipelines/123", pipe(Some("group/sub/project"), 123)),
-        ("http://localhost:8080/g/p/-/pipelines/5/", pipe(Some("g/p"), 5)),
-        ("https://gitlab.com/g/p/-/pipelines/5?tab=failures", pipe(Some("g/p"), 5)),
-        ("https://gitlab.com/g/p/-/pipelines/5#jobs", pipe(Some("g/p"), 5)),
-        ("group/project/pipelines/42", pipe(Some("group/project"), 42)),
-        ("group/project/-/pipelines/42", pipe(Some("group/project"), 42)),
-        ("my.group/sub_group/pro-ject.v2/pipelines/1", pipe(Some("my.group/sub_group/pro-ject.v2"), 1)),
+        (
+            "https://gitlab.com/group/sub/project/-/pipelines/123",
+            pipe(Some("group/sub/project"), 123),
+        ),
+        (
+            "https://gitlab.com/group/sub/project/pipelines/123",
+            pipe(Some("group/sub/project"), 123),
+        ),
+        (
+            "http://localhost:8080/g/p/-/pipelines/5/",
+            pipe(Some("g/p"), 5),
+        ),
+        (
+            "https://gitlab.com/g/p/-/pipelines/5?tab=failures",
+            pipe(Some("g/p"), 5),
+        ),
+        (
+            "https://gitlab.com/g/p/-/pipelines/5#jobs",
+            pipe(Some("g/p"), 5),
+        ),
+        (
+            "group/project/pipelines/42",
+            pipe(Some("group/project"), 42),
+        ),
+        (
+            "group/project/-/pipelines/42",
+            pipe(Some("group/project"), 42),
+        ),
+        (
+            "my.group/sub_group/pro-ject.v2/pipelines/1",
+            pipe(Some("my.group/sub_group/pro-ject.v2"), 1),
+        ),
         ("18446744073709551615", pipe(None, u64::MAX)),
     ];
     for (text, expected) in cases {
@@ -69,23 +93,48 @@ fn mr_forms() {
         ("!12", mr(None, 12)),
         ("group/project!12", mr(Some("group/project"), 12)),
         ("a/b/c!1", mr(Some("a/b/c"), 1)),
-        ("https://gitlab.com/group/project/-/merge_requests/12", mr(Some("group/project"), 12)),
-        ("https://gitlab.com/group/project/merge_requests/12", mr(Some("group/project"), 12)),
-        ("https://gitlab.com/g/s/p/-/merge_requests/12/diffs", mr(Some("g/s/p"), 12)),
-        ("https://gitlab.com/g/p/-/merge_requests/12#note_99", mr(Some("g/p"), 12)),
+        (
+            "https://gitlab.com/group/project/-/merge_requests/12",
+            mr(Some("group/project"), 12),
+        ),
+        (
+            "https://gitlab.com/group/project/merge_requests/12",
+            mr(Some("group/project"), 12),
+        ),
+        (
+            "https://gitlab.com/g/s/p/-/merge_requests/12/diffs",
+            mr(Some("g/s/p"), 12),
+        ),
+        (
+            "https://gitlab.com/g/p/-/merge_requests/12#note_99",
+            mr(Some("g/p"), 12),
+        ),
         ("g/p/-/merge_requests/3", mr(Some("g/p"), 3)),
     ];
     for (text, expected) in cases {
         assert_eq!(MrRef::parse(text), expected, "{text}");
     }
-    for text in ["12", "!0", "!", "p!1", "g/p!", "g/p!x", "!1!2", "g/p/merge_requests/x", "https://h/g/p/-/issues/1"] {
+    for text in [
+        "12",
+        "!0",
+        "!",
+        "p!1",
+        "g/p!",
+        "g/p!x",
+        "!1!2",
+        "g/p/merge_requests/x",
+        "https://h/g/p/-/issues/1",
+    ] {
         assert_eq!(MrRef::parse(text), None, "{text}");
     }
 }
 
 #[test]
 fn display_forms() {
-    assert_eq!(pipe(Some("g/s/p"), 9).unwrap().to_string(), "g/s/p/pipelines/9");
+    assert_eq!(
+        pipe(Some("g/s/p"), 9).unwrap().to_string(),
+        "g/s/p/pipelines/9"
+    );
     assert_eq!(pipe(None, 9).unwrap().to_string(), "9");
     assert_eq!(mr(Some("g/p"), 3).unwrap().to_string(), "g/p!3");
     assert_eq!(mr(None, 3).unwrap().to_string(), "!3");
@@ -129,7 +178,10 @@ fn from_str() {
     assert!("1x=y".parse::<Matcher>().is_err());
     assert!("a=b c=d".parse::<Matcher>().is_err());
     assert!("\"a=b\"".parse::<Matcher>().is_err());
-    assert_eq!("g/p/pipelines/4".parse::<PipelineRef>().ok(), pipe(Some("g/p"), 4));
+    assert_eq!(
+        "g/p/pipelines/4".parse::<PipelineRef>().ok(),
+        pipe(Some("g/p"), 4)
+    );
     assert!("x".parse::<PipelineRef>().is_err());
     assert_eq!("g/p!4".parse::<MrRef>().ok(), mr(Some("g/p"), 4));
     assert!("4".parse::<MrRef>().is_err());

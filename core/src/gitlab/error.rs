@@ -94,7 +94,7 @@ impl GitLabError {
                 attempts,
                 last,
             } => format!(
-                "GitLab is unavailable ({endpoint} failed {attempts} times, last: {last}); shepherd will try again later."
+                "GitLab is unavailable ({endpoint} failed {attempts} times, last: {last})."
             ),
             Self::Decode { endpoint, detail } => format!(
                 "GitLab sent an answer to {endpoint} that shepherd could not read ({detail}); this is a shepherd bug or a GitLab version mismatch."
@@ -126,17 +126,33 @@ pub(crate) fn render_error_body(body: &[u8], fallback: &str) -> String {
                 }
                 s
             } else {
-                text.trim().to_string()
+                plain_text(&text)
             }
         }
         Ok(other) => render_value(&other),
-        Err(_) => text.trim().to_string(),
+        Err(_) => plain_text(&text),
     };
-    let rendered = rendered.trim().to_string();
+    // One line, always: replies are chat lines.
+    let rendered = rendered.split_whitespace().collect::<Vec<_>>().join(" ");
     if rendered.is_empty() {
         fallback.to_string()
     } else {
         truncate(&rendered, MAX_MESSAGE_CHARS)
+    }
+}
+
+/// A non-JSON body: a proxy's HTML error page is reduced to its title, anything else kept.
+fn plain_text(text: &str) -> String {
+    let trimmed = text.trim();
+    if !trimmed.starts_with('<') {
+        return trimmed.to_string();
+    }
+    let lower = trimmed.to_ascii_lowercase();
+    match (lower.find("<title>"), lower.find("</title>")) {
+        (Some(start), Some(end)) if start + 7 <= end => {
+            format!("an HTML error page: {}", trimmed[start + 7..end].trim())
+        }
+        _ => "an HTML error page".to_string(),
     }
 }
 
@@ -169,5 +185,25 @@ pub(crate) fn truncate(s: &str, max_chars: usize) -> String {
     match s.char_indices().nth(max_chars) {
         Some((cut, _)) => format!("{}…", &s[..cut]),
         None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::render_error_body;
+
+    #[test]
+    fn html_error_pages_become_one_line_with_their_title() {
+        let page = b"<!DOCTYPE html>\n<html>\n<head>\n<title>Something went wrong (503)</title>\n</head>\n<body><h1>503</h1></body></html>";
+        assert_eq!(
+            render_error_body(page, "Service Unavailable"),
+            "an HTML error page: Something went wrong (503)"
+        );
+        assert_eq!(render_error_body(b"<html>no title", "x"), "an HTML error page");
+        assert_eq!(render_error_body(b"Retry\n  later\n", "x"), "Retry later");
+        assert_eq!(
+            render_error_body(br#"{"message":"line one\nline two"}"#, "x"),
+            "line one line two"
+        );
     }
 }
