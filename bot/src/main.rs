@@ -24,7 +24,11 @@ use crate::app::App;
 use crate::console::Console;
 
 #[derive(Parser)]
-#[command(name = "shepherd", version, about = "ChatOps for CI/CD: pipelines, retriggers, deploys and alerts from chat")]
+#[command(
+    name = "shepherd",
+    version,
+    about = "ChatOps for CI/CD: pipelines, retriggers, deploys and alerts from chat"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -64,7 +68,10 @@ enum ConfigCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shepherd: cannot start the async runtime: {e}");

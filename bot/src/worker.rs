@@ -69,20 +69,44 @@ impl Worker {
         let _enter = span.enter();
         drop(_enter);
 
-        let queued: QueuedCommand = match (item.kind.as_str(), serde_json::from_value(item.payload.clone())) {
+        let queued: QueuedCommand = match (
+            item.kind.as_str(),
+            serde_json::from_value(item.payload.clone()),
+        ) {
             (COMMAND_KIND, Ok(q)) => q,
             (kind, Err(e)) => {
                 tracing::error!(request = %item.id, kind, error = %e, "worker: unreadable request; parking it");
-                return self.finish_dead(&item, &format!("internal error: request {} could not be read", item.id)).await;
+                return self
+                    .finish_dead(
+                        &item,
+                        &format!("internal error: request {} could not be read", item.id),
+                    )
+                    .await;
             }
             (kind, _) => {
                 tracing::error!(request = %item.id, kind, "worker: unknown request kind; parking it");
-                return self.finish_dead(&item, &format!("internal error: request {} has unknown kind {kind}", item.id)).await;
+                return self
+                    .finish_dead(
+                        &item,
+                        &format!(
+                            "internal error: request {} has unknown kind {kind}",
+                            item.id
+                        ),
+                    )
+                    .await;
             }
         };
         let name = queued.command.name();
         let Some(plugin) = self.registry.get(name) else {
-            return self.finish(&item, Outcome::reply(Registry::not_enabled(name)), name, "not_enabled", &queued.text).await;
+            return self
+                .finish(
+                    &item,
+                    Outcome::reply(Registry::not_enabled(name)),
+                    name,
+                    "not_enabled",
+                    &queued.text,
+                )
+                .await;
         };
         let principal = self.services.policy.resolve(&item.identity);
         let call = Call {
@@ -108,7 +132,9 @@ impl Worker {
                             tracing::warn!(request = %item.id, "worker: lease lost");
                             return;
                         }
-                        Err(e) => tracing::warn!(request = %item.id, error = %e, "worker: lease renewal failed"),
+                        Err(e) => {
+                            tracing::warn!(request = %item.id, error = %e, "worker: lease renewal failed")
+                        }
                     }
                 }
             })
@@ -120,16 +146,26 @@ impl Worker {
         let res = match result {
             Ok(outcome) => {
                 let audit = outcome.audit.clone();
-                self.finish(&item, outcome, name, "ok", &queued.text).await?;
+                self.finish(&item, outcome, name, "ok", &queued.text)
+                    .await?;
                 if let (true, Some((what, detail))) = (changes, audit) {
-                    self.audit_entry(&item, name, &queued.text, what, &detail).await;
+                    self.audit_entry(&item, name, &queued.text, what, &detail)
+                        .await;
                 }
                 Ok(())
             }
             Err(PluginError::Refuse(msg)) => {
-                self.finish(&item, Outcome::reply(msg.clone()), name, "error", &queued.text).await?;
+                self.finish(
+                    &item,
+                    Outcome::reply(msg.clone()),
+                    name,
+                    "error",
+                    &queued.text,
+                )
+                .await?;
                 if changes {
-                    self.audit_entry(&item, name, &queued.text, AuditOutcome::Failed, &msg).await;
+                    self.audit_entry(&item, name, &queued.text, AuditOutcome::Failed, &msg)
+                        .await;
                 }
                 Ok(())
             }
@@ -142,7 +178,8 @@ impl Worker {
                     self.finish_dead(&item, &text).await?;
                     self.count(name, "dead");
                     if changes {
-                        self.audit_entry(&item, name, &queued.text, AuditOutcome::Failed, &msg).await;
+                        self.audit_entry(&item, name, &queued.text, AuditOutcome::Failed, &msg)
+                            .await;
                     }
                 } else {
                     let out = self.queue.fail(&item, &msg).await?;
@@ -169,12 +206,28 @@ impl Worker {
     ) -> Result<(), StoreError> {
         let mut tx = self.services.store.pool().begin().await?;
         for (i, reply) in outcome.replies.iter().enumerate() {
-            outbox::push_in(&mut tx, &item.origin, reply, Some(&format!("{}:reply:{i}", item.id)), Some(&item.id)).await?;
+            outbox::push_in(
+                &mut tx,
+                &item.origin,
+                reply,
+                Some(&format!("{}:reply:{i}", item.id)),
+                Some(&item.id),
+            )
+            .await?;
         }
         for p in &outcome.started {
-            watcher::record_pipeline_in(&mut tx, &p.project, p.pipeline_id, &item.id, &item.identity, &p.web_url).await?;
+            watcher::record_pipeline_in(
+                &mut tx,
+                &p.project,
+                p.pipeline_id,
+                &item.id,
+                &item.identity,
+                &p.web_url,
+            )
+            .await?;
         }
-        let first_poll = now_ms() + i64::try_from(self.watcher.settings().poll_interval.as_millis()).unwrap_or(0);
+        let first_poll = now_ms()
+            + i64::try_from(self.watcher.settings().poll_interval.as_millis()).unwrap_or(0);
         for w in &outcome.watches {
             watcher::add_in(&mut tx, w, first_poll).await?;
         }
@@ -195,18 +248,40 @@ impl Worker {
     /// Parks the item as dead and tells the asker, in one transaction.
     async fn finish_dead(&self, item: &Leased, text: &str) -> Result<(), StoreError> {
         let mut tx = self.services.store.pool().begin().await?;
-        outbox::push_in(&mut tx, &item.origin, text, Some(&format!("{}:dead", item.id)), Some(&item.id)).await?;
+        outbox::push_in(
+            &mut tx,
+            &item.origin,
+            text,
+            Some(&format!("{}:dead", item.id)),
+            Some(&item.id),
+        )
+        .await?;
         self.queue.park_in(&mut tx, item, text).await?;
         tx.commit().await?;
         self.outbox.wake();
         Ok(())
     }
 
-    async fn audit_entry(&self, item: &Leased, name: &str, text: &str, outcome: AuditOutcome, detail: &str) {
+    async fn audit_entry(
+        &self,
+        item: &Leased,
+        name: &str,
+        text: &str,
+        outcome: AuditOutcome,
+        detail: &str,
+    ) {
         let principal = self.services.policy.resolve(&item.identity);
         if let Err(e) = self
             .audit
-            .record(&item.identity, principal.person.as_deref(), &item.origin, name, text, outcome, Some(detail))
+            .record(
+                &item.identity,
+                principal.person.as_deref(),
+                &item.origin,
+                name,
+                text,
+                outcome,
+                Some(detail),
+            )
             .await
         {
             tracing::error!(request = %item.id, error = %e, "audit write failed");
@@ -214,6 +289,9 @@ impl Worker {
     }
 
     fn count(&self, command: &str, outcome: &str) {
-        self.metrics.commands.with_label_values(&[command, outcome]).inc();
+        self.metrics
+            .commands
+            .with_label_values(&[command, outcome])
+            .inc();
     }
 }

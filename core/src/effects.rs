@@ -8,7 +8,11 @@ use sqlx::Row;
 
 use crate::store::{Store, StoreError, now_ms};
 
-pub async fn get(store: &Store, request_id: &str, name: &str) -> Result<Option<String>, StoreError> {
+pub async fn get(
+    store: &Store,
+    request_id: &str,
+    name: &str,
+) -> Result<Option<String>, StoreError> {
     let row = sqlx::query("SELECT value FROM effects WHERE request_id = $1 AND name = $2")
         .bind(request_id)
         .bind(name)
@@ -21,7 +25,12 @@ pub async fn get(store: &Store, request_id: &str, name: &str) -> Result<Option<S
 }
 
 /// Records an effect; the first record for a name wins (later ones are ignored).
-pub async fn put(store: &Store, request_id: &str, name: &str, value: &str) -> Result<(), StoreError> {
+pub async fn put(
+    store: &Store,
+    request_id: &str,
+    name: &str,
+    value: &str,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO effects (request_id, name, value, created_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (request_id, name) DO NOTHING",

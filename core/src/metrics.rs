@@ -48,7 +48,10 @@ impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new_custom(Some("shepherd".into()), None)?;
         let commands = IntCounterVec::new(
-            Opts::new("commands_total", "Commands received, by command and outcome"),
+            Opts::new(
+                "commands_total",
+                "Commands received, by command and outcome",
+            ),
             &["command", "outcome"],
         )?;
         let command_duration = HistogramVec::new(
@@ -64,15 +67,24 @@ impl Metrics {
             &["state"],
         )?;
         let queue_retries = IntCounterVec::new(
-            Opts::new("queue_retries_total", "Queue items put back after a failed attempt"),
+            Opts::new(
+                "queue_retries_total",
+                "Queue items put back after a failed attempt",
+            ),
             &["kind"],
         )?;
         let queue_dead_total = IntCounterVec::new(
-            Opts::new("queue_dead_total", "Queue items parked as dead after their last attempt"),
+            Opts::new(
+                "queue_dead_total",
+                "Queue items parked as dead after their last attempt",
+            ),
             &["kind"],
         )?;
         let gitlab_requests = IntCounterVec::new(
-            Opts::new("gitlab_requests_total", "GitLab API calls by endpoint and status"),
+            Opts::new(
+                "gitlab_requests_total",
+                "GitLab API calls by endpoint and status",
+            ),
             &["endpoint", "status"],
         )?;
         let gitlab_request_duration = HistogramVec::new(
@@ -81,13 +93,21 @@ impl Metrics {
             &["endpoint"],
         )?;
         let gitlab_retries = IntCounterVec::new(
-            Opts::new("gitlab_retries_total", "GitLab API calls retried, by reason"),
+            Opts::new(
+                "gitlab_retries_total",
+                "GitLab API calls retried, by reason",
+            ),
             &["reason"],
         )?;
-        let watched_pipelines =
-            IntGauge::new("watched_pipelines", "Pipelines being watched until they finish")?;
+        let watched_pipelines = IntGauge::new(
+            "watched_pipelines",
+            "Pipelines being watched until they finish",
+        )?;
         let outbox_pending = IntGaugeVec::new(
-            Opts::new("outbox_pending", "Messages waiting in the outbox, by front end"),
+            Opts::new(
+                "outbox_pending",
+                "Messages waiting in the outbox, by front end",
+            ),
             &["frontend"],
         )?;
         registry.register(Box::new(commands.clone()))?;

@@ -61,7 +61,11 @@ impl Outbox {
     }
 
     /// Undelivered messages for a front end, oldest first.
-    pub async fn pending(&self, frontend: &str, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
+    pub async fn pending(
+        &self,
+        frontend: &str,
+        limit: i64,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, frontend, room, body, request_id, created_at FROM outbox \
              WHERE frontend = $1 AND delivered_at IS NULL ORDER BY created_at, id LIMIT $2",

@@ -105,7 +105,10 @@ impl Policy {
 
     /// The groups allowed to run a command (empty when nobody is).
     pub fn allowed_groups(&self, command: &str) -> &[String] {
-        self.permissions.get(command).map(Vec::as_slice).unwrap_or(&[])
+        self.permissions
+            .get(command)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     pub fn check(&self, who: &Principal, command: &str) -> Result<(), Refusal> {
@@ -182,7 +185,9 @@ mod tests {
         assert!(p.check(&mallory, "ping").is_ok());
         let refusal = p.check(&alice, "deploy").expect_err("alice is no admin");
         assert_eq!(refusal.needed, vec!["admins".to_string()]);
-        let refusal = p.check(&mallory, "retrigger").expect_err("unknown identity");
+        let refusal = p
+            .check(&mallory, "retrigger")
+            .expect_err("unknown identity");
         assert_eq!(refusal.needed.len(), 2);
         // Nobody configured it: nobody may.
         assert!(p.check(&p.resolve("console:x"), "unsilence").is_err());

@@ -165,7 +165,10 @@ impl Queue {
                 .execute(pool)
                 .await?;
                 if done.rows_affected() == 1 {
-                    self.metrics.queue_dead_total.with_label_values(&["expired"]).inc();
+                    self.metrics
+                        .queue_dead_total
+                        .with_label_values(&["expired"])
+                        .inc();
                 }
                 continue;
             }
@@ -331,7 +334,9 @@ impl Queue {
     pub fn retry_delay(&self, attempt: u32) -> Duration {
         let base = self.settings.retry_base.as_millis() as u64;
         let cap = self.settings.retry_max.as_millis() as u64;
-        let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(32)).min(cap);
+        let exp = base
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(32))
+            .min(cap);
         let half = exp / 2;
         let jitter = if half > 0 {
             rand::rng().random_range(0..=half)
@@ -359,8 +364,7 @@ impl Queue {
                         row.try_get::<String, _>("room")?,
                     ),
                     identity: row.try_get("identity")?,
-                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?)
-                        .unwrap_or(u32::MAX),
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                     last_error: row.try_get("last_error")?,
                     created_at: row.try_get("created_at")?,
                 })
@@ -392,9 +396,18 @@ impl Queue {
     /// Updates the queue gauges from the store.
     pub async fn refresh_metrics(&self) -> Result<QueueCounts, StoreError> {
         let c = self.counts().await?;
-        self.metrics.queue_items.with_label_values(&["ready"]).set(c.ready);
-        self.metrics.queue_items.with_label_values(&["leased"]).set(c.leased);
-        self.metrics.queue_items.with_label_values(&["dead"]).set(c.dead);
+        self.metrics
+            .queue_items
+            .with_label_values(&["ready"])
+            .set(c.ready);
+        self.metrics
+            .queue_items
+            .with_label_values(&["leased"])
+            .set(c.leased);
+        self.metrics
+            .queue_items
+            .with_label_values(&["dead"])
+            .set(c.dead);
         Ok(c)
     }
 
@@ -422,7 +435,10 @@ impl Queue {
     }
 }
 
-pub async fn enqueue_in(conn: &mut AnyConnection, req: &NewRequest) -> Result<Enqueued, StoreError> {
+pub async fn enqueue_in(
+    conn: &mut AnyConnection,
+    req: &NewRequest,
+) -> Result<Enqueued, StoreError> {
     if let Some(key) = &req.dedup_key {
         let existing = sqlx::query("SELECT id FROM requests WHERE dedup_key = $1")
             .bind(key)

@@ -42,6 +42,8 @@ pub struct RetriggerRequest {
     pub production: bool,
 }
 
+// Short-lived, returned once per request: boxing a pipeline would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum RetriggerOutcome {
     Created {
@@ -96,17 +98,18 @@ impl Retrigger {
     pub async fn run(&self, req: &RetriggerRequest) -> Result<RetriggerOutcome, RetriggerError> {
         let old = self.gitlab.pipeline(&req.project, req.pipeline_id).await?;
 
-        if let Some(recorded) = effects::get(&self.store, &req.request_id, EFFECT_PIPELINE).await? {
-            if let Ok(id) = recorded.parse::<u64>() {
-                let new = self.gitlab.pipeline(&req.project, id).await?;
-                let variables = self.gitlab.pipeline_variables(&req.project, id).await?;
-                return Ok(RetriggerOutcome::Created {
-                    old,
-                    new,
-                    variables,
-                    recovered: true,
-                });
-            }
+        let recorded = effects::get(&self.store, &req.request_id, EFFECT_PIPELINE).await?;
+        if let Some(recorded) = recorded
+            && let Ok(id) = recorded.parse::<u64>()
+        {
+            let new = self.gitlab.pipeline(&req.project, id).await?;
+            let variables = self.gitlab.pipeline_variables(&req.project, id).await?;
+            return Ok(RetriggerOutcome::Created {
+                old,
+                new,
+                variables,
+                recovered: true,
+            });
         }
 
         let old_vars = self
@@ -262,7 +265,10 @@ mod tests {
         let overrides = vec![
             ("B".to_string(), "20".to_string()),
             ("C".to_string(), "3".to_string()),
-            ("CKI_DEPLOYMENT_ENVIRONMENT".to_string(), "production".to_string()),
+            (
+                "CKI_DEPLOYMENT_ENVIRONMENT".to_string(),
+                "production".to_string(),
+            ),
         ];
         let markers = vec![(
             "CKI_DEPLOYMENT_ENVIRONMENT".to_string(),
@@ -289,6 +295,9 @@ mod tests {
             &[],
             "req-2",
         );
-        assert_eq!(kv(&merged), vec![(REQUEST_ID_VARIABLE.into(), "req-2".into())]);
+        assert_eq!(
+            kv(&merged),
+            vec![(REQUEST_ID_VARIABLE.into(), "req-2".into())]
+        );
     }
 }

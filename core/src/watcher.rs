@@ -64,7 +64,11 @@ pub trait Reporter: Send + Sync {
 }
 
 /// Adds a watch inside the caller's transaction (a no-op if the same one exists).
-pub async fn add_in(conn: &mut AnyConnection, w: &NewWatch, first_poll_at: i64) -> Result<(), StoreError> {
+pub async fn add_in(
+    conn: &mut AnyConnection,
+    w: &NewWatch,
+    first_poll_at: i64,
+) -> Result<(), StoreError> {
     let now = now_ms();
     sqlx::query(
         "INSERT INTO watches (id, request_id, project, pipeline_id, web_url, frontend, room, state, \
@@ -128,12 +132,11 @@ pub async fn started_by_shepherd(
 
 /// Watches still open for a front end.
 pub async fn active_for(store: &Store, frontend: &str) -> Result<i64, StoreError> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n FROM watches WHERE frontend = $1 AND state = 'watching'",
-    )
-    .bind(frontend)
-    .fetch_one(store.pool())
-    .await?;
+    let row =
+        sqlx::query("SELECT COUNT(*) AS n FROM watches WHERE frontend = $1 AND state = 'watching'")
+            .bind(frontend)
+            .fetch_one(store.pool())
+            .await?;
     Ok(row.try_get("n")?)
 }
 

@@ -44,7 +44,10 @@ impl Plugin for Help {
         };
         let registry = Registry::new();
         let prefix = &services.prefix;
-        let text = match topic.as_deref().map(|t| t.trim_start_matches(prefix.as_str()).to_lowercase()) {
+        let text = match topic
+            .as_deref()
+            .map(|t| t.trim_start_matches(prefix.as_str()).to_lowercase())
+        {
             None => {
                 let mut names: Vec<&str> = registry.entries().map(|e| e.command).collect();
                 names.sort_unstable();

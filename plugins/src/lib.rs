@@ -157,9 +157,8 @@ impl Registry {
     ) -> BTreeMap<String, Vec<String>> {
         let mut out = configured.clone();
         for entry in self.entries() {
-            out.entry(entry.command.to_string()).or_insert_with(|| {
-                entry.default_groups.iter().map(|g| g.to_string()).collect()
-            });
+            out.entry(entry.command.to_string())
+                .or_insert_with(|| entry.default_groups.iter().map(|g| g.to_string()).collect());
         }
         out
     }

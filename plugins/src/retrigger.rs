@@ -87,7 +87,10 @@ impl Plugin for RetriggerPlugin {
                     pipeline_id: new.id,
                     web_url: new.web_url.clone(),
                 }],
-                audit: Some((AuditOutcome::Done, format!("created pipeline {}", new.web_url))),
+                audit: Some((
+                    AuditOutcome::Done,
+                    format!("created pipeline {}", new.web_url),
+                )),
             },
             RetriggerOutcome::WouldCreate { old, variables } => {
                 let vars = variables

@@ -6,7 +6,7 @@
 //! `Shepherd` runs `shepherd console` (or `serve`) with piped stdin/stdout and lets a test
 //! send lines and await replies — conditions are awaited, never slept for.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,19 +29,21 @@ pub fn shepherd_bin() -> PathBuf {
     if let Ok(p) = std::env::var("SHEPHERD_BIN") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test binary> -> target/<profile>/shepherd
+    // target/<profile>/deps/<test binary> or target/<profile>/<bench binary>
+    // -> target/<profile>/shepherd
     let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join("shepherd");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p shepherd-bot` first (scripts/test does)",
-        bin.display()
-    );
-    bin
+    let dir = exe.parent().expect("the test binary is in a folder");
+    let candidates = [dir.join("shepherd"), dir.join("../shepherd")];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{} is missing: run `cargo build -p shepherd-bot` first (scripts/test does)",
+                candidates[1].display()
+            )
+        })
 }
 
 pub fn postgres_admin_url() -> String {
@@ -161,6 +163,8 @@ pub struct ShepherdConfig {
     pub queue: String,
     pub gitlab: String,
     pub rate_limits: String,
+    /// The watcher's base poll interval (its maximum is four times this).
+    pub watcher_poll_ms: u64,
 }
 
 impl ShepherdConfig {
@@ -178,6 +182,7 @@ impl ShepherdConfig {
             queue: String::new(),
             gitlab: String::new(),
             rate_limits: String::new(),
+            watcher_poll_ms: 100,
         }
     }
 
@@ -208,8 +213,8 @@ retry_max_ms = 200
 [retrigger]
 marker_variables = {{ CKI_DEPLOYMENT_ENVIRONMENT = "retrigger" }}
 [watcher]
-poll_interval_ms = 100
-max_poll_interval_ms = 400
+poll_interval_ms = {watch}
+max_poll_interval_ms = {watch_max}
 [console]
 identity = "{identity}"
 [rate_limits]
@@ -229,6 +234,8 @@ groups = [{groups}]
             gitlab_extra = self.gitlab,
             identity = self.identity,
             rate_limits = self.rate_limits,
+            watch = self.watcher_poll_ms,
+            watch_max = self.watcher_poll_ms * 4,
             groups = self
                 .groups
                 .iter()

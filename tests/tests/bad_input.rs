@@ -19,8 +19,14 @@ async fn garbage(backend: Backend) {
     let cases: Vec<(&[u8], &str)> = vec![
         (b"retriger 12", "did you mean `retrigger`?"),
         (b"frobnicate", "unknown command `frobnicate`"),
-        (b"retrigger group/project/pipelines/abc", "is not a pipeline reference"),
-        (b"retrigger https://gitlab.example/g/p/-/merge_requests/3", "is not a pipeline reference"),
+        (
+            b"retrigger group/project/pipelines/abc",
+            "is not a pipeline reference",
+        ),
+        (
+            b"retrigger https://gitlab.example/g/p/-/merge_requests/3",
+            "is not a pipeline reference",
+        ),
         (b"retrigger", "retrigger"),
         (b"retrigger 12 msg=\"never closed", "never closed"),
         (b"retrigger 12 [a=1 b=2", "["),
@@ -63,7 +69,11 @@ async fn garbage(backend: Backend) {
         "{rest:?}"
     );
 
-    assert_eq!(store.count("SELECT COUNT(*) FROM requests").await, 1, "only the long valid line");
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM requests").await,
+        1,
+        "only the long valid line"
+    );
     assert!(
         gitlab
             .requests()
@@ -74,7 +84,10 @@ async fn garbage(backend: Backend) {
     );
     assert!(gitlab.pipelines_created().is_empty());
 }
-on_both_stores!(malformed_commands_get_a_clear_reply_and_store_nothing, garbage);
+on_both_stores!(
+    malformed_commands_get_a_clear_reply_and_store_nothing,
+    garbage
+);
 
 async fn unauthorized(backend: Backend) {
     let store = TestStore::new(backend).await;
@@ -90,10 +103,22 @@ async fn unauthorized(backend: Backend) {
     assert!(bot.wait_exit(WAIT).await.success());
     let lines = bot.lines();
     assert_eq!(lines.len(), 3, "{lines:?}");
-    assert!(lines[0].starts_with("sorry, you may not use `retrigger`"), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with("sorry, you may not use `retrigger`"),
+        "{}",
+        lines[0]
+    );
     assert!(lines[0].contains("admins or developers"), "{}", lines[0]);
-    assert!(lines[0].contains("console:mallory is not a known identity"), "{}", lines[0]);
-    assert!(lines[1].starts_with("sorry, you may not use `cancel`"), "{}", lines[1]);
+    assert!(
+        lines[0].contains("console:mallory is not a known identity"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("sorry, you may not use `cancel`"),
+        "{}",
+        lines[1]
+    );
     assert!(lines[2].contains("you are console:mallory"), "{}", lines[2]);
     assert!(!lines[2].contains("retrigger"), "{}", lines[2]);
 
@@ -134,7 +159,10 @@ async fn run_cli(args: &[&str], config: &str, env: &[(&str, &str)]) -> (i32, Str
         .map(|e| e.file_name().to_string_lossy().to_string())
         .filter(|n| n != "shepherd.toml")
         .collect();
-    assert!(leftover.is_empty(), "nothing created on a bad start: {leftover:?}");
+    assert!(
+        leftover.is_empty(),
+        "nothing created on a bad start: {leftover:?}"
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -160,8 +188,12 @@ async fn a_bad_config_fails_at_start_naming_the_key() {
             assert!(stdout.is_empty(), "{stdout}");
         }
     }
-    let (code, _, stderr) =
-        run_cli(&["config", "check"], "", &[("SHEPHERD_GITLAB_URL", "https://typo")]).await;
+    let (code, _, stderr) = run_cli(
+        &["config", "check"],
+        "",
+        &[("SHEPHERD_GITLAB_URL", "https://typo")],
+    )
+    .await;
     assert_eq!(code, 2);
     assert!(stderr.contains("SHEPHERD_GITLAB_URL"), "{stderr}");
 }

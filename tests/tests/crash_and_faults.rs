@@ -25,7 +25,9 @@ async fn crash_after_create(backend: Backend) {
 
     let hold = gitlab.hold_creates();
     let mut first = Shepherd::console(&config).await;
-    first.send(&format!("retrigger {} foo=bar", old.web_url)).await;
+    first
+        .send(&format!("retrigger {} foo=bar", old.web_url))
+        .await;
     tokio::time::timeout(WAIT, hold.wait_reached())
         .await
         .expect("the create reached GitLab");
@@ -45,12 +47,23 @@ async fn crash_after_create(backend: Backend) {
     let created = gitlab.pipelines_created();
     let reply = second.expect_line("retriggered pipeline", WAIT).await;
     second
-        .expect_line(&format!("pipeline {} of {PROJECT} finished: success", created[0].id), WAIT)
+        .expect_line(
+            &format!("pipeline {} of {PROJECT} finished: success", created[0].id),
+            WAIT,
+        )
         .await;
-    assert!(second.wait_exit(WAIT).await.success(), "{}", second.stderr());
+    assert!(
+        second.wait_exit(WAIT).await.success(),
+        "{}",
+        second.stderr()
+    );
 
     let created = gitlab.pipelines_created();
-    assert_eq!(created.len(), 1, "exactly one pipeline after the crash: {created:?}");
+    assert_eq!(
+        created.len(),
+        1,
+        "exactly one pipeline after the crash: {created:?}"
+    );
     assert!(reply.contains(&created[0].web_url), "{reply}");
     assert_eq!(created[0].variable("foo"), Some("bar"));
     assert_eq!(
@@ -69,7 +82,10 @@ async fn crash_after_create(backend: Backend) {
         1
     );
 }
-on_both_stores!(kill_9_after_create_gives_one_pipeline_and_the_reply, crash_after_create);
+on_both_stores!(
+    kill_9_after_create_gives_one_pipeline_and_the_reply,
+    crash_after_create
+);
 
 async fn unreliable_gitlab(backend: Backend) {
     const COMMANDS: usize = 12;
@@ -101,16 +117,37 @@ async fn unreliable_gitlab(backend: Backend) {
     config.rate_limits = "per_identity_per_minute = 1000".into();
     let mut bot = Shepherd::console(&config).await;
     for i in 0..COMMANDS {
-        bot.send(&format!("retrigger {} run={i}", old.web_url)).await;
+        bot.send(&format!("retrigger {} run={i}", old.web_url))
+            .await;
     }
     bot.close_stdin();
-    assert!(bot.wait_exit(Duration::from_secs(240)).await.success(), "{}", bot.stderr());
+    assert!(
+        bot.wait_exit(Duration::from_secs(240)).await.success(),
+        "{}",
+        bot.stderr()
+    );
 
     let lines = bot.lines();
-    let replies = lines.iter().filter(|l| l.contains("retriggered pipeline")).count();
-    let reports = lines.iter().filter(|l| l.contains("finished: success")).count();
-    assert_eq!(replies, COMMANDS, "every command succeeded:\n{}", lines.join("\n"));
-    assert_eq!(reports, COMMANDS, "every pipeline reported:\n{}", lines.join("\n"));
+    let replies = lines
+        .iter()
+        .filter(|l| l.contains("retriggered pipeline"))
+        .count();
+    let reports = lines
+        .iter()
+        .filter(|l| l.contains("finished: success"))
+        .count();
+    assert_eq!(
+        replies,
+        COMMANDS,
+        "every command succeeded:\n{}",
+        lines.join("\n")
+    );
+    assert_eq!(
+        reports,
+        COMMANDS,
+        "every pipeline reported:\n{}",
+        lines.join("\n")
+    );
 
     let created = gitlab.pipelines_created();
     let ids: HashSet<&str> = created
@@ -133,6 +170,14 @@ async fn unreliable_gitlab(backend: Backend) {
         "a create took effect and then failed: {creates_faulted:?}"
     );
     assert!(requests.iter().filter(|r| r.fault.is_some()).count() >= 10);
-    assert_eq!(store.count("SELECT COUNT(*) FROM requests WHERE state = 'dead'").await, 0);
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM requests WHERE state = 'dead'")
+            .await,
+        0
+    );
 }
-on_both_stores!(thirty_percent_faults_every_command_succeeds_once, unreliable_gitlab);
+on_both_stores!(
+    thirty_percent_faults_every_command_succeeds_once,
+    unreliable_gitlab
+);

@@ -20,12 +20,15 @@ async fn get_when_up(url: &str) -> reqwest::Response {
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if let Ok(r) = client.get(url).send().await {
-            if r.status().is_success() {
-                return r;
-            }
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return r;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{url} never answered 200");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} never answered 200"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -50,10 +53,35 @@ async fn serve_endpoints(backend: Backend) {
     let base = format!("http://127.0.0.1:{}", config.http_port);
     let mut bot = Shepherd::serve(&config).await;
 
-    assert_eq!(get_when_up(&format!("{base}/healthz")).await.text().await.ok().as_deref(), Some("ok\n"));
-    assert_eq!(get_when_up(&format!("{base}/readyz")).await.text().await.ok().as_deref(), Some("ready\n"));
-    let help = get_when_up(&format!("{base}/help")).await.text().await.expect("help");
-    for needle in ["## retrigger", "`retrigger <pipeline> [key=value ...]`", "Who may use it: groups admins, developers", "## Not enabled yet"] {
+    assert_eq!(
+        get_when_up(&format!("{base}/healthz"))
+            .await
+            .text()
+            .await
+            .ok()
+            .as_deref(),
+        Some("ok\n")
+    );
+    assert_eq!(
+        get_when_up(&format!("{base}/readyz"))
+            .await
+            .text()
+            .await
+            .ok()
+            .as_deref(),
+        Some("ready\n")
+    );
+    let help = get_when_up(&format!("{base}/help"))
+        .await
+        .text()
+        .await
+        .expect("help");
+    for needle in [
+        "## retrigger",
+        "`retrigger <pipeline> [key=value ...]`",
+        "Who may use it: groups admins, developers",
+        "## Not enabled yet",
+    ] {
         assert!(help.contains(needle), "{needle} in /help:\n{help}");
     }
 
@@ -62,21 +90,58 @@ async fn serve_endpoints(backend: Backend) {
     bot.send("frobnicate").await;
     bot.expect_line("unknown command", WAIT).await;
     bot.send(&format!("status {}", p.web_url)).await;
-    bot.expect_line(&format!("pipeline {} of g/p: running", p.id), WAIT).await;
+    bot.expect_line(&format!("pipeline {} of g/p: running", p.id), WAIT)
+        .await;
 
-    assert_eq!(metric(&base, "shepherd_commands_total{command=\"ping\",outcome=\"ok\"}").await, Some(1.0));
-    assert_eq!(metric(&base, "shepherd_commands_total{command=\"unknown\",outcome=\"parse_error\"}").await, Some(1.0));
-    assert_eq!(metric(&base, "shepherd_commands_total{command=\"status\",outcome=\"ok\"}").await, Some(1.0));
+    assert_eq!(
+        metric(
+            &base,
+            "shepherd_commands_total{command=\"ping\",outcome=\"ok\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &base,
+            "shepherd_commands_total{command=\"unknown\",outcome=\"parse_error\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &base,
+            "shepherd_commands_total{command=\"status\",outcome=\"ok\"}"
+        )
+        .await,
+        Some(1.0)
+    );
     assert_eq!(
         metric(&base, "shepherd_gitlab_requests_total{endpoint=\"GET /projects/:id/pipelines/:pipeline_id\",status=\"200\"}").await,
         Some(1.0)
     );
-    assert!(metric(&base, "shepherd_command_duration_seconds_count{command=\"status\"}").await >= Some(1.0));
-    assert!(metric(&base, "shepherd_queue_items{state=\"dead\"}").await.is_some());
+    assert!(
+        metric(
+            &base,
+            "shepherd_command_duration_seconds_count{command=\"status\"}"
+        )
+        .await
+            >= Some(1.0)
+    );
+    assert!(
+        metric(&base, "shepherd_queue_items{state=\"dead\"}")
+            .await
+            .is_some()
+    );
 
     // SIGTERM: a clean stop.
     let pid = bot.pid().expect("running");
-    let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().expect("kill");
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
     assert!(status.success());
     assert!(bot.wait_exit(WAIT).await.success(), "{}", bot.stderr());
 }
@@ -86,7 +151,11 @@ async fn dead_letter(backend: Backend) {
     let store = TestStore::new(backend).await;
     let gitlab = GitLabDouble::start().await;
     let p = gitlab.add_pipeline("g/p", "main", "success", &[]);
-    gitlab.set_faults(Faults { rate: 1.0, kinds: vec![FaultKind::Status(503)], seed: 1 });
+    gitlab.set_faults(Faults {
+        rate: 1.0,
+        kinds: vec![FaultKind::Status(503)],
+        seed: 1,
+    });
     let mut config = ShepherdConfig::new(&store, &gitlab);
     config.queue = "max_attempts = 3".into();
     config.gitlab = "max_retries = 1".into();
@@ -96,14 +165,31 @@ async fn dead_letter(backend: Backend) {
     assert!(bot.wait_exit(WAIT).await.success(), "{}", bot.stderr());
     let lines = bot.lines();
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].starts_with("`retrigger` failed after 3 attempts and was given up"), "{}", lines[0]);
-    assert_eq!(store.count("SELECT COUNT(*) FROM requests WHERE state = 'dead' AND attempts = 3").await, 1);
-    assert_eq!(store.count("SELECT COUNT(*) FROM audit WHERE command = 'retrigger' AND outcome = 'failed'").await, 1);
+    assert!(
+        lines[0].starts_with("`retrigger` failed after 3 attempts and was given up"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM requests WHERE state = 'dead' AND attempts = 3")
+            .await,
+        1
+    );
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM audit WHERE command = 'retrigger' AND outcome = 'failed'")
+            .await,
+        1
+    );
     // 3 attempts x (1 try + 1 retry) of the first GET, and nothing else.
     assert_eq!(gitlab.requests().len(), 6, "{:?}", gitlab.requests());
     assert!(gitlab.pipelines_created().is_empty());
 }
-on_both_stores!(work_that_keeps_failing_is_parked_dead_and_reported, dead_letter);
+on_both_stores!(
+    work_that_keeps_failing_is_parked_dead_and_reported,
+    dead_letter
+);
 
 fn settings(max_attempts: u32, lease_ms: u64) -> QueueSettings {
     QueueSettings {
@@ -131,25 +217,49 @@ async fn queue_contract(backend: Backend) {
     let queue = Queue::new(store.clone(), settings(2, 300), metrics);
 
     // Dedup: the same delivery id is stored once.
-    let a = queue.enqueue(request(1, Some("delivery-1"))).await.expect("enqueue");
-    let again = queue.enqueue(request(1, Some("delivery-1"))).await.expect("enqueue");
+    let a = queue
+        .enqueue(request(1, Some("delivery-1")))
+        .await
+        .expect("enqueue");
+    let again = queue
+        .enqueue(request(1, Some("delivery-1")))
+        .await
+        .expect("enqueue");
     assert_eq!(again, Enqueued::Duplicate(a.id().to_string()));
 
     // Lease, then the lease expires (the worker "died"): redelivered as attempt 2.
     let first = queue.lease("w1").await.expect("lease").expect("an item");
     assert_eq!((first.attempt, first.payload["n"].as_i64()), (1, Some(1)));
-    assert!(queue.lease("w2").await.expect("lease").is_none(), "leased items are not shared");
+    assert!(
+        queue.lease("w2").await.expect("lease").is_none(),
+        "leased items are not shared"
+    );
     tokio::time::sleep(Duration::from_millis(350)).await; // let the 300 ms lease run out
-    let second = queue.lease("w2").await.expect("lease").expect("redelivered");
+    let second = queue
+        .lease("w2")
+        .await
+        .expect("lease")
+        .expect("redelivered");
     assert_eq!((second.id.as_str(), second.attempt), (first.id.as_str(), 2));
     // The dead worker cannot complete what it lost.
     let mut conn = store.pool().acquire().await.expect("conn");
-    assert!(!queue.complete_in(&mut conn, &first).await.expect("complete"));
+    assert!(
+        !queue
+            .complete_in(&mut conn, &first)
+            .await
+            .expect("complete")
+    );
     // Last attempt fails: parked dead, listed, counted.
-    assert_eq!(queue.fail(&second, "boom").await.expect("fail"), FailOutcome::Dead);
+    assert_eq!(
+        queue.fail(&second, "boom").await.expect("fail"),
+        FailOutcome::Dead
+    );
     let dead = queue.dead(10).await.expect("dead");
     assert_eq!(dead.len(), 1);
-    assert_eq!((dead[0].attempts, dead[0].last_error.as_deref()), (2, Some("boom")));
+    assert_eq!(
+        (dead[0].attempts, dead[0].last_error.as_deref()),
+        (2, Some("boom"))
+    );
     assert_eq!(queue.counts().await.expect("counts").dead, 1);
 
     // A failed attempt goes to the back with a delay.
@@ -157,16 +267,26 @@ async fn queue_contract(backend: Backend) {
     let c = queue.enqueue(request(3, None)).await.expect("enqueue");
     let item = queue.lease("w1").await.expect("lease").expect("b");
     assert_eq!(item.id, b.id());
-    assert!(matches!(queue.fail(&item, "transient").await.expect("fail"), FailOutcome::Retry { .. }));
+    assert!(matches!(
+        queue.fail(&item, "transient").await.expect("fail"),
+        FailOutcome::Retry { .. }
+    ));
     let next = queue.lease("w1").await.expect("lease").expect("c first");
     assert_eq!(next.id, c.id(), "the failed item went to the back");
     assert!(queue.complete_in(&mut conn, &next).await.expect("complete"));
 
     // Many workers, many items: each item is leased exactly once.
     drop(conn);
-    let queue = Queue::new(store.clone(), settings(5, 30_000), Arc::new(Metrics::new().expect("metrics")));
+    let queue = Queue::new(
+        store.clone(),
+        settings(5, 30_000),
+        Arc::new(Metrics::new().expect("metrics")),
+    );
     for n in 0..60 {
-        queue.enqueue(request(100 + n, None)).await.expect("enqueue");
+        queue
+            .enqueue(request(100 + n, None))
+            .await
+            .expect("enqueue");
     }
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..4 {
@@ -191,7 +311,11 @@ async fn queue_contract(backend: Backend) {
         }
     }
     // b comes back after its delay; the 60 new ones are leased once each.
-    assert!(total >= 60 && total == seen.len(), "{total} leases, {} distinct", seen.len());
+    assert!(
+        total >= 60 && total == seen.len(),
+        "{total} leases, {} distinct",
+        seen.len()
+    );
     store.close().await;
 }
 on_both_stores!(queue_leases_redelivers_delays_and_parks, queue_contract);

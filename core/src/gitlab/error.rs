@@ -199,7 +199,10 @@ mod body_tests {
             render_error_body(page, "Service Unavailable"),
             "an HTML error page: Something went wrong (503)"
         );
-        assert_eq!(render_error_body(b"<html>no title", "x"), "an HTML error page");
+        assert_eq!(
+            render_error_body(b"<html>no title", "x"),
+            "an HTML error page"
+        );
         assert_eq!(render_error_body(b"Retry\n  later\n", "x"), "Retry later");
         assert_eq!(
             render_error_body(br#"{"message":"line one\nline two"}"#, "x"),

@@ -913,7 +913,10 @@ async fn exhausted_retries_are_unavailable_with_attempt_count() {
         }
     );
     assert!(err.is_retryable());
-    assert!(err.user_message().contains("try again later"));
+    assert_eq!(
+        err.user_message(),
+        "GitLab is unavailable (GET /projects/:id/pipelines failed 3 times, last: HTTP 503: maintenance)."
+    );
     assert_eq!(server.seen().len(), 3);
     assert_eq!(retries_count(&metrics, "5xx"), 2);
     assert_eq!(

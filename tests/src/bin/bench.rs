@@ -1,0 +1,203 @@
+//! Benchmarks of the whole binary, reported in BENCHMARKS.md:
+//!
+//! - added latency from a console command to the GitLab request it causes (line written to
+//!   shepherd's stdin -> the GitLab double receives `GET .../pipelines/:id`), p50/p99 over N
+//!   commands, on SQLite and on PostgreSQL, with the reply latency beside it;
+//! - the floor measured in the same run: a line through a `cat` process and back (the pipe
+//!   and scheduling cost no bot can avoid);
+//! - idle memory (RSS) of `shepherd serve`.
+//!
+//! Run: `cargo run --release -p shepherd-tests --bin bench -- [commands]` (default 1000);
+//! build the binary first with `cargo build --release -p shepherd-bot`.
+
+use std::time::{Duration, Instant};
+
+use shepherd_tests::gitlab::{GitLabDouble, Route};
+use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const PROJECT: &str = "cki-project/pipeline-definition";
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+struct Row {
+    name: String,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn row(name: &str, mut samples: Vec<Duration>) -> Row {
+    samples.sort();
+    Row {
+        name: name.to_string(),
+        p50: percentile(&samples, 50.0),
+        p99: percentile(&samples, 99.0),
+        max: samples.last().copied().unwrap_or_default(),
+    }
+}
+
+/// Line -> first GitLab request, and line -> reply, for `n` sequential retriggers.
+async fn command_latency(backend: Backend, n: usize) -> (Row, Row) {
+    let store = TestStore::new(backend).await;
+    let gitlab = GitLabDouble::start().await;
+    let olds: Vec<_> = (0..n)
+        .map(|i| gitlab.add_pipeline(PROJECT, "main", "success", &[("I", &i.to_string())]))
+        .collect();
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.rate_limits = "per_identity_per_minute = 1000000\nper_room_per_minute = 1000000".into();
+    config.gitlab = "requests_per_minute = 1000000".into();
+    // The watcher's polls would compete with the measured path; look far less often.
+    config.watcher_poll_ms = 600_000;
+    let mut bot = Shepherd::console(&config).await;
+    // Warm up: connections, caches, first migrations-era queries.
+    bot.send("ping").await;
+    bot.expect_line("pong", Duration::from_secs(30)).await;
+
+    let mut to_request = Vec::with_capacity(n);
+    let mut to_reply = Vec::with_capacity(n);
+    for (i, old) in olds.iter().enumerate() {
+        let sent = Instant::now();
+        bot.send(&format!("retrigger {} run={i}", old.id)).await;
+        let id = old.id;
+        let seen = gitlab
+            .wait_for(
+                move |reqs| {
+                    reqs.iter()
+                        .any(|r| r.is(Route::GetPipeline) && r.pipeline == Some(id))
+                },
+                Duration::from_secs(30),
+            )
+            .await;
+        assert!(seen, "GitLab never saw command {i}");
+        let arrived = gitlab
+            .requests()
+            .iter()
+            .find(|r| r.is(Route::GetPipeline) && r.pipeline == Some(id))
+            .map(|r| r.time)
+            .expect("recorded");
+        to_request.push(arrived.saturating_duration_since(sent));
+        let needle = format!("retriggered pipeline {id} ");
+        let ok = bot
+            .wait_for(Duration::from_secs(30), |lines| {
+                lines.iter().any(|l| l.contains(&needle))
+            })
+            .await;
+        assert!(ok, "no reply to command {i}");
+        to_reply.push(sent.elapsed());
+    }
+    bot.close_stdin();
+    bot.kill9().await;
+    let label = match backend {
+        Backend::Sqlite => "SQLite",
+        Backend::Postgres => "PostgreSQL",
+    };
+    (
+        row(
+            &format!("console line -> GitLab request ({label})"),
+            to_request,
+        ),
+        row(
+            &format!("console line -> reply on stdout ({label})"),
+            to_reply,
+        ),
+    )
+}
+
+/// The floor: a line through `cat` and back.
+async fn pipe_floor(n: usize) -> Row {
+    let mut child = tokio::process::Command::new("cat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let sent = Instant::now();
+        stdin
+            .write_all(format!("retrigger {i} run={i}\n").as_bytes())
+            .await
+            .expect("write");
+        stdin.flush().await.expect("flush");
+        lines.next_line().await.expect("read").expect("a line");
+        samples.push(sent.elapsed());
+    }
+    drop(stdin);
+    let _ = child.wait().await;
+    row("floor: line through `cat` and back", samples)
+}
+
+async fn idle_rss(backend: Backend) -> u64 {
+    let store = TestStore::new(backend).await;
+    let gitlab = GitLabDouble::start().await;
+    let config = ShepherdConfig::new(&store, &gitlab);
+    let mut bot = Shepherd::serve(&config).await;
+    let url = format!("http://127.0.0.1:{}/readyz", config.http_port);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(&url)
+        .send()
+        .await
+        .map(|r| r.status().is_success())
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "serve never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Idle means idle: let start-up settle before reading.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = bot.pid().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    bot.kill9().await;
+    kb
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let floor = pipe_floor(n).await;
+    let (sqlite_req, sqlite_reply) = command_latency(Backend::Sqlite, n).await;
+    let (pg_req, pg_reply) = command_latency(Backend::Postgres, n).await;
+    let rss_sqlite = idle_rss(Backend::Sqlite).await;
+    let rss_pg = idle_rss(Backend::Postgres).await;
+
+    println!("{n} sequential commands (`retrigger <id> run=<i>`, production mode), times in ms\n");
+    println!("| path | p50 | p99 | max |");
+    println!("|---|---|---|---|");
+    for r in [&floor, &sqlite_req, &sqlite_reply, &pg_req, &pg_reply] {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.name,
+            ms(r.p50),
+            ms(r.p99),
+            ms(r.max)
+        );
+    }
+    println!();
+    println!("| idle `shepherd serve` | RSS |");
+    println!("|---|---|");
+    println!("| SQLite store | {:.1} MiB |", rss_sqlite as f64 / 1024.0);
+    println!("| PostgreSQL store | {:.1} MiB |", rss_pg as f64 / 1024.0);
+}
