@@ -228,6 +228,39 @@ impl App {
     }
 }
 
+/// The dead items as a table, for `shepherd queue dead`.
+pub async fn dead_items(store: &Store, limit: i64) -> anyhow::Result<String> {
+    let metrics = Arc::new(Metrics::new()?);
+    let queue = Queue::new(
+        store.clone(),
+        QueueSettings {
+            max_attempts: 1,
+            lease: Duration::from_secs(1),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(1),
+        },
+        metrics,
+    );
+    let items = queue.dead(limit).await?;
+    let mut out = format!("{} dead request(s)\n", items.len());
+    for d in items {
+        let when = chrono::DateTime::from_timestamp_millis(d.created_at)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{}  {}  {}  {}  {}  attempts={}  {}\n",
+            d.id,
+            when,
+            d.kind,
+            d.origin,
+            d.identity,
+            d.attempts,
+            d.last_error.unwrap_or_default()
+        ));
+    }
+    Ok(out)
+}
+
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()

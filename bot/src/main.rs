@@ -55,6 +55,23 @@ enum Cmd {
         #[command(subcommand)]
         command: ConfigCmd,
     },
+    /// The durable work queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// List requests parked as dead after their last attempt, newest first.
+    Dead {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -126,6 +143,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {w}");
             }
             print!("{}", config.redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Queue {
+            command: QueueCmd::Dead { config, limit },
+        } => {
+            let config = load(config)?;
+            let store = shepherd_core::store::Store::connect(&config.store.url).await?;
+            let counts = app::dead_items(&store, limit).await?;
+            print!("{counts}");
+            store.close().await;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Serve { config } => {

@@ -18,6 +18,7 @@ use shepherd_core::store::{StoreError, now_ms};
 use shepherd_core::watcher::{self, Watcher};
 use shepherd_plugins::{Call, Outcome, PluginError, Registry, Services};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::dispatch::{COMMAND_KIND, QueuedCommand};
 
@@ -42,7 +43,9 @@ impl Worker {
             }
             match self.queue.lease(&self.name).await {
                 Ok(Some(item)) => {
-                    if let Err(e) = self.process(item).await {
+                    // Every log line of this item's work carries its id and origin.
+                    let span = tracing::info_span!("request", id = %item.id, origin = %item.origin, attempt = item.attempt);
+                    if let Err(e) = self.process(item).instrument(span).await {
                         tracing::error!(worker = %self.name, error = %e, "worker: store error while finishing an item; it will be redelivered");
                         tokio::time::sleep(self.poll_interval).await;
                     }
@@ -65,9 +68,6 @@ impl Worker {
 
     async fn process(&self, item: Leased) -> Result<(), StoreError> {
         let started = Instant::now();
-        let span = tracing::info_span!("request", id = %item.id, origin = %item.origin, attempt = item.attempt);
-        let _enter = span.enter();
-        drop(_enter);
 
         let queued: QueuedCommand = match (
             item.kind.as_str(),
@@ -104,7 +104,6 @@ impl Worker {
                     Outcome::reply(Registry::not_enabled(name)),
                     name,
                     "not_enabled",
-                    &queued.text,
                 )
                 .await;
         };
@@ -146,8 +145,7 @@ impl Worker {
         let res = match result {
             Ok(outcome) => {
                 let audit = outcome.audit.clone();
-                self.finish(&item, outcome, name, "ok", &queued.text)
-                    .await?;
+                self.finish(&item, outcome, name, "ok").await?;
                 if let (true, Some((what, detail))) = (changes, audit) {
                     self.audit_entry(&item, name, &queued.text, what, &detail)
                         .await;
@@ -155,14 +153,8 @@ impl Worker {
                 Ok(())
             }
             Err(PluginError::Refuse(msg)) => {
-                self.finish(
-                    &item,
-                    Outcome::reply(msg.clone()),
-                    name,
-                    "error",
-                    &queued.text,
-                )
-                .await?;
+                self.finish(&item, Outcome::reply(msg.clone()), name, "error")
+                    .await?;
                 if changes {
                     self.audit_entry(&item, name, &queued.text, AuditOutcome::Failed, &msg)
                         .await;
@@ -202,7 +194,6 @@ impl Worker {
         outcome: Outcome,
         name: &str,
         result: &str,
-        _text: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.services.store.pool().begin().await?;
         for (i, reply) in outcome.replies.iter().enumerate() {

@@ -135,6 +135,40 @@ async fn unauthorized(backend: Backend) {
 }
 on_both_stores!(unauthorized_identity_is_refused_and_audited, unauthorized);
 
+async fn rate_limited(backend: Backend) {
+    let store = TestStore::new(backend).await;
+    let gitlab = GitLabDouble::start().await;
+    let old = gitlab.add_pipeline("g/p", "main", "success", &[]);
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.production = false;
+    config.rate_limits = "per_identity_per_minute = 3".into();
+    let mut bot = Shepherd::console(&config).await;
+    for _ in 0..3 {
+        bot.send("ping").await;
+    }
+    bot.send(&format!("retrigger {}", old.web_url)).await;
+    bot.send("ping").await;
+    bot.close_stdin();
+    assert!(bot.wait_exit(WAIT).await.success());
+    let lines = bot.lines();
+    assert_eq!(lines[..3], ["pong", "pong", "pong"], "{lines:?}");
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(
+        lines[3].starts_with("slow down") && lines[3].contains("`retrigger` was not run"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[4].starts_with("slow down") && lines[4].contains("`ping`"),
+        "{lines:?}"
+    );
+    assert_eq!(store.count("SELECT COUNT(*) FROM requests").await, 0);
+    assert!(gitlab.requests().is_empty());
+}
+on_both_stores!(
+    commands_over_the_rate_limit_are_refused_and_not_stored,
+    rate_limited
+);
+
 async fn run_cli(args: &[&str], config: &str, env: &[(&str, &str)]) -> (i32, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("shepherd.toml");

@@ -182,6 +182,19 @@ async fn dead_letter(backend: Backend) {
             .await,
         1
     );
+    // Visible with a command.
+    let listed = std::process::Command::new(shepherd_tests::harness::shepherd_bin())
+        .args(["queue", "dead", "--config"])
+        .arg(bot.dir.path().join("shepherd.toml"))
+        .output()
+        .expect("shepherd queue dead");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.starts_with("1 dead request(s)\n"), "{listed}");
+    assert!(
+        listed.contains("console:console  console:tester  attempts=3"),
+        "{listed}"
+    );
+    assert!(listed.contains("HTTP 503"), "{listed}");
     // 3 attempts x (1 try + 1 retry) of the first GET, and nothing else.
     assert_eq!(gitlab.requests().len(), 6, "{:?}", gitlab.requests());
     assert!(gitlab.pipelines_created().is_empty());
