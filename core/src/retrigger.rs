@@ -195,6 +195,8 @@ impl Retrigger {
         let since = chrono::DateTime::from_timestamp_millis(since_ms).unwrap_or_default();
         let query = PipelineQuery {
             git_ref: Some(git_ref.to_string()),
+            // GitLab marks pipelines made through the pipelines API as source "api".
+            source: Some("api".to_string()),
             updated_after: Some(since),
             per_page: Some(100),
             ..PipelineQuery::default()
