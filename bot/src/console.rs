@@ -34,6 +34,12 @@ pub struct Console {
 impl Console {
     /// Reads stdin until EOF, handing each line to the dispatcher.
     pub async fn read_stdin(&self) -> Result<(), StoreError> {
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            eprintln!(
+                "shepherd console — you are {}. Type `help`; Ctrl-D ends the input.",
+                self.identity
+            );
+        }
         let mut lines = BufReader::new(tokio::io::stdin());
         let mut buf = Vec::new();
         loop {
