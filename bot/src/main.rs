@@ -9,6 +9,7 @@ mod app;
 mod console;
 mod dispatch;
 mod http;
+mod irc;
 mod worker;
 
 use std::path::PathBuf;
@@ -208,6 +209,20 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("http.listen: cannot listen on {}", app.config.http.listen))?;
     drop(probe);
     spawn_http(&mut app);
+    if let Some(cfg) = app.config.irc.clone() {
+        let metrics =
+            irc::IrcMetrics::register(app.metrics.registry()).context("registering IRC metrics")?;
+        let frontend = irc::IrcFrontend {
+            cfg,
+            bot_name: app.config.bot.name.clone(),
+            prefix: app.config.bot.prefix.clone(),
+            dispatcher: app.dispatcher.clone(),
+            outbox: app.outbox.clone(),
+            metrics,
+        };
+        let rx = app.shutdown_rx();
+        app.tasks.spawn(frontend.run(rx));
+    }
     let console = Arc::new(console_for(&app));
     {
         let c = console.clone();

@@ -22,8 +22,8 @@ use figment::providers::Serialized;
 pub use error::ConfigError;
 pub use model::{
     AccessLevel, AlertRoute, AlertsConfig, BotConfig, Config, ConsoleConfig, GitlabCommentsConfig,
-    GitlabConfig, HttpConfig, IrcConfig, LogConfig, LogFormat, Person, QueueConfig,
-    RateLimitsConfig, RetriggerConfig, StoreConfig, WatcherConfig,
+    GitlabConfig, HttpConfig, IrcConfig, IrcReplyKind, LogConfig, LogFormat, Person, QueueConfig,
+    RateLimitsConfig, RetriggerConfig, StoreConfig, WatcherConfig, parse_channel_keys,
 };
 pub use secret::Secret;
 pub use sources::{CONVENTIONAL_SECRET_VARS, ENV_PREFIX, NOT_KEY_VARS};
@@ -183,6 +183,20 @@ fn resolve_secrets(
             irc.sasl_password_env.as_deref(),
             irc.sasl_password_file.as_deref(),
         )?;
+        irc.password = r.resolve(
+            "irc",
+            "password",
+            irc.password_env.as_deref(),
+            irc.password_file.as_deref(),
+        )?;
+        irc.nickserv_password = r.resolve(
+            "irc",
+            "nickserv_password",
+            irc.nickserv_password_env.as_deref(),
+            irc.nickserv_password_file.as_deref(),
+        )?;
+        irc.channel_keys =
+            r.resolve("irc", "channel_keys", irc.channel_keys_env.as_deref(), None)?;
     }
     if let Some(comments) = &mut config.gitlab_comments {
         comments.webhook_secret = r.resolve(

@@ -416,6 +416,99 @@ pub struct IrcConfig {
     /// Lines per second after the burst.
     #[serde(default = "default_flood_rate")]
     pub flood_rate: f64,
+    /// The server password (PASS), from a variable or a file; optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    #[serde(
+        skip_deserializing,
+        skip_serializing_if = "SecretSlot::is_not_configured"
+    )]
+    pub(crate) password: SecretSlot,
+    /// SASL account name (default: the nick).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_account: Option<String>,
+    /// NickServ password: `IDENTIFY` when SASL is not used, `REGAIN` of the nick when taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickserv_password_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickserv_password_file: Option<PathBuf>,
+    #[serde(
+        skip_deserializing,
+        skip_serializing_if = "SecretSlot::is_not_configured"
+    )]
+    pub(crate) nickserv_password: SecretSlot,
+    /// Nicks to use while the nick is taken (default: nick + "_", nick + "__").
+    #[serde(default)]
+    pub alt_nicks: Vec<String>,
+    /// Channel keys, from a variable holding `#chan=key,#other=key2`; optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_keys_env: Option<String>,
+    #[serde(
+        skip_deserializing,
+        skip_serializing_if = "SecretSlot::is_not_configured"
+    )]
+    pub(crate) channel_keys: SecretSlot,
+    /// Replies as PRIVMSG (default) or NOTICE.
+    #[serde(default)]
+    pub reply_with: IrcReplyKind,
+    /// Accept a server certificate that does not verify (self-signed test servers only).
+    #[serde(default)]
+    pub tls_accept_invalid_certs: bool,
+    /// PING the server after this many quiet seconds; no PONG within as long again means
+    /// the connection is dead.
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval_secs: u32,
+    /// Longest wait between reconnection attempts (exponential backoff with jitter up to this).
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_secs: u64,
+    /// A connection that lasted this long resets the reconnection backoff.
+    #[serde(default = "default_stable_after")]
+    pub stable_after_secs: u64,
+    /// Longest wait between rejoin attempts after a KICK.
+    #[serde(default = "default_rejoin_max")]
+    pub rejoin_max_secs: u64,
+    /// How often to try to get the nick back while on an alternate.
+    #[serde(default = "default_regain_interval")]
+    pub regain_interval_secs: u64,
+    /// How long to wait for a WHOIS answer when a sender's account is not known.
+    #[serde(default = "default_whois_timeout")]
+    pub whois_timeout_ms: u64,
+    /// How long SASL may take before registration goes on without it.
+    #[serde(default = "default_sasl_timeout")]
+    pub sasl_timeout_secs: u64,
+}
+
+/// How the IRC front end sends replies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IrcReplyKind {
+    #[default]
+    Privmsg,
+    Notice,
+}
+
+fn default_ping_interval() -> u32 {
+    60
+}
+fn default_reconnect_max() -> u64 {
+    300
+}
+fn default_stable_after() -> u64 {
+    60
+}
+fn default_rejoin_max() -> u64 {
+    60
+}
+fn default_regain_interval() -> u64 {
+    30
+}
+fn default_whois_timeout() -> u64 {
+    5000
+}
+fn default_sasl_timeout() -> u64 {
+    10
 }
 
 fn default_irc_port() -> u16 {
@@ -445,6 +538,25 @@ impl Default for IrcConfig {
             sasl_password: SecretSlot::NotConfigured,
             flood_burst: default_flood_burst(),
             flood_rate: default_flood_rate(),
+            password_env: None,
+            password_file: None,
+            password: SecretSlot::NotConfigured,
+            sasl_account: None,
+            nickserv_password_env: None,
+            nickserv_password_file: None,
+            nickserv_password: SecretSlot::NotConfigured,
+            alt_nicks: Vec::new(),
+            channel_keys_env: None,
+            channel_keys: SecretSlot::NotConfigured,
+            reply_with: IrcReplyKind::Privmsg,
+            tls_accept_invalid_certs: false,
+            ping_interval_secs: default_ping_interval(),
+            reconnect_max_secs: default_reconnect_max(),
+            stable_after_secs: default_stable_after(),
+            rejoin_max_secs: default_rejoin_max(),
+            regain_interval_secs: default_regain_interval(),
+            whois_timeout_ms: default_whois_timeout(),
+            sasl_timeout_secs: default_sasl_timeout(),
         }
     }
 }
@@ -461,6 +573,50 @@ impl IrcConfig {
     pub fn set_sasl_password(&mut self, password: Option<Secret>) {
         self.sasl_password = slot(password);
     }
+    /// The server password; `None` means none is sent.
+    pub fn password(&self) -> Option<&Secret> {
+        self.password.get()
+    }
+    pub fn set_password(&mut self, password: Option<Secret>) {
+        self.password = slot(password);
+    }
+    /// The NickServ password, if any.
+    pub fn nickserv_password(&self) -> Option<&Secret> {
+        self.nickserv_password.get()
+    }
+    pub fn set_nickserv_password(&mut self, password: Option<Secret>) {
+        self.nickserv_password = slot(password);
+    }
+    /// The SASL account: `sasl_account`, else the nick.
+    pub fn sasl_account(&self) -> &str {
+        self.sasl_account.as_deref().unwrap_or_else(|| self.nick())
+    }
+    /// Alternate nicks: the configured ones, else nick + "_" and nick + "__".
+    pub fn alternate_nicks(&self) -> Vec<String> {
+        if self.alt_nicks.is_empty() {
+            vec![format!("{}_", self.nick()), format!("{}__", self.nick())]
+        } else {
+            self.alt_nicks.clone()
+        }
+    }
+    /// Channel keys by channel, parsed from the `channel_keys_env` variable.
+    pub fn channel_keys(&self) -> BTreeMap<String, String> {
+        parse_channel_keys(self.channel_keys.get().map(Secret::expose).unwrap_or(""))
+    }
+    pub fn set_channel_keys(&mut self, keys: Option<Secret>) {
+        self.channel_keys = slot(keys);
+    }
+}
+
+/// `#chan=key,#other=key2` -> {#chan: key, #other: key2}; malformed entries are skipped.
+pub fn parse_channel_keys(text: &str) -> BTreeMap<String, String> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (chan, key) = pair.trim().split_once('=')?;
+            let (chan, key) = (chan.trim(), key.trim());
+            (!chan.is_empty() && !key.is_empty()).then(|| (chan.to_string(), key.to_string()))
+        })
+        .collect()
 }
 
 /// `[gitlab_comments]`: commands in merge-request comments.

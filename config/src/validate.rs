@@ -276,6 +276,15 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
                 );
             }
         }
+        for (j, nick) in irc.alt_nicks.iter().enumerate() {
+            c.word(&format!("irc.alt_nicks[{j}]"), nick);
+        }
+        c.at_least("irc.ping_interval_secs", irc.ping_interval_secs.into(), 5);
+        c.at_least("irc.reconnect_max_secs", irc.reconnect_max_secs, 1);
+        c.at_least("irc.rejoin_max_secs", irc.rejoin_max_secs, 1);
+        c.at_least("irc.regain_interval_secs", irc.regain_interval_secs, 1);
+        c.at_least("irc.whois_timeout_ms", irc.whois_timeout_ms, 100);
+        c.at_least("irc.sasl_timeout_secs", irc.sasl_timeout_secs, 1);
         c.at_least("irc.flood_burst", irc.flood_burst.into(), 1);
         if !(irc.flood_rate.is_finite() && irc.flood_rate > 0.0) {
             c.fail(

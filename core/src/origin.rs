@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 pub struct Origin {
     pub frontend: String,
     pub room: String,
+    /// Who to address in the room (the asker's nick in an IRC channel); not part of the
+    /// room's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addressee: Option<String>,
 }
 
 impl Origin {
@@ -18,6 +22,22 @@ impl Origin {
         Self {
             frontend: frontend.into(),
             room: room.into(),
+            addressee: None,
+        }
+    }
+
+    /// The same room, addressed to someone.
+    pub fn addressed_to(mut self, addressee: impl Into<String>) -> Self {
+        self.addressee = Some(addressee.into());
+        self
+    }
+
+    /// Rebuilds an origin from its stored columns.
+    pub fn from_columns(frontend: String, room: String, addressee: Option<String>) -> Self {
+        Self {
+            frontend,
+            room,
+            addressee,
         }
     }
 

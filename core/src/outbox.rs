@@ -67,7 +67,7 @@ impl Outbox {
         limit: i64,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, frontend, room, body, request_id, created_at FROM outbox \
+            "SELECT id, frontend, room, addressee, body, request_id, created_at FROM outbox \
              WHERE frontend = $1 AND delivered_at IS NULL ORDER BY created_at, id LIMIT $2",
         )
         .bind(frontend)
@@ -78,9 +78,10 @@ impl Outbox {
             .map(|row| {
                 Ok(OutboxMessage {
                     id: row.try_get("id")?,
-                    origin: Origin::new(
-                        row.try_get::<String, _>("frontend")?,
-                        row.try_get::<String, _>("room")?,
+                    origin: Origin::from_columns(
+                        row.try_get("frontend")?,
+                        row.try_get("room")?,
+                        row.try_get("addressee")?,
                     ),
                     body: row.try_get("body")?,
                     request_id: row.try_get("request_id")?,
@@ -135,12 +136,13 @@ pub async fn push_in(
     request_id: Option<&str>,
 ) -> Result<bool, StoreError> {
     let r = sqlx::query(
-        "INSERT INTO outbox (id, frontend, room, body, dedup_key, request_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedup_key) DO NOTHING",
+        "INSERT INTO outbox (id, frontend, room, addressee, body, dedup_key, request_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (dedup_key) DO NOTHING",
     )
     .bind(new_id())
     .bind(&origin.frontend)
     .bind(&origin.room)
+    .bind(origin.addressee.as_deref())
     .bind(body)
     .bind(dedup_key)
     .bind(request_id)

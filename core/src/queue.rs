@@ -191,7 +191,7 @@ impl Queue {
                 continue;
             }
             let row = sqlx::query(
-                "SELECT id, kind, frontend, room, identity, payload, attempts, created_at \
+                "SELECT id, kind, frontend, room, addressee, identity, payload, attempts, created_at \
                  FROM requests WHERE id = $1",
             )
             .bind(&id)
@@ -205,9 +205,10 @@ impl Queue {
             return Ok(Some(Leased {
                 id,
                 kind: row.try_get("kind")?,
-                origin: Origin::new(
-                    row.try_get::<String, _>("frontend")?,
-                    row.try_get::<String, _>("room")?,
+                origin: Origin::from_columns(
+                    row.try_get("frontend")?,
+                    row.try_get("room")?,
+                    row.try_get("addressee")?,
                 ),
                 identity: row.try_get("identity")?,
                 payload,
@@ -452,15 +453,16 @@ pub async fn enqueue_in(
     let now = now_ms();
     let payload = req.payload.to_string();
     let inserted = sqlx::query(
-        "INSERT INTO requests (id, kind, frontend, room, identity, payload, dedup_key, state, \
-         attempts, available_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'ready', 0, $8, $9, $10) \
+        "INSERT INTO requests (id, kind, frontend, room, addressee, identity, payload, dedup_key, \
+         state, attempts, available_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', 0, $9, $10, $11) \
          ON CONFLICT (dedup_key) DO NOTHING",
     )
     .bind(&id)
     .bind(&req.kind)
     .bind(&req.origin.frontend)
     .bind(&req.origin.room)
+    .bind(req.origin.addressee.as_deref())
     .bind(&req.identity)
     .bind(&payload)
     .bind(req.dedup_key.as_deref())

@@ -71,8 +71,9 @@ pub async fn add_in(
 ) -> Result<(), StoreError> {
     let now = now_ms();
     sqlx::query(
-        "INSERT INTO watches (id, request_id, project, pipeline_id, web_url, frontend, room, state, \
-         polls, next_poll_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'watching', 0, $8, $9) \
+        "INSERT INTO watches (id, request_id, project, pipeline_id, web_url, frontend, room, addressee, \
+         state, polls, next_poll_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'watching', 0, $9, $10) \
          ON CONFLICT (request_id, project, pipeline_id) DO NOTHING",
     )
     .bind(new_id())
@@ -82,6 +83,7 @@ pub async fn add_in(
     .bind(&w.web_url)
     .bind(&w.origin.frontend)
     .bind(&w.origin.room)
+    .bind(w.origin.addressee.as_deref())
     .bind(first_poll_at)
     .bind(now)
     .execute(&mut *conn)
@@ -205,7 +207,7 @@ impl Watcher {
     pub async fn poll_due(&self) -> Result<Duration, StoreError> {
         let now = now_ms();
         let rows = sqlx::query(
-            "SELECT id, request_id, project, pipeline_id, web_url, frontend, room, polls, last_status \
+            "SELECT id, request_id, project, pipeline_id, web_url, frontend, room, addressee, polls, last_status \
              FROM watches WHERE state = 'watching' AND next_poll_at <= $1 \
              ORDER BY next_poll_at, id LIMIT 50",
         )
@@ -219,9 +221,10 @@ impl Watcher {
                 project: row.try_get("project")?,
                 pipeline_id: u64::try_from(row.try_get::<i64, _>("pipeline_id")?).unwrap_or(0),
                 web_url: row.try_get("web_url")?,
-                origin: Origin::new(
-                    row.try_get::<String, _>("frontend")?,
-                    row.try_get::<String, _>("room")?,
+                origin: Origin::from_columns(
+                    row.try_get("frontend")?,
+                    row.try_get("room")?,
+                    row.try_get("addressee")?,
                 ),
                 polls: u32::try_from(row.try_get::<i64, _>("polls")?).unwrap_or(u32::MAX),
                 last_status: row.try_get("last_status")?,
