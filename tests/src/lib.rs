@@ -4,3 +4,7 @@
 
 pub mod gitlab;
 pub mod harness;
+pub mod irc_client;
+pub mod ircd;
+pub mod proxy;
+pub mod services;

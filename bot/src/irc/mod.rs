@@ -170,10 +170,19 @@ impl IrcFrontend {
         }
     }
 
+    /// The configured alternates, then numbered ones: the client library ends the session
+    /// when a nick change fails and no alternate is left, which must not happen because a
+    /// try to regain the nick raced with someone else.
+    fn alternates(&self) -> Vec<String> {
+        let mut alts = self.cfg.alternate_nicks();
+        alts.extend((1..=9).map(|n| format!("{}{n}", self.cfg.nick())));
+        alts
+    }
+
     fn client_config(&self) -> IrcClientConfig {
         IrcClientConfig {
             nickname: Some(self.cfg.nick().to_string()),
-            alt_nicks: self.cfg.alternate_nicks(),
+            alt_nicks: self.alternates(),
             username: Some(self.bot_name.clone()),
             realname: Some(format!("{} — CI/CD ChatOps", self.bot_name)),
             server: Some(self.cfg.server.clone()),
@@ -477,20 +486,22 @@ impl Reader {
                     if let Ok(mut j) = self.shared.joined.lock() {
                         j.remove(&chan.to_ascii_lowercase());
                     }
-                    let (tries, _) = self
-                        .rejoin
-                        .get(&chan.to_ascii_lowercase())
-                        .copied()
-                        .unwrap_or((0, Instant::now()));
-                    let cap = Duration::from_secs(self.fe.cfg.rejoin_max_secs);
-                    let delay = Duration::from_secs(1u64 << tries.min(16)).min(cap);
-                    tracing::warn!(channel = %chan, by = ?source, reason = ?reason, ?delay, "irc: kicked; will rejoin");
-                    self.rejoin.insert(
-                        chan.to_ascii_lowercase(),
-                        (tries + 1, Instant::now() + delay),
-                    );
+                    tracing::warn!(channel = %chan, by = ?source, reason = ?reason, "irc: kicked; will rejoin");
+                    self.schedule_rejoin(chan);
                 } else {
                     self.accounts.forget(who);
+                }
+            }
+            Command::Response(
+                r @ (Response::ERR_CHANNELISFULL
+                | Response::ERR_INVITEONLYCHAN
+                | Response::ERR_BANNEDFROMCHAN
+                | Response::ERR_BADCHANNELKEY),
+                args,
+            ) => {
+                if let Some(chan) = args.get(1) {
+                    tracing::warn!(channel = %chan, code = ?r, reason = ?args.last(), "irc: cannot join; will try again");
+                    self.schedule_rejoin(chan);
                 }
             }
             Command::NICK(new) => {
@@ -764,11 +775,10 @@ impl Reader {
             if sent.is_err() {
                 return;
             }
-            // Try again later if this JOIN fails too (banned, +i): the backoff grows.
-            if let Some((tries, at)) = self.rejoin.get_mut(&chan) {
-                let cap = Duration::from_secs(self.fe.cfg.rejoin_max_secs);
-                *at = now + Duration::from_secs(1u64 << (*tries).min(16)).min(cap);
-                *tries += 1;
+            // Until the server answers: a refusal reschedules it with a longer delay, and
+            // our JOIN echo clears it. If neither comes, try again after the cap.
+            if let Some((_, at)) = self.rejoin.get_mut(&chan) {
+                *at = now + Duration::from_secs(self.fe.cfg.rejoin_max_secs);
             }
         }
         if let Some(at) = self.next_regain
@@ -786,6 +796,15 @@ impl Reader {
                     .send(Command::ISON(vec![self.fe.cfg.nick().to_string()]));
             }
         }
+    }
+
+    /// A JOIN after a growing delay (1 s, 2 s, 4 s ... up to `rejoin_max_secs`).
+    fn schedule_rejoin(&mut self, chan: &str) {
+        let key = chan.to_ascii_lowercase();
+        let tries = self.rejoin.get(&key).map(|(t, _)| *t).unwrap_or(0);
+        let cap = Duration::from_secs(self.fe.cfg.rejoin_max_secs);
+        let delay = Duration::from_secs(1u64 << tries.min(16)).min(cap);
+        self.rejoin.insert(key, (tries + 1, Instant::now() + delay));
     }
 
     /// While on an alternate nick, try to get the configured one back now and then.

@@ -1,0 +1,103 @@
+//! Identity from IRC services, never from the nick: shepherd against a real InspIRCd with
+//! Atheme services. A user logged into an account may run a restricted command; the same
+//! nick without the account is refused; the bot itself logs in with SASL.
+
+use shepherd_tests::gitlab::GitLabDouble;
+use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore};
+use shepherd_tests::services::{Message, RawClient, ServicesNet};
+
+/// A line from the bot (tags, if any, come before the prefix).
+fn from_bot(line: &str, command: &str) -> bool {
+    let m = Message::parse(line);
+    m.nick() == Some("shepherd") && m.command == command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_in_account_may_and_the_bare_nick_may_not() {
+    let net = ServicesNet::start().await;
+    tokio::join!(
+        net.register_account("alice", "alice-secret-pw"),
+        net.register_account("shepherd", "bot-secret-pw"),
+    );
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let old = gitlab.add_pipeline("g/p", "main", "success", &[]);
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.production = false;
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let sasl_file = secrets.path().join("sasl");
+    std::fs::write(&sasl_file, "bot-secret-pw\n").expect("write secret");
+    config.extra = format!(
+        r##"[irc]
+server = "127.0.0.1"
+port = {port}
+tls = false
+channels = ["#ops"]
+sasl_password_file = "{sasl}"
+flood_rate = 50.0
+flood_burst = 10
+[[people]]
+name = "alice"
+identities = ["irc:alice"]
+groups = ["developers"]
+"##,
+        port = net.port(),
+        sasl = sasl_file.display()
+    );
+
+    let caps = ["account-tag", "account-notify", "extended-join"];
+    let mut alice = RawClient::connect_with(
+        &net.addr(),
+        "alice",
+        &caps,
+        Some(("alice", "alice-secret-pw")),
+    )
+    .await;
+    assert_eq!(alice.sasl_result(), Some("903"));
+    alice.send("JOIN #ops").await;
+    let bot = Shepherd::serve(&config).await;
+    alice.expect(|l| from_bot(l, "JOIN")).await;
+    assert!(
+        bot.stderr().contains("irc: SASL login succeeded"),
+        "{}",
+        bot.stderr()
+    );
+
+    alice
+        .send(&format!("PRIVMSG #ops :!retrigger {}", old.web_url))
+        .await;
+    let yes = alice
+        .expect(|l| from_bot(l, "PRIVMSG") && l.contains("PRIVMSG #ops :alice: "))
+        .await;
+    assert!(yes.contains("would retrigger pipeline"), "{yes}");
+    alice.send("PRIVMSG #ops :!whoami").await;
+    let who = alice
+        .expect(|l| from_bot(l, "PRIVMSG") && l.contains("you are irc:alice"))
+        .await;
+    assert!(who.contains("developers"), "{who}");
+    alice.quit().await;
+
+    // The same nick, not logged in (Atheme here does not enforce nicks).
+    let mut impostor = RawClient::connect_with(&net.addr(), "alice", &[], None).await;
+    impostor.send("JOIN #ops").await;
+    impostor
+        .send(&format!("PRIVMSG #ops :!retrigger {}", old.web_url))
+        .await;
+    let no = impostor
+        .expect(|l| from_bot(l, "PRIVMSG") && l.contains("PRIVMSG #ops :alice: "))
+        .await;
+    assert!(no.contains("sorry, you may not use `retrigger`"), "{no}");
+    assert!(no.contains("irc-unidentified:alice"), "{no}");
+
+    let audit = store
+        .count("SELECT COUNT(*) FROM audit WHERE identity = 'irc-unidentified:alice' AND outcome = 'refused'")
+        .await;
+    assert_eq!(audit, 1);
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM audit WHERE identity = 'irc:alice' AND outcome = 'would'")
+            .await,
+        1
+    );
+    assert!(gitlab.pipelines_created().is_empty());
+}
