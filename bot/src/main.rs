@@ -86,6 +86,9 @@ enum ConfigCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Several TLS users (GitLab client, IRC) share rustls, and more than one crypto backend
+    // is compiled in: choose one for the whole process before anyone connects.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -429,7 +429,7 @@ pub struct IrcConfig {
     /// SASL account name (default: the nick).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl_account: Option<String>,
-    /// NickServ password: `IDENTIFY` when SASL is not used, `REGAIN` of the nick when taken.
+    /// NickServ password: `IDENTIFY` when SASL is not used, `GHOST` of whoever holds the nick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nickserv_password_env: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

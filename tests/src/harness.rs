@@ -165,6 +165,8 @@ pub struct ShepherdConfig {
     pub rate_limits: String,
     /// The watcher's base poll interval (its maximum is four times this).
     pub watcher_poll_ms: u64,
+    /// Extra environment for the process (secrets named by `*_env` keys).
+    pub env: Vec<(String, String)>,
 }
 
 impl ShepherdConfig {
@@ -183,6 +185,7 @@ impl ShepherdConfig {
             gitlab: String::new(),
             rate_limits: String::new(),
             watcher_poll_ms: 100,
+            env: Vec::new(),
         }
     }
 
@@ -286,6 +289,7 @@ impl Shepherd {
             .arg("--config")
             .arg(&path)
             .env("TEST_GITLAB_TOKEN", &config.gitlab_token)
+            .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("SHEPHERD_LOG", "info,shepherd_core=debug")
             .env_remove("SHEPHERD_CONFIG")
             .stdin(Stdio::piped())

@@ -217,6 +217,22 @@ impl IrcClient {
         nick: &str,
         timeout: Duration,
     ) -> anyhow::Result<IrcClient> {
+        IrcClient::try_connect_with_password(addr, nick, None, timeout).await
+    }
+
+    /// Connects to a server that wants a password (`PASS`).
+    pub async fn connect_with_password(addr: &str, nick: &str, password: &str) -> IrcClient {
+        IrcClient::try_connect_with_password(addr, nick, Some(password), DEFAULT_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("IRC client {nick} could not connect to {addr}: {e:#}"))
+    }
+
+    async fn try_connect_with_password(
+        addr: &str,
+        nick: &str,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<IrcClient> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| anyhow::anyhow!("TCP connect timed out"))??;
@@ -236,9 +252,13 @@ impl IrcClient {
             reader,
             addr: addr.to_string(),
         };
+        let pass = password
+            .map(|p| format!("PASS {p}\r\n"))
+            .unwrap_or_default();
         client
             .try_send_bytes(
-                format!("NICK {nick}\r\nUSER {nick} 0 * :shepherd test client\r\n").as_bytes(),
+                format!("{pass}NICK {nick}\r\nUSER {nick} 0 * :shepherd test client\r\n")
+                    .as_bytes(),
             )
             .await?;
         let done = client

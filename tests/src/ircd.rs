@@ -90,7 +90,9 @@ pub fn render_config(
         .replace("@PONG_TIMEOUT@", &secs(pong_timeout))
         .replace("@MAX_PENALTY_TIME@", throttle.max_penalty_time())
         .replace("@OPER_NAME@", OPER_NAME)
-        .replace("@OPER_PASSWORD@", OPER_PASSWORD);
+        .replace("@OPER_PASSWORD@", OPER_PASSWORD)
+        .replace("@GLOBAL_EXTRA@", "")
+        .replace("@EXTRA@", "");
     assert!(
         !text.lines().any(|l| l.trim_end().ends_with('@')),
         "unsubstituted placeholder in the ngircd config:\n{text}"
@@ -128,6 +130,9 @@ pub struct Ngircd {
     ping_timeout: Duration,
     pong_timeout: Duration,
     conf: PathBuf,
+    /// Lines added to `[Global]`, and sections added at the end (see `start_configured`).
+    global_extra: String,
+    extra: String,
     child: Option<Child>,
     output: Arc<Output>,
     _dir: tempfile::TempDir,
@@ -164,6 +169,8 @@ impl Ngircd {
             ping_timeout,
             pong_timeout,
             conf: dir.path().join("ngircd.conf"),
+            global_extra: String::new(),
+            extra: String::new(),
             child: None,
             output: Arc::new(Output::default()),
             _dir: dir,
@@ -173,11 +180,7 @@ impl Ngircd {
         let mut errors = Vec::new();
         for _ in 0..5 {
             server.port = free_port();
-            std::fs::write(
-                &server.conf,
-                render_config(server.port, throttle, ping_timeout, pong_timeout),
-            )
-            .expect("write ngircd.conf");
+            std::fs::write(&server.conf, server.config_text()).expect("write ngircd.conf");
             set_mode(&server.conf, 0o644);
             match server
                 .spawn_until_ready(Instant::now() + START_DEADLINE)
@@ -272,6 +275,69 @@ impl Ngircd {
     }
 
     /// Everything the server printed so far (all runs), for failure messages.
+    /// Starts a server whose config has `global_extra` lines in `[Global]` (e.g.
+    /// `Password = x`) and `extra` sections at the end (`[SSL]`, `[Channel]`). `extra` may
+    /// name files in `dir()`'s folder, which exists before the server starts: `prepare` gets it.
+    pub async fn start_configured(
+        throttle: Throttle,
+        global_extra: &str,
+        extra: impl Fn(&std::path::Path) -> String,
+    ) -> Ngircd {
+        let dir = tempfile::tempdir().expect("tempdir for ngircd");
+        set_mode(dir.path(), 0o755);
+        let mut server = Ngircd {
+            port: 0,
+            throttle,
+            ping_timeout: Duration::from_secs(PING_TIMEOUT_SECS),
+            pong_timeout: Duration::from_secs(PONG_TIMEOUT_SECS),
+            conf: dir.path().join("ngircd.conf"),
+            global_extra: global_extra.to_string(),
+            extra: extra(dir.path()),
+            child: None,
+            output: Arc::new(Output::default()),
+            _dir: dir,
+        };
+        server.port = free_port();
+        std::fs::write(&server.conf, server.config_text()).expect("write ngircd.conf");
+        set_mode(&server.conf, 0o644);
+        if let Err(e) = server
+            .spawn_until_ready(Instant::now() + START_DEADLINE)
+            .await
+        {
+            server.kill().await;
+            panic!(
+                "ngircd did not start: {e}\n--- ngircd log ---\n{}",
+                server.log()
+            );
+        }
+        server
+    }
+
+    fn config_text(&self) -> String {
+        let base = render_config(
+            self.port,
+            self.throttle,
+            self.ping_timeout,
+            self.pong_timeout,
+        );
+        // render_config leaves the extension points empty; fill them for this server.
+        let global = format!(
+            "\tMotdPhrase = \"shepherd test server\"\n{}",
+            self.global_extra
+        );
+        base.replacen("\tMotdPhrase = \"shepherd test server\"", &global, 1) + &self.extra
+    }
+
+    /// The server process, while it runs (for SIGSTOP/SIGCONT in liveness tests).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// The folder holding the config (and any files a test put there).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn log(&self) -> String {
         self.output.snapshot()
     }

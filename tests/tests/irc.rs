@@ -415,3 +415,129 @@ async fn nick_collision_uses_the_alternate_then_regains() {
         .expect_privmsg_from(BOT, "#ops", "human: pong", WAIT)
         .await;
 }
+
+/// TLS (a self-signed certificate, accepted by configuration), a server password and a
+/// channel with a key, all from secrets in the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_server_password_and_a_keyed_channel() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let tls_port = shepherd_tests::ircd::free_port();
+    let server = Ngircd::start_configured(Throttle::Off, "\tPassword = server-pw\n", |dir| {
+        let status = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success(), "openssl made a certificate");
+        for f in ["key.pem", "cert.pem"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+        }
+        format!(
+            "[SSL]\n\tCertFile = {cert}\n\tKeyFile = {key}\n\tPorts = {tls_port}\n\
+             [Channel]\n\tName = #secret\n\tModes = tnk\n\tKey = letmein\n",
+            cert = dir.join("cert.pem").display(),
+            key = dir.join("key.pem").display(),
+        )
+    })
+    .await;
+    let mut human = IrcClient::connect_with_password(&server.addr(), "human", "server-pw").await;
+    human.send_raw("JOIN #secret letmein").await;
+    assert!(
+        human.wait_for(WAIT, joined("human", "#secret")).await,
+        "{}",
+        human.transcript()
+    );
+
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.extra = irc_section(tls_port, "password_env = \"TEST_IRC_PASSWORD\"\nchannel_keys_env = \"TEST_IRC_KEYS\"\ntls_accept_invalid_certs = true")
+        .replace("tls = false", "tls = true")
+        .replace("channels = [\"#ops\"]", "channels = [\"#ops\", \"#secret\"]");
+    config.env = vec![
+        ("TEST_IRC_PASSWORD".into(), "server-pw".into()),
+        ("TEST_IRC_KEYS".into(), "#secret=letmein".into()),
+    ];
+    let bot = Shepherd::serve(&config).await;
+    assert!(
+        human.wait_for(WAIT, joined(BOT, "#secret")).await,
+        "{}\n{}\n{}",
+        human.transcript(),
+        bot.stderr(),
+        server.log()
+    );
+    assert!(bot.stderr().contains("tls=true"), "{}", bot.stderr());
+    human.privmsg("#secret", "!ping").await;
+    human
+        .expect_privmsg_from(BOT, "#secret", "human: pong", WAIT)
+        .await;
+    // Secrets stay secret.
+    let (log, printed) = (bot.stderr(), human.transcript());
+    assert!(
+        !log.contains("server-pw") && !log.contains("letmein"),
+        "{log}"
+    );
+    assert!(!printed.contains("server-pw"), "{printed}");
+}
+
+/// A server that stops answering (frozen, its sockets still open) is given up within two
+/// ping intervals, and the bot is back as soon as it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_is_detected_and_the_bot_comes_back() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let server = Ngircd::start(Throttle::Off).await;
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.extra = irc_section(server.port(), "");
+    let (human, bot) = human_and_bot(&config, &server).await;
+    drop(human);
+    let pid = server.pid().expect("running").to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let gave_up = async {
+        loop {
+            if bot.stderr().contains("no ping response") || bot.stderr().contains("did not finish")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let detected = tokio::time::timeout(WAIT, gave_up).await;
+    signal("-CONT");
+    assert!(
+        detected.is_ok(),
+        "the dead connection was noticed:\n{}",
+        bot.stderr()
+    );
+
+    let mut human = IrcClient::connect(&server.addr(), "human2").await;
+    human.join("#ops").await;
+    let back = human
+        .wait_for(Duration::from_secs(60), |msgs| {
+            msgs.iter().any(|m| {
+                (m.command == "JOIN" && m.nick.as_deref() == Some(BOT))
+                    || (m.command == "353" && m.text().contains(BOT))
+            })
+        })
+        .await;
+    assert!(back, "{}\n{}", human.transcript(), bot.stderr());
+    human.privmsg("#ops", "!ping").await;
+    human
+        .expect_privmsg_from(BOT, "#ops", "human2: pong", WAIT)
+        .await;
+}

@@ -101,3 +101,51 @@ groups = ["developers"]
     );
     assert!(gitlab.pipelines_created().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bot_takes_its_registered_nick_back_from_a_squatter() {
+    let net = ServicesNet::start().await;
+    net.register_account("shepherd", "bot-secret-pw").await;
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.extra = format!(
+        r##"[irc]
+server = "127.0.0.1"
+port = {port}
+tls = false
+channels = ["#ops"]
+sasl_password_env = "TEST_SASL"
+nickserv_password_env = "TEST_SASL"
+regain_interval_secs = 1
+"##,
+        port = net.port()
+    );
+    config.env = vec![("TEST_SASL".into(), "bot-secret-pw".into())];
+    let addr = net.addr();
+    let (squatter, mut watcher) = tokio::join!(
+        RawClient::connect_with(&addr, "shepherd", &[], None),
+        RawClient::connect_with(&addr, "watcher", &[], None),
+    );
+    watcher.send("JOIN #ops").await;
+    let bot = Shepherd::serve(&config).await;
+    let joined = watcher
+        .expect(|l| Message::parse(l).command == "JOIN" && l.contains("shepherd_!"))
+        .await;
+    assert!(joined.contains("#ops"), "{joined}");
+    // GHOST disconnects the squatter; the bot takes the nick.
+    let renamed = watcher
+        .expect(|l| {
+            let m = Message::parse(l);
+            m.command == "NICK" && m.nick() == Some("shepherd_") && m.trailing() == "shepherd"
+        })
+        .await;
+    assert!(!renamed.is_empty());
+    drop(squatter);
+    assert!(
+        bot.stderr().contains("irc: SASL login succeeded"),
+        "{}",
+        bot.stderr()
+    );
+    assert!(!bot.stderr().contains("bot-secret-pw"), "{}", bot.stderr());
+}

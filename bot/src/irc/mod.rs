@@ -126,6 +126,8 @@ enum SessionError {
     NoPong(Duration),
     #[error("the connection closed")]
     Closed,
+    #[error("registration did not finish within {0:?}")]
+    RegistrationTimeout(Duration),
 }
 
 enum Ended {
@@ -251,6 +253,10 @@ impl IrcFrontend {
             next_regain: None,
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // Until registration ends the client library sends no PINGs: a server that accepted
+        // the connection but never answers must not hold us forever.
+        let register_within = Duration::from_secs(u64::from(self.cfg.ping_interval_secs) * 2);
+        let connected_at = Instant::now();
         let result = loop {
             tokio::select! {
                 next = stream.next() => match next {
@@ -258,7 +264,12 @@ impl IrcFrontend {
                     Some(Err(e)) => break Err(e.into()),
                     None => break Err(SessionError::Closed),
                 },
-                _ = tick.tick() => reader.on_tick().await,
+                _ = tick.tick() => {
+                    if !*shared.registered.borrow() && connected_at.elapsed() > register_within {
+                        break Err(SessionError::RegistrationTimeout(register_within));
+                    }
+                    reader.on_tick().await
+                }
                 ended = &mut delivery => {
                     break match ended {
                         Ok(Err(e)) => Err(e),
@@ -785,16 +796,17 @@ impl Reader {
             && now >= at
         {
             self.next_regain = Some(now + Duration::from_secs(self.fe.cfg.regain_interval_secs));
+            // GHOST (Atheme, Anope) disconnects whoever holds our registered nick; ISON then
+            // tells when it is free, and the answer takes it (see RPL_ISON).
             if let Some(pass) = self.fe.cfg.nickserv_password() {
                 let _ = self.sender.send_privmsg(
                     "NickServ",
-                    format!("REGAIN {} {}", self.fe.cfg.nick(), pass.expose()),
+                    format!("GHOST {} {}", self.fe.cfg.nick(), pass.expose()),
                 );
-            } else {
-                let _ = self
-                    .sender
-                    .send(Command::ISON(vec![self.fe.cfg.nick().to_string()]));
             }
+            let _ = self
+                .sender
+                .send(Command::ISON(vec![self.fe.cfg.nick().to_string()]));
         }
     }
 
