@@ -159,9 +159,16 @@ fn shipped_commented_sections_are_valid_when_uncommented() {
         .collect();
     let c = load_text(&format!("{head}\n{uncommented}"), &[("USER", "u")]).expect("loads");
     let irc = c.irc.expect("irc");
-    assert_eq!(irc.server, "127.0.0.1");
+    assert_eq!(irc.server, "irc.example.org");
     assert_eq!(irc.nick(), "shepherd");
     assert_eq!(irc.channels, ["#ops", "#kernel-ci"]);
+    assert_eq!(irc.alternate_nicks(), ["shepherd_", "shepherd__"]);
+    assert_eq!(irc.reply_with, crate::IrcReplyKind::Privmsg);
+    assert_eq!((irc.flood_burst, irc.flood_rate), (4, 1.0));
+    assert_eq!(irc.ping_interval_secs, 60);
+    // The secret sources are named, their variables unset here: no secrets, no failure.
+    assert!(irc.password().is_none() && irc.sasl_password().is_none());
+    assert!(irc.channel_keys().is_empty());
     assert_eq!(
         c.gitlab_comments.expect("gitlab_comments").min_access_level,
         AccessLevel::Developer
@@ -570,4 +577,12 @@ fn default_path_is_the_shipped_file() {
     if std::env::var_os("SHEPHERD_CONFIG").is_none() {
         assert_eq!(default_path(), PathBuf::from("config/shepherd.toml"));
     }
+}
+
+#[test]
+fn channel_keys_parse_from_one_variable() {
+    let keys = crate::parse_channel_keys(" #a=one, #b = two ,broken,#c=, =x");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys.get("#a").map(String::as_str), Some("one"));
+    assert_eq!(keys.get("#b").map(String::as_str), Some("two"));
 }

@@ -7,13 +7,21 @@
 //!   and scheduling cost no bot can avoid);
 //! - idle memory (RSS) of `shepherd serve`.
 //!
-//! Run: `cargo run --release -p shepherd-tests --bin bench -- [commands]` (default 1000);
-//! build the binary first with `cargo build --release -p shepherd-bot`.
+//! - IRC (`bench irc [commands]`): the command round trip through a real ngIRCd with
+//!   throttling off (a human's `!ping` out -> the bot's reply in), p50/p99, against the raw
+//!   round trip of two plain clients on the same server (the floor); and on ngIRCd's stock
+//!   flood limits, the delivery rate of a long reply at several configured pacing rates, and
+//!   whether the bot was disconnected.
+//!
+//! Run: `./target/release/bench [commands]` and `./target/release/bench irc [commands]`
+//! (default 1000), after `cargo build --release -p shepherd-bot -p shepherd-tests --bins`.
 
 use std::time::{Duration, Instant};
 
 use shepherd_tests::gitlab::{GitLabDouble, Route};
 use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore};
+use shepherd_tests::irc_client::{IrcClient, Message, round_trip_floor};
+use shepherd_tests::ircd::{Ngircd, Throttle};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const PROJECT: &str = "cki-project/pipeline-definition";
@@ -171,12 +179,155 @@ async fn idle_rss(backend: Backend) -> u64 {
     kb
 }
 
+fn irc_config(
+    store: &TestStore,
+    gitlab: &GitLabDouble,
+    port: u16,
+    burst: u32,
+    rate: f64,
+) -> ShepherdConfig {
+    let mut config = ShepherdConfig::new(store, gitlab);
+    config.production = false;
+    config.rate_limits = "per_identity_per_minute = 1000000\nper_room_per_minute = 1000000".into();
+    config.extra = format!(
+        "[irc]\nserver = \"127.0.0.1\"\nport = {port}\ntls = false\nchannels = [\"#bench\"]\n\
+         flood_burst = {burst}\nflood_rate = {rate}\n"
+    );
+    config
+}
+
+async fn bot_in_channel(
+    config: &ShepherdConfig,
+    server: &Ngircd,
+    nick: &str,
+) -> (IrcClient, Shepherd) {
+    let mut human = IrcClient::connect(&server.addr(), nick).await;
+    human.join("#bench").await;
+    let bot = Shepherd::serve(config).await;
+    let joined = human
+        .wait_for(Duration::from_secs(30), |m: &[Message]| {
+            m.iter()
+                .any(|m| m.command == "JOIN" && m.nick.as_deref() == Some("shepherd"))
+        })
+        .await;
+    assert!(joined, "the bot joined");
+    (human, bot)
+}
+
+async fn irc_round_trip(n: usize) -> (Row, Row) {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let server = Ngircd::start(Throttle::Off).await;
+    let floor = round_trip_floor(&server.addr(), n).await;
+    let config = irc_config(&store, &gitlab, server.port(), 1000, 100000.0);
+    let (mut human, bot) = bot_in_channel(&config, &server, "human").await;
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let seen = human.received_len();
+        let sent = Instant::now();
+        human.privmsg("#bench", "!ping").await;
+        let reply = human
+            .next_matching(seen, Duration::from_secs(30), |m| {
+                m.is_message_from("shepherd") && m.text() == "human: pong"
+            })
+            .await
+            .expect("a pong");
+        samples.push(reply.at.saturating_duration_since(sent));
+    }
+    drop(bot);
+    (
+        row(
+            "floor: two plain clients, line out -> answer in (ngIRCd, throttling off)",
+            floor,
+        ),
+        row(
+            "`!ping` out -> bot's reply in (ngIRCd, throttling off)",
+            samples,
+        ),
+    )
+}
+
+/// A reply of `lines` lines on stock flood limits at a configured rate: achieved lines/s
+/// at the human, and whether the bot lost its connection.
+async fn irc_delivery(rate: f64, lines: usize) -> (f64, usize, bool) {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let values: Vec<(String, String)> = (0..lines)
+        .map(|i| (format!("V{i:03}"), "x".repeat(370)))
+        .collect();
+    let vars: Vec<(&str, &str)> = values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let old = gitlab.add_pipeline("g/p", "main", "success", &vars);
+    let server = Ngircd::start(Throttle::Stock).await;
+    let config = irc_config(&store, &gitlab, server.port(), 4, rate);
+    let (mut human, bot) = bot_in_channel(&config, &server, "reader").await;
+    let seen = human.received_len();
+    human
+        .privmsg("#bench", &format!("!retrigger {}", old.id))
+        .await;
+    let done = human
+        .wait_for(Duration::from_secs(600), |m: &[Message]| {
+            m.iter()
+                .skip(seen)
+                .any(|m| m.is_message_from("shepherd") && m.text().contains("SHEPHERD_REQUEST_ID"))
+        })
+        .await;
+    let got: Vec<Message> = human
+        .received()
+        .into_iter()
+        .skip(seen)
+        .filter(|m| m.is_message_from("shepherd"))
+        .collect();
+    let disconnected = !done || bot.stderr().contains("irc: disconnected");
+    let rate_seen = match (got.first(), got.last()) {
+        (Some(a), Some(b)) if got.len() > 1 => {
+            (got.len() - 1) as f64 / b.at.saturating_duration_since(a.at).as_secs_f64()
+        }
+        _ => 0.0,
+    };
+    (rate_seen, got.len(), disconnected)
+}
+
+async fn irc_main(n: usize) {
+    let (floor, rt) = irc_round_trip(n).await;
+    println!("IRC: {n} sequential commands, times in ms\n");
+    println!("| path | p50 | p99 | max |");
+    println!("|---|---|---|---|");
+    for r in [&floor, &rt] {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.name,
+            ms(r.p50),
+            ms(r.p99),
+            ms(r.max)
+        );
+    }
+    println!("\nIRC delivery on ngIRCd's stock flood limits (burst 4), one reply of ~60 lines\n");
+    println!(
+        "| configured flood_rate (lines/s) | lines received | achieved lines/s | disconnected |"
+    );
+    println!("|---|---|---|---|");
+    for rate in [1.0, 2.0, 3.0, 4.0, 6.0] {
+        let (achieved, got, disconnected) = irc_delivery(rate, 60).await;
+        println!(
+            "| {rate} | {got} | {achieved:.2} | {} |",
+            if disconnected { "yes" } else { "no" }
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1000);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("irc") {
+        args.remove(0);
+        let n = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
+        irc_main(n).await;
+        return;
+    }
+    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let floor = pipe_floor(n).await;
     let (sqlite_req, sqlite_reply) = command_latency(Backend::Sqlite, n).await;
     let (pg_req, pg_reply) = command_latency(Backend::Postgres, n).await;
