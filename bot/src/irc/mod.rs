@@ -313,7 +313,9 @@ impl IrcFrontend {
                     Vec::new()
                 }
             };
-            self.metrics.lines_queued.set(pending.len() as i64);
+            if let Ok(n) = self.outbox.pending_count(FRONTEND).await {
+                self.metrics.lines_queued.set(n);
+            }
             let mut blocked: HashSet<String> = HashSet::new();
             let mut sent: Vec<String> = Vec::new();
             for m in &pending {
@@ -541,10 +543,20 @@ impl Reader {
             Command::PONG(first, second) => {
                 // `PONG server :token`, or `PONG :token` from some servers.
                 let token = second.clone().unwrap_or_else(|| first.clone());
-                if let Ok(mut p) = self.shared.pongs.lock()
-                    && let Some(tx) = p.remove(&token)
-                {
+                let ours = self
+                    .shared
+                    .pongs
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.remove(&token));
+                if let Some(tx) = ours {
                     let _ = tx.send(());
+                    // Answer at once with a bare PONG (servers ignore unsolicited ones): its
+                    // segment carries the TCP ACK for the server's PONG now. Otherwise the
+                    // kernel delays that ACK (~40 ms) and a server that uses Nagle's algorithm
+                    // holds the next line it relays to us until it comes — +40 ms on the next
+                    // command (measured: see BENCHMARKS.md).
+                    let _ = self.sender.send(Command::PONG(token, None));
                 }
             }
             Command::Raw(code, args) if code == "330" => {
@@ -559,6 +571,10 @@ impl Reader {
                 if let Some(nick) = args.get(1) {
                     self.whois_done(nick).await;
                 }
+            }
+            Command::Response(Response::ERR_NOSUCHNICK, args) => {
+                // IRC keeps nothing for someone who is gone: say so rather than lose it quietly.
+                tracing::warn!(target_nick = ?args.get(1), "irc: a message could not be delivered: no such nick (they left)");
             }
             Command::Response(Response::RPL_ISON, args) => {
                 let online = args.last().map(String::as_str).unwrap_or("");

@@ -191,7 +191,7 @@ fn irc_config(
     config.rate_limits = "per_identity_per_minute = 1000000\nper_room_per_minute = 1000000".into();
     config.extra = format!(
         "[irc]\nserver = \"127.0.0.1\"\nport = {port}\ntls = false\nchannels = [\"#bench\"]\n\
-         flood_burst = {burst}\nflood_rate = {rate}\n"
+         flood_burst = {burst}\nflood_rate = {rate}\n[permissions]\nretrigger = [\"*\"]\n"
     );
     config
 }
@@ -265,10 +265,10 @@ async fn irc_delivery(rate: f64, lines: usize) -> (f64, usize, bool) {
     let (mut human, bot) = bot_in_channel(&config, &server, "reader").await;
     let seen = human.received_len();
     human
-        .privmsg("#bench", &format!("!retrigger {}", old.id))
+        .privmsg("#bench", &format!("!retrigger {}", old.web_url))
         .await;
     let done = human
-        .wait_for(Duration::from_secs(600), |m: &[Message]| {
+        .wait_for(Duration::from_secs(150), |m: &[Message]| {
             m.iter()
                 .skip(seen)
                 .any(|m| m.is_message_from("shepherd") && m.text().contains("SHEPHERD_REQUEST_ID"))
@@ -281,6 +281,23 @@ async fn irc_delivery(rate: f64, lines: usize) -> (f64, usize, bool) {
         .filter(|m| m.is_message_from("shepherd"))
         .collect();
     let disconnected = !done || bot.stderr().contains("irc: disconnected");
+    if disconnected {
+        let tail = |s: String| {
+            s.lines()
+                .rev()
+                .take(12)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        eprintln!(
+            "--- rate {rate}: reader ---\n{}\n--- bot ---\n{}",
+            tail(human.transcript()),
+            tail(bot.stderr())
+        );
+    }
     let rate_seen = match (got.first(), got.last()) {
         (Some(a), Some(b)) if got.len() > 1 => {
             (got.len() - 1) as f64 / b.at.saturating_duration_since(a.at).as_secs_f64()
@@ -309,7 +326,11 @@ async fn irc_main(n: usize) {
         "| configured flood_rate (lines/s) | lines received | achieved lines/s | disconnected |"
     );
     println!("|---|---|---|---|");
-    for rate in [1.0, 2.0, 3.0, 4.0, 6.0] {
+    let rates: Vec<f64> = std::env::var("BENCH_IRC_RATES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1.0, 2.0, 3.0, 4.0, 6.0]);
+    for rate in rates {
         let (achieved, got, disconnected) = irc_delivery(rate, 60).await;
         println!(
             "| {rate} | {got} | {achieved:.2} | {} |",
