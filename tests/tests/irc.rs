@@ -355,12 +355,12 @@ async fn a_long_reply_on_stock_flood_limits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kicked_bot_rejoins_and_answers() {
+async fn kicked_bot_rejoins_and_answers_by_notice_when_so_configured() {
     let store = TestStore::new(Backend::Sqlite).await;
     let gitlab = GitLabDouble::start().await;
     let server = Ngircd::start(Throttle::Off).await;
     let mut config = ShepherdConfig::new(&store, &gitlab);
-    config.extra = irc_section(server.port(), "");
+    config.extra = irc_section(server.port(), "reply_with = \"notice\"");
     let (mut human, _bot) = human_and_bot(&config, &server).await;
     let seen = human.received_len();
     human
@@ -372,10 +372,16 @@ async fn kicked_bot_rejoins_and_answers() {
         })
         .await;
     assert!(rejoined.is_some(), "{}", human.transcript());
+    let seen = human.received_len();
     human.privmsg("#ops", "!ping").await;
-    human
-        .expect_privmsg_from(BOT, "#ops", "human: pong", WAIT)
-        .await;
+    let pong = human
+        .next_matching(seen, WAIT, |m| m.is_message_from(BOT))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        (pong.command.as_str(), pong.text()),
+        ("NOTICE", "human: pong")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

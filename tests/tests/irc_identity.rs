@@ -149,3 +149,73 @@ regain_interval_secs = 1
     );
     assert!(!bot.stderr().contains("bot-secret-pw"), "{}", bot.stderr());
 }
+
+/// A failed SASL login is logged clearly and the bot carries on without an account; NickServ
+/// IDENTIFY logs it in instead when a NickServ password is configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_failure_is_clear_and_nickserv_identify_logs_in() {
+    let net = ServicesNet::start().await;
+    net.register_account("shepherd", "bot-secret-pw").await;
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.extra = format!(
+        r##"[irc]
+server = "127.0.0.1"
+port = {port}
+tls = false
+channels = ["#ops"]
+sasl_password_env = "TEST_WRONG"
+"##,
+        port = net.port()
+    );
+    config.env = vec![("TEST_WRONG".into(), "not-the-password".into())];
+    let mut watcher = RawClient::connect_with(&net.addr(), "watcher", &[], None).await;
+    watcher.send("JOIN #ops").await;
+    let bot = Shepherd::serve(&config).await;
+    watcher.expect(|l| from_bot(l, "JOIN")).await;
+    assert!(
+        bot.stderr().contains("irc: SASL login failed"),
+        "{}",
+        bot.stderr()
+    );
+    watcher.send("WHOIS shepherd").await;
+    let end = watcher.expect(|l| Message::parse(l).command == "318").await;
+    assert!(!end.is_empty());
+    assert!(
+        !watcher
+            .lines()
+            .iter()
+            .any(|l| Message::parse(l).command == "330"),
+        "not logged in: {}",
+        watcher.transcript()
+    );
+    drop(bot);
+
+    // Without SASL, with the NickServ password: IDENTIFY after registration.
+    config.extra = config.extra.replace(
+        "sasl_password_env = \"TEST_WRONG\"",
+        "nickserv_password_env = \"TEST_NS\"",
+    );
+    config.env = vec![("TEST_NS".into(), "bot-secret-pw".into())];
+    let bot = Shepherd::serve(&config).await;
+    watcher.expect(|l| from_bot(l, "JOIN")).await;
+    let identified = async {
+        loop {
+            watcher.send("WHOIS shepherd").await;
+            if let Some(line) = watcher
+                .wait_for(std::time::Duration::from_secs(2), |l| {
+                    Message::parse(l).command == "330"
+                })
+                .await
+            {
+                return line;
+            }
+        }
+    };
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), identified)
+        .await
+        .unwrap_or_else(|_| panic!("IDENTIFY logged the bot in:\n{}", bot.stderr()));
+    assert!(line.contains("shepherd"), "{line}");
+    assert!(!bot.stderr().contains("bot-secret-pw"));
+}
