@@ -232,6 +232,17 @@ async fn server_restart_delivers_every_pending_line_once_in_order() {
             })
             .await
     );
+    // Replies count as delivered once the server acknowledged them (PONG): wait for that,
+    // so what is pending below is only what the bot produces while cut off.
+    let undelivered = "SELECT COUNT(*) FROM outbox WHERE frontend = 'irc' AND delivered_at IS NULL";
+    let acked = async {
+        while store.count(undelivered).await != 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, acked)
+        .await
+        .expect("the replies were acknowledged");
     // Down goes the network and the server; the pipelines finish meanwhile.
     proxy.shut();
     server.kill().await;
@@ -240,11 +251,7 @@ async fn server_restart_delivers_every_pending_line_once_in_order() {
     }
     let pending = async {
         loop {
-            let n = store
-                .count(
-                    "SELECT COUNT(*) FROM outbox WHERE frontend = 'irc' AND delivered_at IS NULL",
-                )
-                .await;
+            let n = store.count(undelivered).await;
             if n == N as i64 {
                 return;
             }
@@ -292,12 +299,7 @@ async fn server_restart_delivers_every_pending_line_once_in_order() {
         bot.stderr().contains("irc: disconnected"),
         "the bot did lose the server"
     );
-    assert_eq!(
-        store
-            .count("SELECT COUNT(*) FROM outbox WHERE frontend = 'irc' AND delivered_at IS NULL")
-            .await,
-        0
-    );
+    assert_eq!(store.count(undelivered).await, 0);
 }
 
 /// ngIRCd's stock flood limits: a 60-line reply arrives whole, in order, without a disconnect.
