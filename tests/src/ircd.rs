@@ -160,43 +160,60 @@ impl Ngircd {
         ping_timeout: Duration,
         pong_timeout: Duration,
     ) -> Ngircd {
+        Ngircd::unstarted(throttle, ping_timeout, pong_timeout, "", |_| String::new())
+            .launch()
+            .await
+    }
+
+    /// A server not started yet, in a fresh folder.
+    fn unstarted(
+        throttle: Throttle,
+        ping_timeout: Duration,
+        pong_timeout: Duration,
+        global_extra: &str,
+        extra: impl Fn(&std::path::Path) -> String,
+    ) -> Ngircd {
         let dir = tempfile::tempdir().expect("tempdir for ngircd");
         // ngIRCd reads its config as root, then runs as nobody: keep the folder readable.
         set_mode(dir.path(), 0o755);
-        let mut server = Ngircd {
+        Ngircd {
             port: 0,
             throttle,
             ping_timeout,
             pong_timeout,
             conf: dir.path().join("ngircd.conf"),
-            global_extra: String::new(),
-            extra: String::new(),
+            global_extra: global_extra.to_string(),
+            extra: extra(dir.path()),
             child: None,
             output: Arc::new(Output::default()),
             _dir: dir,
-        };
+        }
+    }
+
+    /// Writes the config and starts the server on a free port, awaiting readiness.
+    async fn launch(mut self) -> Ngircd {
         // A port found free can be taken by someone else before ngIRCd binds it: then the
         // server exits at once, and the next attempt uses another port.
         let mut errors = Vec::new();
         for _ in 0..5 {
-            server.port = free_port();
-            std::fs::write(&server.conf, server.config_text()).expect("write ngircd.conf");
-            set_mode(&server.conf, 0o644);
-            match server
+            self.port = free_port();
+            std::fs::write(&self.conf, self.config_text()).expect("write ngircd.conf");
+            set_mode(&self.conf, 0o644);
+            match self
                 .spawn_until_ready(Instant::now() + START_DEADLINE)
                 .await
             {
-                Ok(()) => return server,
+                Ok(()) => return self,
                 Err(e) => {
-                    server.kill().await;
-                    errors.push(format!("port {}: {e}", server.port));
+                    self.kill().await;
+                    errors.push(format!("port {}: {e}", self.port));
                 }
             }
         }
         panic!(
             "ngircd did not start: {}\n--- ngircd log ---\n{}",
             errors.join("; "),
-            server.log()
+            self.log()
         )
     }
 
@@ -277,40 +294,17 @@ impl Ngircd {
     /// Everything the server printed so far (all runs), for failure messages.
     /// Starts a server whose config has `global_extra` lines in `[Global]` (e.g.
     /// `Password = x`) and `extra` sections at the end (`[SSL]`, `[Channel]`). `extra` may
-    /// name files in `dir()`'s folder, which exists before the server starts: `prepare` gets it.
+    /// name files in the server's folder (`dir()`), which exists before the server starts: `extra` gets its path.
     pub async fn start_configured(
         throttle: Throttle,
         global_extra: &str,
         extra: impl Fn(&std::path::Path) -> String,
     ) -> Ngircd {
-        let dir = tempfile::tempdir().expect("tempdir for ngircd");
-        set_mode(dir.path(), 0o755);
-        let mut server = Ngircd {
-            port: 0,
-            throttle,
-            ping_timeout: Duration::from_secs(PING_TIMEOUT_SECS),
-            pong_timeout: Duration::from_secs(PONG_TIMEOUT_SECS),
-            conf: dir.path().join("ngircd.conf"),
-            global_extra: global_extra.to_string(),
-            extra: extra(dir.path()),
-            child: None,
-            output: Arc::new(Output::default()),
-            _dir: dir,
-        };
-        server.port = free_port();
-        std::fs::write(&server.conf, server.config_text()).expect("write ngircd.conf");
-        set_mode(&server.conf, 0o644);
-        if let Err(e) = server
-            .spawn_until_ready(Instant::now() + START_DEADLINE)
+        let ping = Duration::from_secs(PING_TIMEOUT_SECS);
+        let pong = Duration::from_secs(PONG_TIMEOUT_SECS);
+        Ngircd::unstarted(throttle, ping, pong, global_extra, extra)
+            .launch()
             .await
-        {
-            server.kill().await;
-            panic!(
-                "ngircd did not start: {e}\n--- ngircd log ---\n{}",
-                server.log()
-            );
-        }
-        server
     }
 
     fn config_text(&self) -> String {

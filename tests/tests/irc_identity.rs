@@ -6,6 +6,25 @@ use shepherd_tests::gitlab::GitLabDouble;
 use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore};
 use shepherd_tests::services::{Message, RawClient, ServicesNet};
 
+/// The services network with the bot's account `shepherd` registered, a store, the GitLab
+/// double, and a config for a bot on that network.
+async fn setup() -> (ServicesNet, TestStore, GitLabDouble, ShepherdConfig) {
+    let net = ServicesNet::start().await;
+    net.register_account("shepherd", "bot-secret-pw").await;
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let config = ShepherdConfig::new(&store, &gitlab);
+    (net, store, gitlab, config)
+}
+
+/// The `[irc]` section for a bot on `net`, with `keys` added.
+fn irc_section(net: &ServicesNet, keys: &str) -> String {
+    format!(
+        "[irc]\nserver = \"127.0.0.1\"\nport = {}\ntls = false\nchannels = [\"#ops\"]\n{keys}\n",
+        net.port()
+    )
+}
+
 /// A line from the bot (tags, if any, come before the prefix).
 fn from_bot(line: &str, command: &str) -> bool {
     let m = Message::parse(line);
@@ -14,36 +33,17 @@ fn from_bot(line: &str, command: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logged_in_account_may_and_the_bare_nick_may_not() {
-    let net = ServicesNet::start().await;
-    tokio::join!(
-        net.register_account("alice", "alice-secret-pw"),
-        net.register_account("shepherd", "bot-secret-pw"),
-    );
-    let store = TestStore::new(Backend::Sqlite).await;
-    let gitlab = GitLabDouble::start().await;
+    let (net, store, gitlab, mut config) = setup().await;
+    net.register_account("alice", "alice-secret-pw").await;
     let old = gitlab.add_pipeline("g/p", "main", "success", &[]);
-    let mut config = ShepherdConfig::new(&store, &gitlab);
     config.production = false;
     let secrets = tempfile::tempdir().expect("tempdir");
     let sasl_file = secrets.path().join("sasl");
     std::fs::write(&sasl_file, "bot-secret-pw\n").expect("write secret");
-    config.extra = format!(
-        r##"[irc]
-server = "127.0.0.1"
-port = {port}
-tls = false
-channels = ["#ops"]
-sasl_password_file = "{sasl}"
-flood_rate = 50.0
-flood_burst = 10
-[[people]]
-name = "alice"
-identities = ["irc:alice"]
-groups = ["developers"]
-"##,
-        port = net.port(),
-        sasl = sasl_file.display()
-    );
+    config.extra = irc_section(
+        &net,
+        &format!("sasl_password_file = \"{}\"", sasl_file.display()),
+    ) + "[[people]]\nname = \"alice\"\nidentities = [\"irc:alice\"]\ngroups = [\"developers\"]\n";
 
     let caps = ["account-tag", "account-notify", "extended-join"];
     let mut alice = RawClient::connect_with(
@@ -104,22 +104,10 @@ groups = ["developers"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bot_takes_its_registered_nick_back_from_a_squatter() {
-    let net = ServicesNet::start().await;
-    net.register_account("shepherd", "bot-secret-pw").await;
-    let store = TestStore::new(Backend::Sqlite).await;
-    let gitlab = GitLabDouble::start().await;
-    let mut config = ShepherdConfig::new(&store, &gitlab);
-    config.extra = format!(
-        r##"[irc]
-server = "127.0.0.1"
-port = {port}
-tls = false
-channels = ["#ops"]
-sasl_password_env = "TEST_SASL"
-nickserv_password_env = "TEST_SASL"
-regain_interval_secs = 1
-"##,
-        port = net.port()
+    let (net, _store, _gitlab, mut config) = setup().await;
+    config.extra = irc_section(
+        &net,
+        "sasl_password_env = \"TEST_SASL\"\nnickserv_password_env = \"TEST_SASL\"\nregain_interval_secs = 1",
     );
     config.env = vec![("TEST_SASL".into(), "bot-secret-pw".into())];
     let addr = net.addr();
@@ -154,21 +142,8 @@ regain_interval_secs = 1
 /// IDENTIFY logs it in instead when a NickServ password is configured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_failure_is_clear_and_nickserv_identify_logs_in() {
-    let net = ServicesNet::start().await;
-    net.register_account("shepherd", "bot-secret-pw").await;
-    let store = TestStore::new(Backend::Sqlite).await;
-    let gitlab = GitLabDouble::start().await;
-    let mut config = ShepherdConfig::new(&store, &gitlab);
-    config.extra = format!(
-        r##"[irc]
-server = "127.0.0.1"
-port = {port}
-tls = false
-channels = ["#ops"]
-sasl_password_env = "TEST_WRONG"
-"##,
-        port = net.port()
-    );
+    let (net, _store, _gitlab, mut config) = setup().await;
+    config.extra = irc_section(&net, "sasl_password_env = \"TEST_WRONG\"");
     config.env = vec![("TEST_WRONG".into(), "not-the-password".into())];
     let mut watcher = RawClient::connect_with(&net.addr(), "watcher", &[], None).await;
     watcher.send("JOIN #ops").await;
