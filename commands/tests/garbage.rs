@@ -4,7 +4,9 @@
 //! The generator is a fixed-seed xorshift over pieces that exercise the grammar (quotes,
 //! escapes, brackets, references, keywords, markdown) mixed with arbitrary characters.
 
-use shepherd_commands::{Addressing, Frontend, MrRef, ParseContext, addressed, parse};
+use shepherd_commands::{
+    Addressing, COMMAND_NAMES, Frontend, MrRef, ParseContext, addressed, parse,
+};
 
 struct XorShift(u64);
 
@@ -23,6 +25,7 @@ impl XorShift {
     }
 }
 
+/// What generated messages are made of, besides every command word (`COMMAND_NAMES`).
 const PIECES: &[&str] = &[
     " ",
     " ",
@@ -62,22 +65,6 @@ const PIECES: &[&str] = &[
     "to",
     "in",
     "for",
-    "retrigger",
-    "test",
-    "canary",
-    "retest",
-    "status",
-    "cancel",
-    "deploy",
-    "rollback",
-    "deployments",
-    "alerts",
-    "silence",
-    "unsilence",
-    "help",
-    "ping",
-    "version",
-    "whoami",
     "0",
     "1",
     "42",
@@ -111,6 +98,7 @@ const PIECES: &[&str] = &[
 ];
 
 fn garbage(rng: &mut XorShift) -> String {
+    let pieces: Vec<&str> = PIECES.iter().chain(COMMAND_NAMES).copied().collect();
     let len = rng.below(24);
     let mut s = String::new();
     for _ in 0..len {
@@ -119,7 +107,7 @@ fn garbage(rng: &mut XorShift) -> String {
             let c = char::from_u32((rng.next() % 0x11_0000) as u32).unwrap_or('\u{fffd}');
             s.push(c);
         } else {
-            s.push_str(PIECES[rng.below(PIECES.len())]);
+            s.push_str(pieces[rng.below(pieces.len())]);
         }
     }
     s
