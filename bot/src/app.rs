@@ -135,6 +135,7 @@ impl App {
             store: store.clone(),
             retrigger,
             policy: policy.clone(),
+            registry: registry.clone(),
             started_at: Instant::now(),
         });
         let watcher = Watcher::new(
@@ -230,18 +231,7 @@ impl App {
 
 /// The dead items as a table, for `shepherd queue dead`.
 pub async fn dead_items(store: &Store, limit: i64) -> anyhow::Result<String> {
-    let metrics = Arc::new(Metrics::new()?);
-    let queue = Queue::new(
-        store.clone(),
-        QueueSettings {
-            max_attempts: 1,
-            lease: Duration::from_secs(1),
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(1),
-        },
-        metrics,
-    );
-    let items = queue.dead(limit).await?;
+    let items = shepherd_core::queue::dead_items(store, limit).await?;
     let mut out = format!("{} dead request(s)\n", items.len());
     for d in items {
         let when = chrono::DateTime::from_timestamp_millis(d.created_at)

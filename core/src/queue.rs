@@ -348,30 +348,7 @@ impl Queue {
     }
 
     pub async fn dead(&self, limit: i64) -> Result<Vec<DeadItem>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, kind, frontend, room, identity, attempts, last_error, created_at \
-             FROM requests WHERE state = 'dead' ORDER BY updated_at DESC, id DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(self.store.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DeadItem {
-                    id: row.try_get("id")?,
-                    kind: row.try_get("kind")?,
-                    origin: Origin::new(
-                        row.try_get::<String, _>("frontend")?,
-                        row.try_get::<String, _>("room")?,
-                    ),
-                    identity: row.try_get("identity")?,
-                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-                    last_error: row.try_get("last_error")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        dead_items(&self.store, limit).await
     }
 
     pub async fn counts(&self) -> Result<QueueCounts, StoreError> {
@@ -434,6 +411,34 @@ impl Queue {
         let due: Option<i64> = row.try_get("due")?;
         Ok(due.map(|d| Duration::from_millis((d - now_ms()).max(0) as u64)))
     }
+}
+
+/// Requests parked as dead, newest first (needs no queue settings: `shepherd queue dead`).
+pub async fn dead_items(store: &Store, limit: i64) -> Result<Vec<DeadItem>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, kind, frontend, room, identity, attempts, last_error, created_at \
+         FROM requests WHERE state = 'dead' ORDER BY updated_at DESC, id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(DeadItem {
+                id: row.try_get("id")?,
+                kind: row.try_get("kind")?,
+                origin: Origin::new(
+                    row.try_get::<String, _>("frontend")?,
+                    row.try_get::<String, _>("room")?,
+                ),
+                identity: row.try_get("identity")?,
+                attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                last_error: row.try_get("last_error")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
 }
 
 pub async fn enqueue_in(

@@ -42,7 +42,7 @@ impl Plugin for Help {
         let Command::Help { topic } = call.command else {
             return Err(PluginError::Refuse("help: unexpected command".into()));
         };
-        let registry = Registry::new();
+        let registry = &services.registry;
         let prefix = &services.prefix;
         let text = match topic
             .as_deref()

@@ -56,6 +56,8 @@ pub struct Services {
     pub store: Store,
     pub retrigger: Retrigger,
     pub policy: Arc<Policy>,
+    /// The plugins of this build (help and whoami list them).
+    pub registry: Arc<Registry>,
     pub started_at: Instant,
 }
 

@@ -29,7 +29,7 @@ impl Plugin for Whoami {
             Some(person) => format!("{person}, in groups {}", p.groups.join(", ")),
             None => "not a known person (only commands open to everyone)".to_string(),
         };
-        let built = crate::Registry::new();
+        let built = &services.registry;
         let may: Vec<String> = services
             .policy
             .commands_for(p)

@@ -116,6 +116,31 @@ impl TestStore {
     }
 }
 
+impl TestStore {
+    /// Awaits `sql` (a COUNT) equal to `expected`, re-reading it until `timeout`; the
+    /// store has no change notifications, so this is a short poll. True when it got there.
+    pub async fn wait_count(&self, sql: &str, expected: i64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.count(sql).await == expected {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The value of one series (`name{labels}`, as written) in Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 impl Drop for TestStore {
     fn drop(&mut self) {
         if let Some(name) = self.pg_db.take() {

@@ -10,7 +10,7 @@ use shepherd_core::metrics::Metrics;
 use shepherd_core::queue::{Enqueued, FailOutcome, NewRequest, Queue, QueueSettings};
 use shepherd_core::store::Store;
 use shepherd_tests::gitlab::{FaultKind, Faults, GitLabDouble};
-use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore};
+use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore, metric_value};
 use shepherd_tests::on_both_stores;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -39,10 +39,7 @@ async fn metric(base: &str, series: &str) -> Option<f64> {
         .text()
         .await
         .expect("metrics body");
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    metric_value(&text, series)
 }
 
 async fn serve_endpoints(backend: Backend) {

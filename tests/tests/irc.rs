@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use shepherd_tests::gitlab::{AutoFinish, GitLabDouble};
-use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore};
+use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore, metric_value};
 use shepherd_tests::irc_client::{IrcClient, Message};
 use shepherd_tests::ircd::{Ngircd, Throttle};
 use shepherd_tests::on_both_stores;
@@ -113,6 +113,32 @@ async fn round_trip(backend: Backend) {
         "{}",
         bot.stderr()
     );
+
+    // IRC's own metrics.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", config.http_port))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let value = |series: &str| metric_value(&metrics, series);
+    assert_eq!(value("shepherd_irc_connected "), Some(1.0), "{metrics}");
+    assert_eq!(
+        value("shepherd_irc_reconnects_total "),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(
+        value("shepherd_irc_lines_sent_total ") >= Some(3.0),
+        "{metrics}"
+    );
+    assert!(
+        value("shepherd_irc_flood_delay_seconds_total ").is_some(),
+        "{metrics}"
+    );
+    // Queued until the server acknowledges the last reply, which may be just after the
+    // human saw it: only its presence is certain here.
+    assert!(value("shepherd_irc_lines_queued ").is_some(), "{metrics}");
 }
 on_both_stores!(
     a_human_retriggers_from_a_channel_and_hears_the_end,
@@ -235,32 +261,20 @@ async fn server_restart_delivers_every_pending_line_once_in_order() {
     // Replies count as delivered once the server acknowledged them (PONG): wait for that,
     // so what is pending below is only what the bot produces while cut off.
     let undelivered = "SELECT COUNT(*) FROM outbox WHERE frontend = 'irc' AND delivered_at IS NULL";
-    let acked = async {
-        while store.count(undelivered).await != 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, acked)
-        .await
-        .expect("the replies were acknowledged");
+    assert!(
+        store.wait_count(undelivered, 0, WAIT).await,
+        "the replies were acknowledged"
+    );
     // Down goes the network and the server; the pipelines finish meanwhile.
     proxy.shut();
     server.kill().await;
     for p in gitlab.pipelines_created() {
         gitlab.set_status(p.id, "success");
     }
-    let pending = async {
-        loop {
-            let n = store.count(undelivered).await;
-            if n == N as i64 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, pending)
-        .await
-        .expect("the reports are waiting in the outbox");
+    assert!(
+        store.wait_count(undelivered, N as i64, WAIT).await,
+        "the reports are waiting in the outbox"
+    );
 
     // The server comes back; the human first, then the network for the bot.
     server.restart().await;

@@ -181,12 +181,16 @@ impl IrcFrontend {
         alts
     }
 
+    fn realname(&self) -> String {
+        format!("{} — CI/CD ChatOps", self.bot_name)
+    }
+
     fn client_config(&self) -> IrcClientConfig {
         IrcClientConfig {
             nickname: Some(self.cfg.nick().to_string()),
             alt_nicks: self.alternates(),
             username: Some(self.bot_name.clone()),
-            realname: Some(format!("{} — CI/CD ChatOps", self.bot_name)),
+            realname: Some(self.realname()),
             server: Some(self.cfg.server.clone()),
             port: Some(self.cfg.port),
             use_tls: Some(self.cfg.tls),
@@ -227,7 +231,7 @@ impl IrcFrontend {
         sender.send(Command::USER(
             self.bot_name.clone(),
             "0".into(),
-            format!("{} — CI/CD ChatOps", self.bot_name),
+            self.realname(),
         ))?;
 
         let (registered_tx, _) = watch::channel(false);
@@ -612,7 +616,7 @@ impl Reader {
                 if more {
                     return;
                 }
-                let mut want: Vec<&str> = WANTED_CAPS
+                let mut want: Vec<&'static str> = WANTED_CAPS
                     .iter()
                     .copied()
                     .filter(|c| self.caps_offered.iter().any(|o| o == c))
@@ -629,10 +633,7 @@ impl Reader {
                 if want.is_empty() {
                     self.end_cap();
                 } else {
-                    let caps: Vec<Capability> = want
-                        .iter()
-                        .map(|c| Capability::Custom(leak_cap(c)))
-                        .collect();
+                    let caps: Vec<Capability> = want.into_iter().map(Capability::Custom).collect();
                     let _ = self.sender.send_cap_req(&caps);
                 }
             }
@@ -851,15 +852,5 @@ impl Reader {
                 .sender
                 .send(Command::NICK(self.fe.cfg.nick().to_string()));
         }
-    }
-}
-
-/// `Capability::Custom` wants a `&'static str`; the few names we request are static already.
-fn leak_cap(name: &str) -> &'static str {
-    match name {
-        "account-tag" => "account-tag",
-        "account-notify" => "account-notify",
-        "extended-join" => "extended-join",
-        _ => "sasl",
     }
 }

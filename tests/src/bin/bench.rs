@@ -45,6 +45,21 @@ struct Row {
     max: Duration,
 }
 
+/// A Markdown table of latency rows, in milliseconds.
+fn print_latencies(rows: &[&Row]) {
+    println!("| path | p50 | p99 | max |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.name,
+            ms(r.p50),
+            ms(r.p99),
+            ms(r.max)
+        );
+    }
+}
+
 fn row(name: &str, mut samples: Vec<Duration>) -> Row {
     samples.sort();
     Row {
@@ -310,17 +325,7 @@ async fn irc_delivery(rate: f64, lines: usize) -> (f64, usize, bool) {
 async fn irc_main(n: usize) {
     let (floor, rt) = irc_round_trip(n).await;
     println!("IRC: {n} sequential commands, times in ms\n");
-    println!("| path | p50 | p99 | max |");
-    println!("|---|---|---|---|");
-    for r in [&floor, &rt] {
-        println!(
-            "| {} | {} | {} | {} |",
-            r.name,
-            ms(r.p50),
-            ms(r.p99),
-            ms(r.max)
-        );
-    }
+    print_latencies(&[&floor, &rt]);
     println!("\nIRC delivery on ngIRCd's stock flood limits (burst 4), one reply of ~60 lines\n");
     println!(
         "| configured flood_rate (lines/s) | lines received | achieved lines/s | disconnected |"
@@ -356,17 +361,7 @@ async fn main() {
     let rss_pg = idle_rss(Backend::Postgres).await;
 
     println!("{n} sequential commands (`retrigger <id> run=<i>`, production mode), times in ms\n");
-    println!("| path | p50 | p99 | max |");
-    println!("|---|---|---|---|");
-    for r in [&floor, &sqlite_req, &sqlite_reply, &pg_req, &pg_reply] {
-        println!(
-            "| {} | {} | {} | {} |",
-            r.name,
-            ms(r.p50),
-            ms(r.p99),
-            ms(r.max)
-        );
-    }
+    print_latencies(&[&floor, &sqlite_req, &sqlite_reply, &pg_req, &pg_reply]);
     println!();
     println!("| idle `shepherd serve` | RSS |");
     println!("|---|---|");
