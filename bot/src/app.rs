@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use shepherd_config::Config;
 use shepherd_core::audit::AuditLog;
+use shepherd_core::canary::{Canary, CanaryProject, CanarySettings, Reference, ReferenceSource};
 use shepherd_core::gitlab::{GitLab, GitLabSettings};
 use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::Outbox;
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::dispatch::Dispatcher;
+use crate::gitlab::events::GitLabEvents;
 use crate::worker::Worker;
 
 pub struct App {
@@ -126,6 +128,17 @@ impl App {
                 create_attempts: 3,
             },
         );
+        let canary = Canary::new(
+            gitlab.clone(),
+            store.clone(),
+            retrigger.clone(),
+            canary_settings(&config),
+        )
+        .context("canary.projects")?;
+        let reporter = Arc::new(PipelineReporter::new(
+            config.bot.name.clone(),
+            config.bot.prefix.clone(),
+        ));
         let services = Arc::new(Services {
             production: config.production,
             bot_name: config.bot.name.clone(),
@@ -134,8 +147,10 @@ impl App {
             gitlab: gitlab.clone(),
             store: store.clone(),
             retrigger,
+            canary,
             policy: policy.clone(),
             registry: registry.clone(),
+            reporter: reporter.clone(),
             started_at: Instant::now(),
         });
         let watcher = Watcher::new(
@@ -146,7 +161,7 @@ impl App {
                 poll_interval: config.watcher.poll_interval(),
                 max_poll_interval: config.watcher.max_poll_interval(),
             },
-            Arc::new(PipelineReporter),
+            reporter,
             metrics.clone(),
         );
         let dispatcher = Arc::new(Dispatcher::new(
@@ -159,6 +174,14 @@ impl App {
             config.rate_limits.per_identity_per_minute,
             config.rate_limits.per_room_per_minute,
         ));
+
+        let events = Arc::new(GitLabEvents {
+            dispatcher: dispatcher.clone(),
+            services: services.clone(),
+            watcher: watcher.clone(),
+            outbox: outbox.clone(),
+            comments: config.gitlab_comments.clone(),
+        });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -173,6 +196,7 @@ impl App {
                 watcher: watcher.clone(),
                 metrics: metrics.clone(),
                 poll_interval: config.queue.poll_interval(),
+                events: events.clone(),
             };
             tasks.spawn(worker.run(shutdown_rx.clone()));
         }
@@ -249,6 +273,40 @@ pub async fn dead_items(store: &Store, limit: i64) -> anyhow::Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// The `[canary]` section as core's settings (validated by the config crate).
+fn canary_settings(config: &Config) -> CanarySettings {
+    CanarySettings {
+        projects: config
+            .canary
+            .projects
+            .iter()
+            .map(|p| CanaryProject {
+                project: p.project.clone(),
+                variables: p
+                    .variables
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                references: p
+                    .references
+                    .iter()
+                    .map(|r| Reference {
+                        tree: r.tree.clone(),
+                        project: r.project.clone(),
+                        source: match (&r.pipeline, &r.branch) {
+                            (Some(id), _) => ReferenceSource::Pipeline(*id),
+                            (None, Some(branch)) => {
+                                ReferenceSource::LatestSuccessful(branch.clone())
+                            }
+                            (None, None) => ReferenceSource::Pipeline(0),
+                        },
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
 }
 
 fn hostname() -> String {

@@ -61,6 +61,8 @@ impl Console {
                 origin: Origin::new(FRONTEND, self.room.clone()),
                 identity: self.identity.clone(),
                 text,
+                mr: None,
+                dedup: None,
             };
             self.dispatcher.handle(&inbound).await?;
         }

@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use governor::{DefaultKeyedRateLimiter, Quota};
-use shepherd_commands::{Addressing, Frontend, ParseContext, addressed, parse};
+use std::collections::HashMap;
+
+use shepherd_commands::{Addressing, Frontend, MrRef, ParseContext, addressed, parse};
 use shepherd_core::Origin;
 use shepherd_core::audit::{AuditLog, AuditOutcome};
 use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::Outbox;
-use shepherd_core::queue::{NewRequest, Queue};
+use shepherd_core::queue::{Enqueued, NewRequest, Queue};
 use shepherd_core::store::{StoreError, new_id, now_ms};
 use shepherd_plugins::{Call, Outcome, PluginError, Registry, Services};
 
@@ -27,6 +29,35 @@ pub struct Inbound {
     pub origin: Origin,
     pub identity: String,
     pub text: String,
+    /// The merge request a comment is on: `test`, `retest`, ... act on it implicitly.
+    pub mr: Option<MrRef>,
+    /// Names the message across redeliveries and edits (a GitLab note: `note:<project>:<id>`).
+    /// Each command in it is then stored and answered at most once: a redelivered event, or an
+    /// edit that keeps a command, does not run that command again.
+    pub dedup: Option<String>,
+}
+
+/// The keys of a message's commands: the n-th copy of the same words gets occurrence n.
+pub fn command_keys(base: &str, texts: &[String]) -> Vec<String> {
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    texts
+        .iter()
+        .map(|text| {
+            let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let n = seen.entry(words).or_insert(0);
+            *n += 1;
+            command_key(base, text, *n)
+        })
+        .collect()
+}
+
+/// The key of the `occurrence`-th copy of command `text` in a message named `base`: equal
+/// across redeliveries and edits of the message as long as the command's words are equal.
+pub fn command_key(base: &str, text: &str, occurrence: u32) -> String {
+    use sha2::Digest;
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let digest = sha2::Sha256::digest(words.as_bytes());
+    format!("{base}:{}:{occurrence}", hex::encode(&digest[..8]))
 }
 
 /// The payload of a queued command.
@@ -80,24 +111,61 @@ impl Dispatcher {
             bot_name: &self.services.bot_name,
             prefix: &self.services.prefix,
         };
-        for text in addressed(inbound.frontend, &inbound.text, &addressing) {
-            self.handle_one(inbound, text.as_ref()).await?;
+        let texts: Vec<String> = addressed(inbound.frontend, &inbound.text, &addressing)
+            .into_iter()
+            .map(|t| t.to_string())
+            .collect();
+        let keys: Vec<Option<String>> = match inbound.dedup.as_deref() {
+            Some(base) => command_keys(base, &texts).into_iter().map(Some).collect(),
+            None => vec![None; texts.len()],
+        };
+        for (text, key) in texts.iter().zip(keys) {
+            self.handle_one(inbound, text, key.as_deref()).await?;
         }
         Ok(())
     }
 
-    async fn reply(&self, origin: &Origin, text: &str) -> Result<(), StoreError> {
-        self.outbox.push(origin, text, None, None).await.map(|_| ())
+    /// The commands of a message, with their keys (see [`Inbound::dedup`]).
+    pub fn commands_of(&self, inbound: &Inbound) -> Vec<String> {
+        let addressing = Addressing {
+            bot_name: &self.services.bot_name,
+            prefix: &self.services.prefix,
+        };
+        addressed(inbound.frontend, &inbound.text, &addressing)
+            .into_iter()
+            .map(|t| t.to_string())
+            .collect()
     }
 
-    async fn handle_one(&self, inbound: &Inbound, text: &str) -> Result<(), StoreError> {
+    async fn reply(
+        &self,
+        origin: &Origin,
+        text: &str,
+        key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let dedup = key.map(|k| format!("{k}:reply"));
+        self.outbox
+            .push(origin, text, dedup.as_deref(), None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn handle_one(
+        &self,
+        inbound: &Inbound,
+        text: &str,
+        key: Option<&str>,
+    ) -> Result<(), StoreError> {
         let started = Instant::now();
         let origin = &inbound.origin;
-        let command = match parse(text, &ParseContext { implicit_mr: None }) {
+        let context = ParseContext {
+            implicit_mr: inbound.mr.clone(),
+        };
+        let command = match parse(text, &context) {
             Ok(c) => c,
             Err(e) => {
                 self.count("unknown", "parse_error");
-                return self.reply(origin, &e.reply(text)).await;
+                return self.reply(origin, &e.reply(text), key).await;
             }
         };
         let name = command.name();
@@ -110,13 +178,14 @@ impl Dispatcher {
                 .reply(
                     origin,
                     &format!("slow down: too many commands from you or this room; `{name}` was not run. Try again in a minute."),
+                    key,
                 )
                 .await;
         }
 
         let Some(plugin) = self.registry.get(name) else {
             self.count(name, "not_enabled");
-            return self.reply(origin, &Registry::not_enabled(name)).await;
+            return self.reply(origin, &Registry::not_enabled(name), key).await;
         };
         let entry = plugin.help();
         let principal = self.services.policy.resolve(&inbound.identity);
@@ -146,6 +215,7 @@ impl Dispatcher {
                 .reply(
                     origin,
                     &format!("sorry, you may not use `{name}`: {needed}, and {who}. See `whoami`."),
+                    key,
                 )
                 .await;
         }
@@ -166,9 +236,13 @@ impl Dispatcher {
                     origin: origin.clone(),
                     identity: inbound.identity.clone(),
                     payload,
-                    dedup_key: None,
+                    dedup_key: key.map(str::to_string),
                 })
                 .await?;
+            if matches!(enqueued, Enqueued::Duplicate(_)) {
+                tracing::info!(request = %enqueued.id(), command = name, "command already stored for this message; not run again");
+                return Ok(());
+            }
             tracing::info!(request = %enqueued.id(), command = name, origin = %origin, identity = %inbound.identity, "command queued");
             if entry.changes_something {
                 self.audit
@@ -206,8 +280,9 @@ impl Dispatcher {
                 vec![msg]
             }
         };
-        for r in replies {
-            self.reply(origin, &r).await?;
+        for (i, r) in replies.iter().enumerate() {
+            let k = key.map(|k| format!("{k}:{i}"));
+            self.reply(origin, r, k.as_deref()).await?;
         }
         self.metrics
             .command_duration

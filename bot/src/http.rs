@@ -1,7 +1,7 @@
-//! The HTTP server: metrics, health, readiness and the command reference.
+//! The HTTP server: metrics, health, readiness, the command reference and GitLab's webhooks
+//! (`POST /hooks/gitlab`, when `[gitlab_comments]` is configured; see `gitlab/hooks.rs`).
 //!
-//! Webhook endpoints (`/hooks/gitlab`, `/hooks/alertmanager`) and `/api/v1/say` arrive
-//! with the capabilities that need them.
+//! `/hooks/alertmanager` and `/api/v1/say` arrive with the capabilities that need them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +10,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use shepherd_core::metrics::Metrics;
 use shepherd_core::store::Store;
 use tokio::sync::watch;
+
+use crate::gitlab::hooks::{self as gitlab_hooks, HookState};
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -21,15 +23,26 @@ pub struct HttpState {
     pub store: Store,
     /// The generated command reference (GET /help).
     pub reference: Arc<String>,
+    /// `POST /hooks/gitlab`, when GitLab comments are configured.
+    pub gitlab_hooks: Option<HookState>,
 }
 
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let hooks = state.gitlab_hooks.clone();
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/help", get(help))
-        .with_state(state)
+        .with_state(state);
+    match hooks {
+        Some(hooks) => router.merge(
+            Router::new()
+                .route("/hooks/gitlab", post(gitlab_hooks::receive))
+                .with_state(hooks),
+        ),
+        None => router,
+    }
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {

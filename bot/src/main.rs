@@ -8,6 +8,7 @@
 mod app;
 mod console;
 mod dispatch;
+mod gitlab;
 mod http;
 mod irc;
 mod worker;
@@ -192,6 +193,14 @@ fn spawn_http(app: &mut App) {
             &app.config.bot.prefix,
             &app.config.bot.name,
         )),
+        gitlab_hooks: app.config.gitlab_comments.as_ref().map(|c| {
+            gitlab::hooks::HookState::new(
+                c.webhook_secret().map(|s| s.expose()),
+                c.max_body_bytes,
+                app.queue.clone(),
+                app.metrics.clone(),
+            )
+        }),
     };
     let listen = app.config.http.listen;
     let rx = app.shutdown_rx();
@@ -225,6 +234,19 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         };
         let rx = app.shutdown_rx();
         app.tasks.spawn(frontend.run(rx));
+    }
+    if app.config.gitlab_comments.is_some() {
+        let metrics = gitlab::notes::NotesMetrics::register(app.metrics.registry())
+            .context("registering GitLab note metrics")?;
+        let notes = gitlab::notes::NotesFrontend {
+            gitlab: app.services.gitlab.clone(),
+            outbox: app.outbox.clone(),
+            production: app.config.production,
+            metrics,
+            poll_interval: std::time::Duration::from_secs(5),
+        };
+        let rx = app.shutdown_rx();
+        app.tasks.spawn(notes.run(rx));
     }
     let console = Arc::new(console_for(&app));
     {

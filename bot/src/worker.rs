@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shepherd_core::audit::{AuditLog, AuditOutcome};
+use shepherd_core::canary::{self, Publish};
 use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::{self, Outbox};
 use shepherd_core::queue::{Leased, Queue};
@@ -21,6 +22,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::dispatch::{COMMAND_KIND, QueuedCommand};
+use crate::gitlab::events::{EventError, GitLabEvents};
+use crate::gitlab::hooks::EVENT_KIND;
 
 #[derive(Clone)]
 pub struct Worker {
@@ -33,6 +36,8 @@ pub struct Worker {
     pub watcher: Watcher,
     pub metrics: Arc<Metrics>,
     pub poll_interval: Duration,
+    /// Processes stored GitLab webhook events.
+    pub events: Arc<GitLabEvents>,
 }
 
 impl Worker {
@@ -67,6 +72,9 @@ impl Worker {
     }
 
     async fn process(&self, item: Leased) -> Result<(), StoreError> {
+        if item.kind == EVENT_KIND {
+            return self.process_event(item).await;
+        }
         let started = Instant::now();
 
         let queued: QueuedCommand = match (
@@ -187,6 +195,40 @@ impl Worker {
         res
     }
 
+    /// A stored GitLab webhook event: done, tried again later, or parked when unreadable.
+    async fn process_event(&self, item: Leased) -> Result<(), StoreError> {
+        match self.events.process(&item).await {
+            Ok(()) => {
+                let mut tx = self.services.store.pool().begin().await?;
+                if self.queue.complete_in(&mut tx, &item).await? {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
+                }
+                Ok(())
+            }
+            Err(EventError::Retry(why)) => {
+                if self.queue.is_last_attempt(&item) {
+                    let mut tx = self.services.store.pool().begin().await?;
+                    self.queue.park_in(&mut tx, &item, &why).await?;
+                    tx.commit().await?;
+                    tracing::error!(request = %item.id, error = %why, "gitlab event: given up after the last attempt; parked");
+                } else {
+                    let out = self.queue.fail(&item, &why).await?;
+                    tracing::warn!(request = %item.id, error = %why, outcome = ?out, "gitlab event: attempt failed; retrying later");
+                }
+                Ok(())
+            }
+            Err(EventError::Unreadable(why)) => {
+                tracing::error!(request = %item.id, error = %why, "gitlab event: unreadable; parked");
+                let mut tx = self.services.store.pool().begin().await?;
+                self.queue.park_in(&mut tx, &item, &why).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    }
+
     /// Commits replies, started pipelines, watches and completion together.
     async fn finish(
         &self,
@@ -221,6 +263,10 @@ impl Worker {
             + i64::try_from(self.watcher.settings().poll_interval.as_millis()).unwrap_or(0);
         for w in &outcome.watches {
             watcher::add_in(&mut tx, w, first_poll).await?;
+        }
+        if let Some(change) = &outcome.canary {
+            let run = canary::apply_in(&mut tx, change, &item.origin, &item.identity).await?;
+            canary::publish_in(&mut tx, &run, self.watcher.reporter(), Publish::Always).await?;
         }
         if !self.queue.complete_in(&mut tx, item).await? {
             tx.rollback().await?;

@@ -21,7 +21,8 @@ use figment::providers::Serialized;
 
 pub use error::ConfigError;
 pub use model::{
-    AccessLevel, AlertRoute, AlertsConfig, BotConfig, Config, ConsoleConfig, GitlabCommentsConfig,
+    AccessLevel, AlertRoute, AlertsConfig, BotConfig, CanaryConfig, CanaryProjectConfig,
+    CanaryReference, CommentProjectConfig, Config, ConsoleConfig, GitlabCommentsConfig,
     GitlabConfig, HttpConfig, IrcConfig, IrcReplyKind, LogConfig, LogFormat, Person, QueueConfig,
     RateLimitsConfig, RetriggerConfig, StoreConfig, WatcherConfig, parse_channel_keys,
 };

@@ -41,6 +41,8 @@ pub struct Config {
     /// Commands in GitLab merge-request comments (the Note Hook); absent means not enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gitlab_comments: Option<GitlabCommentsConfig>,
+    /// Reference pipelines for `test` / `canary`.
+    pub canary: CanaryConfig,
     /// Alertmanager webhook, alert routes, silences; absent means not enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertsConfig>,
@@ -620,7 +622,7 @@ pub fn parse_channel_keys(text: &str) -> BTreeMap<String, String> {
 }
 
 /// `[gitlab_comments]`: commands in merge-request comments.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GitlabCommentsConfig {
     /// Variable holding the webhook secret (checked against `X-Gitlab-Token`).
@@ -635,9 +637,50 @@ pub struct GitlabCommentsConfig {
     pub(crate) webhook_secret: SecretSlot,
     /// Lowest GitLab access level on the project that may run commands from a comment.
     pub min_access_level: AccessLevel,
+    /// Webhook bodies larger than this are refused with 413.
+    pub max_body_bytes: usize,
+    /// Per-project settings, by project path (`group/project`).
+    pub projects: BTreeMap<String, CommentProjectConfig>,
+}
+
+impl Default for GitlabCommentsConfig {
+    fn default() -> Self {
+        GitlabCommentsConfig {
+            webhook_secret_env: None,
+            webhook_secret_file: None,
+            webhook_secret: SecretSlot::NotConfigured,
+            min_access_level: AccessLevel::default(),
+            max_body_bytes: 2 * 1024 * 1024,
+            projects: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[gitlab_comments.projects."group/project"]`: settings for one project's merge requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommentProjectConfig {
+    /// Overrides `gitlab_comments.min_access_level` for this project.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_access_level: Option<AccessLevel>,
+    /// Post a comment on every newly opened merge request saying how to ask for testing.
+    pub welcome: bool,
 }
 
 impl GitlabCommentsConfig {
+    /// The access level a commenter needs on `project` (matched case-insensitively, as GitLab does).
+    pub fn min_access_level_for(&self, project: &str) -> AccessLevel {
+        self.project(project)
+            .and_then(|p| p.min_access_level)
+            .unwrap_or(self.min_access_level)
+    }
+    /// The settings of `project`, if it has any.
+    pub fn project(&self, project: &str) -> Option<&CommentProjectConfig> {
+        self.projects
+            .iter()
+            .find(|(path, _)| path.eq_ignore_ascii_case(project))
+            .map(|(_, p)| p)
+    }
     /// The webhook secret; `None` means every webhook is refused.
     pub fn webhook_secret(&self) -> Option<&Secret> {
         self.webhook_secret.get()
@@ -660,6 +703,16 @@ pub enum AccessLevel {
 }
 
 impl AccessLevel {
+    /// The name GitLab shows (`Developer`).
+    pub fn title(self) -> &'static str {
+        match self {
+            AccessLevel::Guest => "Guest",
+            AccessLevel::Reporter => "Reporter",
+            AccessLevel::Developer => "Developer",
+            AccessLevel::Maintainer => "Maintainer",
+            AccessLevel::Owner => "Owner",
+        }
+    }
     /// GitLab's numeric access level (10, 20, 30, 40, 50).
     pub fn gitlab_value(self) -> u32 {
         match self {
@@ -670,6 +723,54 @@ impl AccessLevel {
             AccessLevel::Owner => 50,
         }
     }
+}
+
+/// `[canary]`: the reference pipelines that `test` (in an MR comment) and `canary <mr>` re-run
+/// with a merge request's code swapped in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// One entry per project whose merge requests can be tested.
+    pub projects: Vec<CanaryProjectConfig>,
+}
+
+impl CanaryConfig {
+    /// The canary settings of `project` (matched case-insensitively, as GitLab does).
+    pub fn project(&self, project: &str) -> Option<&CanaryProjectConfig> {
+        self.projects
+            .iter()
+            .find(|p| p.project.eq_ignore_ascii_case(project))
+    }
+}
+
+/// One `[[canary.projects]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryProjectConfig {
+    /// The project whose merge requests are tested (`group/pipeline-definition`).
+    pub project: String,
+    /// Variables that point a reference pipeline at the merge request's code: name -> template.
+    /// Templates are MiniJinja (`{{ mr.ref }}`); see the shipped config for the placeholders.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// The pipelines re-run for every test, one per tree.
+    pub references: Vec<CanaryReference>,
+}
+
+/// One reference pipeline: a listed pipeline id, or the latest successful pipeline of a branch.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryReference {
+    /// The tree (kernel tree, configuration) this reference stands for; shown in the summary.
+    pub tree: String,
+    /// The project the reference pipeline runs in.
+    pub project: String,
+    /// A pipeline id ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<u64>,
+    /// ... or the latest successful pipeline on this branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
 }
 
 /// `[alerts]`: Alertmanager webhook, routes and silences.

@@ -169,10 +169,25 @@ fn shipped_commented_sections_are_valid_when_uncommented() {
     // The secret sources are named, their variables unset here: no secrets, no failure.
     assert!(irc.password().is_none() && irc.sasl_password().is_none());
     assert!(irc.channel_keys().is_empty());
+    let comments = c.gitlab_comments.expect("gitlab_comments");
+    assert_eq!(comments.min_access_level, AccessLevel::Developer);
+    assert_eq!(comments.max_body_bytes, 2 * 1024 * 1024);
     assert_eq!(
-        c.gitlab_comments.expect("gitlab_comments").min_access_level,
+        comments.min_access_level_for("CKI-Project/Pipeline-Definition"),
+        AccessLevel::Maintainer
+    );
+    assert_eq!(
+        comments.min_access_level_for("other/project"),
         AccessLevel::Developer
     );
+    let canary = c
+        .canary
+        .project("cki-project/pipeline-definition")
+        .expect("canary project");
+    assert_eq!(canary.variables["PIPELINE_DEFINITION_REF"], "{{ mr.ref }}");
+    assert_eq!(canary.references.len(), 2);
+    assert_eq!(canary.references[0].branch.as_deref(), Some("mainline"));
+    assert_eq!(canary.references[1].pipeline, Some(123456));
     let alerts = c.alerts.expect("alerts");
     assert_eq!(alerts.routes[0].targets, ["irc:#ops"]);
     assert_eq!(alerts.routes[0].matchers, [r#"severity=~"critical|page""#]);
@@ -423,6 +438,61 @@ fn bad_values_are_refused_with_what_was_expected() {
         e.contains(": alerts.routes[0].targets[0]: \"#ops\" is not a room"),
         "{e}"
     );
+}
+
+#[test]
+fn canary_and_comment_settings_are_checked() {
+    let canary = |reference: &str, variables: &str| {
+        err(
+            &format!(
+                "[[canary.projects]]\nproject = \"g/p\"\nvariables = {{ {variables} }}\n\
+                 [[canary.projects.references]]\ntree = \"mainline\"\nproject = \"g/pipes\"\n{reference}"
+            ),
+            &[],
+        )
+    };
+    let e = canary("", "A = \"x\"");
+    assert!(
+        e.contains(": canary.projects[0].references[0]: needs exactly one of `pipeline`"),
+        "{e}"
+    );
+    let e = canary("pipeline = 1\nbranch = \"main\"\n", "A = \"x\"");
+    assert!(e.contains("needs exactly one of"), "{e}");
+    let e = canary("pipeline = 1\n", "A = \"{{ mr.ref \"");
+    assert!(
+        e.contains(": canary.projects[0].variables.A: \"{{ mr.ref \" is not a valid template"),
+        "{e}"
+    );
+    let e = canary("pipeline = 1\n", "\"not-a-name\" = \"x\"");
+    assert!(
+        e.contains("variables.not-a-name: is not a CI variable name"),
+        "{e}"
+    );
+    let e = err(
+        "[[canary.projects]]\nproject = \"nopath\"\nreferences = []\n",
+        &[],
+    );
+    assert!(
+        e.contains("canary.projects[0].project: \"nopath\" is not a project path")
+            && e.contains("canary.projects[0].references: must list at least one"),
+        "{e}"
+    );
+    let e = err(
+        "[[canary.projects]]\nproject = \"g/p\"\nreferences = [\
+         { tree = \"a\", project = \"g/x\", pipeline = 1 }, { tree = \"a\", project = \"g/x\", pipeline = 2 }]\n",
+        &[],
+    );
+    assert!(
+        e.contains("references[1].tree: \"a\" is listed twice"),
+        "{e}"
+    );
+    let e = err("[gitlab_comments]\nmax_body_bytes = 10\n", &[]);
+    assert!(
+        e.contains("gitlab_comments.max_body_bytes: 10 is too small"),
+        "{e}"
+    );
+    let e = err("[gitlab_comments]\nmin_access_level = \"admin\"\n", &[]);
+    assert!(e.contains("gitlab_comments.min_access_level"), "{e}");
 }
 
 #[test]

@@ -47,6 +47,33 @@ impl Checker {
         }
     }
 
+    fn project_path(&mut self, key: &str, project: &str) {
+        let ok = project.contains('/')
+            && !project.starts_with('/')
+            && !project.ends_with('/')
+            && !project.contains("//")
+            && !project.contains(char::is_whitespace);
+        if !ok {
+            self.fail(
+                key,
+                format!("{project:?} is not a project path (expected group/project)"),
+            );
+        }
+    }
+
+    fn variable_name(&mut self, key: &str, name: &str) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        {
+            self.fail(
+                key,
+                "is not a CI variable name (expected letters, digits and _)",
+            );
+        }
+    }
+
     fn not_empty(&mut self, key: &str, value: &str) {
         if value.trim().is_empty() {
             self.fail(key, "must not be empty");
@@ -141,17 +168,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     let gitlab = &config.gitlab;
     c.http_url("gitlab.url", &gitlab.url);
     if let Some(project) = &gitlab.default_project {
-        let ok = project.contains('/')
-            && !project.starts_with('/')
-            && !project.ends_with('/')
-            && !project.contains("//")
-            && !project.contains(char::is_whitespace);
-        if !ok {
-            c.fail(
-                "gitlab.default_project",
-                format!("{project:?} is not a project path (expected group/project)"),
-            );
-        }
+        c.project_path("gitlab.default_project", project);
     }
     c.at_least(
         "gitlab.requests_per_minute",
@@ -168,16 +185,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     );
 
     for name in config.retrigger.marker_variables.keys() {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-        {
-            c.fail(
-                &format!("retrigger.marker_variables.{name}"),
-                "is not a CI variable name (expected letters, digits and _)",
-            );
-        }
+        c.variable_name(&format!("retrigger.marker_variables.{name}"), name);
     }
     c.at_least(
         "retrigger.lookback_minutes",
@@ -294,6 +302,69 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
                     irc.flood_rate
                 ),
             );
+        }
+    }
+
+    if let Some(comments) = &config.gitlab_comments {
+        c.at_least(
+            "gitlab_comments.max_body_bytes",
+            comments.max_body_bytes as u64,
+            1024,
+        );
+        for path in comments.projects.keys() {
+            c.project_path(&format!("gitlab_comments.projects.{path}"), path);
+        }
+    }
+
+    let mut canary_projects = BTreeSet::new();
+    for (i, project) in config.canary.projects.iter().enumerate() {
+        let at = format!("canary.projects[{i}]");
+        c.project_path(&format!("{at}.project"), &project.project);
+        if !canary_projects.insert(project.project.to_ascii_lowercase()) {
+            c.fail(
+                &format!("{at}.project"),
+                format!(
+                    "{:?} is configured twice (expected one entry per project)",
+                    project.project
+                ),
+            );
+        }
+        let templates = minijinja::Environment::new();
+        for (name, template) in &project.variables {
+            let key = format!("{at}.variables.{name}");
+            c.variable_name(&key, name);
+            if let Err(err) = templates.template_from_str(template) {
+                c.fail(&key, format!("{template:?} is not a valid template: {err}"));
+            }
+        }
+        if project.references.is_empty() {
+            c.fail(
+                &format!("{at}.references"),
+                "must list at least one reference pipeline",
+            );
+        }
+        let mut trees = BTreeSet::new();
+        for (j, reference) in project.references.iter().enumerate() {
+            let rat = format!("{at}.references[{j}]");
+            c.word(&format!("{rat}.tree"), &reference.tree);
+            if !trees.insert(reference.tree.as_str()) {
+                c.fail(
+                    &format!("{rat}.tree"),
+                    format!(
+                        "{:?} is listed twice (expected one reference per tree)",
+                        reference.tree
+                    ),
+                );
+            }
+            c.project_path(&format!("{rat}.project"), &reference.project);
+            match (&reference.pipeline, &reference.branch) {
+                (Some(_), None) => {}
+                (None, Some(branch)) => c.not_empty(&format!("{rat}.branch"), branch),
+                _ => c.fail(
+                    &rat,
+                    "needs exactly one of `pipeline` (an id) or `branch` (its latest successful pipeline)",
+                ),
+            }
         }
     }
 

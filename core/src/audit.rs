@@ -3,7 +3,7 @@
 //! Entries say who (identity and the person it maps to), what (command and its text),
 //! where from (front end and room) and what came of it.
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use crate::origin::Origin;
 use crate::store::{Store, StoreError, new_id, now_ms};
@@ -70,23 +70,11 @@ impl AuditLog {
         outcome: AuditOutcome,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit (id, at, identity, person, frontend, room, command, text, outcome, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        let mut conn = self.store.pool().acquire().await?;
+        record_in(
+            &mut conn, identity, person, origin, command, text, outcome, detail,
         )
-        .bind(new_id())
-        .bind(now_ms())
-        .bind(identity)
-        .bind(person)
-        .bind(&origin.frontend)
-        .bind(&origin.room)
-        .bind(command)
-        .bind(text)
-        .bind(outcome.as_str())
-        .bind(detail)
-        .execute(self.store.pool())
-        .await?;
-        Ok(())
+        .await
     }
 
     /// The newest entries first.
@@ -117,4 +105,35 @@ impl AuditLog {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+}
+
+/// Writes one entry inside the caller's transaction (with the effect it records).
+#[allow(clippy::too_many_arguments)]
+pub async fn record_in(
+    conn: &mut AnyConnection,
+    identity: &str,
+    person: Option<&str>,
+    origin: &Origin,
+    command: &str,
+    text: &str,
+    outcome: AuditOutcome,
+    detail: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit (id, at, identity, person, frontend, room, command, text, outcome, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(new_id())
+    .bind(now_ms())
+    .bind(identity)
+    .bind(person)
+    .bind(&origin.frontend)
+    .bind(&origin.room)
+    .bind(command)
+    .bind(text)
+    .bind(outcome.as_str())
+    .bind(detail)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! nothing of chat: no front end, no message formatting (see ARCHITECTURE.md).
 
 pub mod audit;
+pub mod canary;
 pub mod effects;
 pub mod gitlab;
 pub mod metrics;

@@ -42,6 +42,14 @@ pub struct Metrics {
     pub watched_pipelines: IntGauge,
     /// Replies and notifications waiting in the outbox, by front end.
     pub outbox_pending: IntGaugeVec,
+    /// Updates of watched pipelines by source: `poll` (an API call) or `hook` (a Pipeline Hook).
+    pub watch_updates: IntCounterVec,
+    /// GitLab webhook deliveries by event (`note`, `merge_request`, `pipeline`, `job`, `other`)
+    /// and outcome (`accepted`, `duplicate`, `ignored`, `unauthorized`, `too_large`, `malformed`,
+    /// `unavailable`).
+    pub gitlab_webhooks: IntCounterVec,
+    /// Canary runs started, and canary pipelines created.
+    pub canary_runs: IntCounterVec,
 }
 
 impl Metrics {
@@ -110,6 +118,30 @@ impl Metrics {
             ),
             &["frontend"],
         )?;
+        let watch_updates = IntCounterVec::new(
+            Opts::new(
+                "watch_updates_total",
+                "Updates of watched pipelines, by source (poll or hook)",
+            ),
+            &["source"],
+        )?;
+        let gitlab_webhooks = IntCounterVec::new(
+            Opts::new(
+                "gitlab_webhooks_total",
+                "GitLab webhook deliveries, by event and outcome",
+            ),
+            &["event", "outcome"],
+        )?;
+        let canary_runs = IntCounterVec::new(
+            Opts::new(
+                "canary_total",
+                "Canary runs started (what=run) and canary pipelines created (what=pipeline)",
+            ),
+            &["what"],
+        )?;
+        registry.register(Box::new(watch_updates.clone()))?;
+        registry.register(Box::new(gitlab_webhooks.clone()))?;
+        registry.register(Box::new(canary_runs.clone()))?;
         registry.register(Box::new(commands.clone()))?;
         registry.register(Box::new(command_duration.clone()))?;
         registry.register(Box::new(queue_items.clone()))?;
@@ -132,6 +164,9 @@ impl Metrics {
             gitlab_retries,
             watched_pipelines,
             outbox_pending,
+            watch_updates,
+            gitlab_webhooks,
+            canary_runs,
         })
     }
 

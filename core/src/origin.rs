@@ -41,6 +41,27 @@ impl Origin {
         }
     }
 
+    /// A GitLab merge request's comment thread: `gitlab:group/project!12`.
+    pub fn merge_request(project: &str, iid: u64) -> Self {
+        Self::new("gitlab", format!("{project}!{iid}"))
+    }
+
+    /// The project and iid of a merge request's room, if this is one.
+    pub fn as_merge_request(&self) -> Option<(&str, u64)> {
+        if self.frontend != "gitlab" {
+            return None;
+        }
+        let (project, iid) = self.room.rsplit_once('!')?;
+        let iid = iid.parse().ok()?;
+        (!project.is_empty()).then_some((project, iid))
+    }
+
+    /// Whether the front end edits a message in place when a newer one of the same slot comes
+    /// (a GitLab note); elsewhere every message is a new line.
+    pub fn can_edit(&self) -> bool {
+        self.frontend == "gitlab"
+    }
+
     /// Parses `frontend:room`; the room may itself contain colons (`matrix:!a:b`).
     pub fn parse(target: &str) -> Option<Self> {
         let (frontend, room) = target.split_once(':')?;
@@ -69,5 +90,15 @@ mod tests {
         assert_eq!(o.to_string(), "matrix:!abc:example.org");
         assert_eq!(Origin::parse("irc:"), None);
         assert_eq!(Origin::parse("nocolon"), None);
+    }
+
+    #[test]
+    fn merge_request_rooms_round_trip() {
+        let o = Origin::merge_request("group/sub/project", 12);
+        assert_eq!(o.to_string(), "gitlab:group/sub/project!12");
+        assert_eq!(o.as_merge_request(), Some(("group/sub/project", 12)));
+        assert!(o.can_edit());
+        assert_eq!(Origin::new("irc", "#ops").as_merge_request(), None);
+        assert_eq!(Origin::new("gitlab", "g/p!x").as_merge_request(), None);
     }
 }

@@ -20,6 +20,10 @@ pub struct OutboxMessage {
     pub body: String,
     pub request_id: Option<String>,
     pub created_at: i64,
+    /// Messages of one slot replace each other where the front end can edit.
+    pub slot: Option<String>,
+    /// A front end began a non-idempotent send of it before (see [`Outbox::mark_sending`]).
+    pub send_started: bool,
 }
 
 #[derive(Clone)]
@@ -67,8 +71,8 @@ impl Outbox {
         limit: i64,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, frontend, room, addressee, body, request_id, created_at FROM outbox \
-             WHERE frontend = $1 AND delivered_at IS NULL ORDER BY created_at, id LIMIT $2",
+            "SELECT id, frontend, room, addressee, body, request_id, created_at, slot, send_started_at \
+             FROM outbox WHERE frontend = $1 AND delivered_at IS NULL ORDER BY created_at, id LIMIT $2",
         )
         .bind(frontend)
         .bind(limit)
@@ -86,6 +90,8 @@ impl Outbox {
                     body: row.try_get("body")?,
                     request_id: row.try_get("request_id")?,
                     created_at: row.try_get("created_at")?,
+                    slot: row.try_get("slot")?,
+                    send_started: row.try_get::<Option<i64>, _>("send_started_at")?.is_some(),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -98,6 +104,58 @@ impl Outbox {
             .bind(id)
             .execute(self.store.pool())
             .await?;
+        Ok(())
+    }
+
+    /// Records that a non-idempotent send (a GitLab note create) is about to start, so a
+    /// redelivery after a crash looks for the message's marker before sending again.
+    pub async fn mark_sending(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET send_started_at = $1 WHERE id = $2 AND send_started_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// What a slot was delivered as (a GitLab note id), if it was.
+    pub async fn slot_target(&self, slot: &str) -> Result<Option<String>, StoreError> {
+        let id = sqlx::query_scalar("SELECT external_id FROM outbox_slots WHERE slot = $1")
+            .bind(slot)
+            .fetch_optional(self.store.pool())
+            .await?;
+        Ok(id)
+    }
+
+    /// Marks a slot message delivered and remembers what the slot was delivered as, together.
+    pub async fn mark_slot_delivered(
+        &self,
+        message: &OutboxMessage,
+        slot: &str,
+        external_id: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.store.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO outbox_slots (slot, frontend, room, external_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (slot) DO UPDATE SET external_id = $4, updated_at = $5",
+        )
+        .bind(slot)
+        .bind(&message.origin.frontend)
+        .bind(&message.origin.room)
+        .bind(external_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE outbox SET delivered_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&message.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -125,6 +183,33 @@ impl Outbox {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+}
+
+/// Adds a message of a slot (see [`OutboxMessage::slot`]) inside the caller's transaction.
+pub async fn push_slot_in(
+    conn: &mut AnyConnection,
+    origin: &Origin,
+    body: &str,
+    slot: &str,
+    dedup_key: &str,
+    request_id: Option<&str>,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query(
+        "INSERT INTO outbox (id, frontend, room, addressee, body, dedup_key, request_id, created_at, slot) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (dedup_key) DO NOTHING",
+    )
+    .bind(new_id())
+    .bind(&origin.frontend)
+    .bind(&origin.room)
+    .bind(origin.addressee.as_deref())
+    .bind(body)
+    .bind(dedup_key)
+    .bind(request_id)
+    .bind(now_ms())
+    .bind(slot)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
 }
 
 /// Adds a message inside the caller's transaction; false when its dedup key was already used.

@@ -6,6 +6,7 @@
 //! declares its help (usage, summary, examples, who may use it by default) in one place;
 //! the `help` command and `GET /help` are both generated from those declarations.
 
+mod canary;
 mod cancel;
 mod help;
 mod ping;
@@ -23,12 +24,14 @@ use async_trait::async_trait;
 use shepherd_commands::Command;
 use shepherd_core::Origin;
 use shepherd_core::audit::AuditOutcome;
+use shepherd_core::canary::{Canary, CanaryChange};
 use shepherd_core::gitlab::GitLab;
 use shepherd_core::policy::{Policy, Principal};
 use shepherd_core::retrigger::Retrigger;
 use shepherd_core::store::Store;
 use shepherd_core::watcher::NewWatch;
 
+pub use canary::welcome_text;
 pub use report::PipelineReporter;
 
 /// What a command's help says, declared once by the plugin that implements it.
@@ -55,9 +58,12 @@ pub struct Services {
     pub gitlab: GitLab,
     pub store: Store,
     pub retrigger: Retrigger,
+    pub canary: Canary,
     pub policy: Arc<Policy>,
     /// The plugins of this build (help and whoami list them).
     pub registry: Arc<Registry>,
+    /// Words reports and canary summaries (shared with the watcher).
+    pub reporter: Arc<PipelineReporter>,
     pub started_at: Instant,
 }
 
@@ -89,6 +95,8 @@ pub struct Outcome {
     pub started: Vec<StartedPipeline>,
     /// For the audit log when the command changes something.
     pub audit: Option<(AuditOutcome, String)>,
+    /// A canary run started or retested; the worker records it and publishes its summary.
+    pub canary: Option<CanaryChange>,
 }
 
 impl Outcome {
@@ -138,6 +146,9 @@ impl Registry {
             Box::new(retrigger::RetriggerPlugin),
             Box::new(status::Status),
             Box::new(cancel::Cancel),
+            Box::new(canary::Test),
+            Box::new(canary::CanaryPlugin),
+            Box::new(canary::Retest),
         ];
         let plugins = all.into_iter().map(|p| (p.help().command, p)).collect();
         Self { plugins }

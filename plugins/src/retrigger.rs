@@ -81,6 +81,7 @@ impl Plugin for RetriggerPlugin {
                     pipeline_id: new.id,
                     web_url: new.web_url.clone(),
                     origin: call.origin.clone(),
+                    canary_run: None,
                 }],
                 started: vec![StartedPipeline {
                     project: project.clone(),
@@ -91,6 +92,7 @@ impl Plugin for RetriggerPlugin {
                     AuditOutcome::Done,
                     format!("created pipeline {}", new.web_url),
                 )),
+                canary: None,
             },
             RetriggerOutcome::WouldCreate { old, variables } => {
                 let vars = variables

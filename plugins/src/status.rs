@@ -2,20 +2,22 @@
 
 use async_trait::async_trait;
 use shepherd_commands::{Command, Target};
-use shepherd_core::watcher::started_by_shepherd;
+use shepherd_core::canary::{self, RunView};
+use shepherd_core::watcher::{Reporter, started_by_shepherd};
 
-use crate::util::{gitlab_error, human_duration, project_of};
-use crate::{Call, HelpEntry, Outcome, Plugin, PluginError, Registry, Services};
+use crate::util::{gitlab_error, human_duration, mr_target, project_of};
+use crate::{Call, HelpEntry, Outcome, Plugin, PluginError, Services};
 
 pub struct Status;
 
 static STATUS: HelpEntry = HelpEntry {
     command: "status",
-    usage: "status <pipeline>",
-    summary: "Shows a pipeline's state, ref, duration and link, and who asked shepherd to start it.",
+    usage: "status <pipeline or mr>",
+    summary: "Shows a pipeline's state, ref, duration and link, and who asked shepherd to start it; or the summary of an MR's latest canary run.",
     examples: &[
         "status https://gitlab.com/group/project/-/pipelines/456",
         "status group/project/pipelines/456",
+        "status group/project!12",
     ],
     default_groups: &["*"],
     changes_something: false,
@@ -34,11 +36,19 @@ impl Plugin for Status {
         };
         let pipeline = match target {
             Target::Pipeline(p) => p,
-            Target::Mr(_) => {
-                return Ok(Outcome::reply(format!(
-                    "{} (status of merge requests comes with canary pipelines)",
-                    Registry::not_enabled("status <mr>")
-                )));
+            Target::Mr(mr) => {
+                let (project, iid) = mr_target(call, mr, "status")?;
+                let run = canary::latest_run(&services.store, &project, iid)
+                    .await
+                    .map_err(|e| PluginError::Retry(e.to_string()))?;
+                return Ok(Outcome::reply(match run {
+                    // Worded for the room that asked, not the one the run reports to.
+                    Some(run) => services.reporter.canary_summary(&RunView {
+                        origin: call.origin.clone(),
+                        ..run
+                    }),
+                    None => format!("{project}!{iid} has no canary run yet."),
+                }));
             }
         };
         let project = project_of(services, pipeline)?;

@@ -1,9 +1,21 @@
 //! Small helpers shared by plugins: resolving references, mapping errors, durations.
 
-use shepherd_commands::PipelineRef;
+use shepherd_commands::{MrRef, PipelineRef};
 use shepherd_core::gitlab::GitLabError;
 
-use crate::{PluginError, Services};
+use crate::{Call, PluginError, Services};
+
+/// The project and iid of an MR reference; `!12` takes its project from the MR comment it is in.
+pub fn mr_target(call: &Call<'_>, mr: &MrRef, command: &str) -> Result<(String, u64), PluginError> {
+    match (&mr.project, call.origin.as_merge_request()) {
+        (Some(p), _) => Ok((p.clone(), mr.iid)),
+        (None, Some((p, _))) => Ok((p.to_string(), mr.iid)),
+        (None, None) => Err(PluginError::Refuse(format!(
+            "`{command}` needs the merge request's project: give it as group/project!{} or its URL",
+            mr.iid
+        ))),
+    }
+}
 
 /// The project a pipeline reference points to, using the configured default for bare ids.
 pub fn project_of(services: &Services, r: &PipelineRef) -> Result<String, PluginError> {

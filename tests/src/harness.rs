@@ -275,6 +275,21 @@ groups = [{groups}]
     }
 }
 
+/// Awaits `cond` (re-checked every 25 ms: for state with no change notification, such as the
+/// double's notes or a process's HTTP server). True when it held before `timeout`.
+pub async fn until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return cond();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -434,6 +449,43 @@ impl Shepherd {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// `http://127.0.0.1:<http port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.config.http_port)
+    }
+
+    /// Awaits `GET /healthz` answering 200; panics with the log if it does not in time.
+    pub async fn wait_http(&self, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let url = format!("{}/healthz", self.base_url());
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "{url} never answered 200 within {timeout:?}.\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The value of one series on `GET /metrics`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.base_url()))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metric_value(&text, series)
     }
 }
 

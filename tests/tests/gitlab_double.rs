@@ -6,13 +6,17 @@
 //! injected fault looks like from the client's side, so that the end-to-end tests built on the double
 //! can trust it. What the double simplifies is listed in `tests/src/gitlab/mod.rs`.
 
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::http::HeaderMap;
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
 use shepherd_tests::gitlab::{
-    AutoFinish, AutoOutcome, BLANK_SHA, FaultKind, Faults, GitLabDouble, Route, RouteMatcher, Step,
-    USERNAME,
+    AutoFinish, AutoOutcome, BLANK_SHA, FaultKind, Faults, GitLabDouble, HookOutcome, HookSender,
+    MergeRequest, NoteRecord, Route, RouteMatcher, Step, USER_ID, USERNAME, User, WebhookEvent,
+    hook_time, merge_request_hook_payload, note_hook_payload, send_hook,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -42,6 +46,16 @@ async fn post(d: &GitLabDouble, path: &str, body: Value) -> Response {
         .send()
         .await
         .expect("POST answered")
+}
+
+async fn put(d: &GitLabDouble, path: &str, body: Value) -> Response {
+    client()
+        .put(api(d, path))
+        .header("PRIVATE-TOKEN", d.token())
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT answered")
 }
 
 async fn json_of(r: Response) -> Value {
@@ -1006,4 +1020,1197 @@ async fn dropping_the_double_stops_it() {
         .await
         .expect_err("nobody listens any more");
     assert!(err.is_connect() || err.is_request(), "{err:?}");
+}
+
+#[tokio::test]
+async fn token_owner_is_the_bot_account() {
+    let d = GitLabDouble::start().await;
+    assert_eq!(USERNAME, "shepherd");
+    let user = json_of(get(&d, "/user").await).await;
+    assert_eq!(user["username"], json!("shepherd"));
+    assert_eq!(user["id"], json!(USER_ID));
+    // Adding the bot's name again gives the bot.
+    assert_eq!(d.add_user("shepherd"), USER_ID);
+}
+
+#[tokio::test]
+async fn project_has_gitlabs_shape() {
+    let d = GitLabDouble::start().await;
+    let id = d.add_project("kernel/sub/ci");
+    let by_id = json_of(get(&d, "/projects/1").await).await;
+    let by_path = json_of(get(&d, "/projects/kernel%2Fsub%2Fci").await).await;
+    assert_eq!(by_id["id"], json!(id));
+    assert_eq!(by_path["id"], json!(id));
+    for field in [
+        "id",
+        "name",
+        "path",
+        "path_with_namespace",
+        "name_with_namespace",
+        "web_url",
+        "http_url_to_repo",
+        "ssh_url_to_repo",
+        "default_branch",
+        "namespace",
+        "visibility",
+        "created_at",
+    ] {
+        assert!(by_id.get(field).is_some(), "{field} missing");
+    }
+    assert_eq!(by_id["name"], json!("ci"));
+    assert_eq!(by_id["path"], json!("ci"));
+    assert_eq!(by_id["path_with_namespace"], json!("kernel/sub/ci"));
+    assert_eq!(by_id["name_with_namespace"], json!("kernel / sub / ci"));
+    assert_eq!(
+        by_id["web_url"],
+        json!(format!("{}/kernel/sub/ci", d.url()))
+    );
+    assert_eq!(
+        by_id["http_url_to_repo"],
+        json!(format!("{}/kernel/sub/ci.git", d.url()))
+    );
+    assert_eq!(
+        by_id["ssh_url_to_repo"],
+        json!("git@127.0.0.1:kernel/sub/ci.git")
+    );
+    assert_eq!(by_id["default_branch"], json!("main"));
+    assert_eq!(by_id["namespace"]["full_path"], json!("kernel/sub"));
+    assert_eq!(by_id["namespace"]["path"], json!("sub"));
+    assert_eq!(by_id["namespace"]["kind"], json!("group"));
+    assert_eq!(by_id["visibility"], json!("private"));
+    assert_timestamp(&by_id["created_at"]);
+
+    let r = get(&d, "/projects/kernel%2Fnope").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        json_of(r).await,
+        json!({ "message": "404 Project Not Found" })
+    );
+    let r = client().get(api(&d, "/projects/1")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(d.requests().iter().all(|r| r.is(Route::GetProject)));
+}
+
+#[tokio::test]
+async fn members_api_reports_effective_access() {
+    let d = GitLabDouble::start().await;
+    d.add_project("g/p");
+    let alice = d.add_user("alice");
+    let bob = d.add_user("bob");
+    assert_eq!((alice, bob), (2, 3));
+    assert_eq!(d.add_user("alice"), alice, "usernames are unique");
+    d.add_member("g/p", alice, 30);
+    d.add_member("g/other", bob, 20);
+
+    let r = get(&d, &format!("/projects/g%2Fp/members/all/{alice}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let m = json_of(r).await;
+    for field in [
+        "id",
+        "username",
+        "name",
+        "state",
+        "avatar_url",
+        "web_url",
+        "access_level",
+        "created_at",
+        "expires_at",
+    ] {
+        assert!(m.get(field).is_some(), "{field} missing");
+    }
+    assert_eq!(m["id"], json!(alice));
+    assert_eq!(m["username"], json!("alice"));
+    assert_eq!(m["state"], json!("active"));
+    assert_eq!(m["access_level"], json!(30));
+    assert_eq!(m["expires_at"], Value::Null);
+    assert_eq!(m["web_url"], json!(format!("{}/alice", d.url())));
+    assert_timestamp(&m["created_at"]);
+
+    // The token's user owns every project.
+    let owner = json_of(get(&d, "/projects/1/members/all/1").await).await;
+    assert_eq!(owner["access_level"], json!(50));
+    assert_eq!(owner["username"], json!(USERNAME));
+
+    // A member elsewhere, an unknown user: 404, like GitLab.
+    for path in [
+        format!("/projects/1/members/all/{bob}"),
+        "/projects/1/members/all/999".to_owned(),
+    ] {
+        let r = get(&d, &path).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(json_of(r).await, json!({ "message": "404 Not found" }));
+    }
+    let r = get(&d, "/projects/1/members/all/alice").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(r).await, json!({ "error": "user_id is invalid" }));
+    let r = get(&d, "/projects/g%2Fnope/members/all/1").await;
+    assert_eq!(
+        json_of(r).await,
+        json!({ "message": "404 Project Not Found" })
+    );
+
+    // Changing the level replaces the membership.
+    d.add_member("g/p", alice, 40);
+    let m = json_of(get(&d, &format!("/projects/1/members/all/{alice}")).await).await;
+    assert_eq!(m["access_level"], json!(40));
+    let rec = d.requests();
+    assert!(rec.iter().all(|r| r.is(Route::GetMember)));
+}
+
+#[tokio::test]
+async fn merge_request_has_gitlabs_shape_and_moves_on_push() {
+    let d = GitLabDouble::start().await;
+    let alice = d.add_user("alice");
+    d.add_project("kernel/ci");
+    let iid = d.add_mr("kernel/ci", "alice/ci", "sched-fix", alice);
+    assert_eq!(iid, 1);
+    assert_eq!(d.add_mr("kernel/ci", "kernel/ci", "other", alice), 2);
+
+    let r = get(&d, "/projects/kernel%2Fci/merge_requests/1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mr = json_of(r).await;
+    for field in [
+        "id",
+        "iid",
+        "project_id",
+        "title",
+        "description",
+        "state",
+        "created_at",
+        "updated_at",
+        "target_branch",
+        "source_branch",
+        "author",
+        "source_project_id",
+        "target_project_id",
+        "draft",
+        "work_in_progress",
+        "merge_status",
+        "detailed_merge_status",
+        "sha",
+        "web_url",
+        "references",
+        "diff_refs",
+        "user_notes_count",
+    ] {
+        assert!(mr.get(field).is_some(), "{field} missing");
+    }
+    let model = d.mr("kernel/ci", 1).expect("stored");
+    assert_eq!(mr["id"], json!(model.id));
+    assert_ne!(mr["id"], mr["iid"], "ids are global, iids per project");
+    assert_eq!(mr["iid"], json!(1));
+    assert_eq!(mr["project_id"], json!(1));
+    assert_eq!(mr["target_project_id"], json!(1));
+    assert_eq!(mr["source_project_id"], json!(2), "the fork");
+    assert_eq!(mr["source_branch"], json!("sched-fix"));
+    assert_eq!(mr["target_branch"], json!("main"));
+    assert_eq!(mr["state"], json!("opened"));
+    assert_eq!(mr["draft"], json!(false));
+    assert_eq!(mr["author"]["username"], json!("alice"));
+    assert_eq!(mr["author"]["id"], json!(alice));
+    assert_eq!(mr["sha"].as_str().map(str::len), Some(40));
+    assert_eq!(mr["sha"], json!(model.sha));
+    assert_eq!(mr["diff_refs"]["head_sha"], mr["sha"]);
+    assert_eq!(
+        mr["references"],
+        json!({ "short": "!1", "relative": "!1", "full": "kernel/ci!1" })
+    );
+    assert_eq!(
+        mr["web_url"],
+        json!(format!("{}/kernel/ci/-/merge_requests/1", d.url()))
+    );
+    assert_timestamp(&mr["created_at"]);
+
+    // A push moves the head; the MR ref and the source branch follow it.
+    let old = model.sha.clone();
+    let new = d.push_mr("kernel/ci", 1);
+    assert_ne!(new, old);
+    assert_eq!(d.mr("kernel/ci", 1).unwrap().sha, new);
+    let mr = json_of(get(&d, "/projects/1/merge_requests/1").await).await;
+    assert_eq!(mr["sha"], json!(new));
+    let p = json_of(
+        post(
+            &d,
+            "/projects/1/pipeline",
+            json!({ "ref": "refs/merge-requests/1/head" }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(p["sha"], json!(new));
+    let p = json_of(
+        post(
+            &d,
+            "/projects/alice%2Fci/pipeline",
+            json!({ "ref": "sched-fix" }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        p["sha"],
+        json!(new),
+        "the fork's branch has the pushed head"
+    );
+
+    d.set_mr_state("kernel/ci", 1, "merged");
+    let mr = json_of(get(&d, "/projects/1/merge_requests/1").await).await;
+    assert_eq!(mr["state"], json!("merged"));
+    assert_timestamp(&mr["merged_at"]);
+
+    for path in [
+        "/projects/1/merge_requests/3",
+        "/projects/2/merge_requests/1",
+    ] {
+        let r = get(&d, path).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(json_of(r).await, json!({ "message": "404 Not found" }));
+    }
+    let r = get(&d, "/projects/1/merge_requests/first").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        json_of(r).await,
+        json!({ "error": "merge_request_iid is invalid" })
+    );
+    let gets: Vec<_> = d
+        .requests()
+        .into_iter()
+        .filter(|r| r.is(Route::GetMergeRequest))
+        .collect();
+    assert_eq!(gets[0].merge_request, Some(1));
+    assert_eq!(gets[0].project, Some(1));
+    assert_eq!(gets[0].pipeline, None);
+}
+
+/// A project with one merge request by `alice` (returned), as most note tests need.
+fn with_mr(d: &GitLabDouble) -> u64 {
+    let alice = d.add_user("alice");
+    d.add_member("g/p", alice, 30);
+    d.add_mr("g/p", "g/p", "feature", alice);
+    alice
+}
+
+#[tokio::test]
+async fn notes_are_created_read_and_edited_like_gitlab() {
+    let d = GitLabDouble::start().await;
+    let alice = with_mr(&d);
+    let human = d.comment("g/p", 1, alice, "@shepherd test ARCH=arm64");
+
+    let r = post(
+        &d,
+        "/projects/g%2Fp/merge_requests/1/notes",
+        json!({ "body": "Canary started.\n\n<!-- shepherd:r1 -->" }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let note = json_of(r).await;
+    let mut k = keys(&note);
+    k.retain(|k| !["commands_changes", "imported", "imported_from"].contains(k));
+    assert_eq!(
+        k,
+        vec![
+            "attachment",
+            "author",
+            "body",
+            "confidential",
+            "created_at",
+            "id",
+            "internal",
+            "noteable_id",
+            "noteable_iid",
+            "noteable_type",
+            "project_id",
+            "resolvable",
+            "system",
+            "type",
+            "updated_at",
+        ]
+    );
+    let id = note["id"].as_u64().unwrap();
+    assert!(id > human);
+    assert_eq!(
+        note["body"],
+        json!("Canary started.\n\n<!-- shepherd:r1 -->")
+    );
+    assert_eq!(note["author"]["username"], json!(USERNAME));
+    assert_eq!(note["author"]["id"], json!(USER_ID));
+    assert_eq!(note["type"], Value::Null);
+    assert_eq!(note["attachment"], Value::Null);
+    assert_eq!(note["system"], json!(false));
+    assert_eq!(note["noteable_type"], json!("MergeRequest"));
+    assert_eq!(note["noteable_iid"], json!(1));
+    assert_eq!(note["noteable_id"], json!(d.mr("g/p", 1).unwrap().id));
+    assert_eq!(note["project_id"], json!(1));
+    assert_eq!(note["resolvable"], json!(false));
+    assert_eq!(note["confidential"], json!(false));
+    assert_eq!(note["internal"], json!(false));
+    assert_timestamp(&note["created_at"]);
+    assert_eq!(note["created_at"], note["updated_at"]);
+
+    // `body` in a form body or the query string works too.
+    let form = client()
+        .post(api(&d, "/projects/1/merge_requests/1/notes"))
+        .header("PRIVATE-TOKEN", d.token())
+        .form(&[("body", "from a form")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::CREATED);
+    let query = client()
+        .post(api(
+            &d,
+            "/projects/1/merge_requests/1/notes?body=from%20the%20query",
+        ))
+        .header("PRIVATE-TOKEN", d.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(query.status(), StatusCode::CREATED);
+    let bodies: Vec<String> = d.notes("g/p", 1).into_iter().map(|n| n.body).collect();
+    assert_eq!(bodies[2..], ["from a form", "from the query"]);
+
+    for (body, answer) in [
+        (json!({}), json!({ "error": "body is missing" })),
+        (
+            json!({ "body": "  \n" }),
+            json!({ "message": { "note": ["can't be blank"] } }),
+        ),
+        (
+            json!({ "body": "x".repeat(1_000_001) }),
+            json!({ "message": { "note": ["is too long (maximum is 1000000 characters)"] } }),
+        ),
+    ] {
+        let r = post(&d, "/projects/1/merge_requests/1/notes", body).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(json_of(r).await, answer);
+    }
+    assert_eq!(
+        d.notes("g/p", 1).len(),
+        4,
+        "nothing stored for a bad request"
+    );
+
+    // One note, by id.
+    let one = json_of(get(&d, &format!("/projects/1/merge_requests/1/notes/{id}")).await).await;
+    assert_eq!(one, note);
+
+    // Edit in place: only the text and `updated_at` change. (Timestamps have millisecond
+    // resolution: wait for the clock to move so that the new `updated_at` is visibly later.)
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let r = put(
+        &d,
+        &format!("/projects/1/merge_requests/1/notes/{id}"),
+        json!({ "body": "Canary finished.\n\n<!-- shepherd:r1 -->" }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let edited = json_of(r).await;
+    assert_eq!(edited["id"], json!(id));
+    assert_eq!(
+        edited["body"],
+        json!("Canary finished.\n\n<!-- shepherd:r1 -->")
+    );
+    assert_eq!(edited["created_at"], note["created_at"]);
+    assert_ne!(edited["updated_at"], note["updated_at"]);
+    // The same text again is no change.
+    let again = json_of(
+        put(
+            &d,
+            &format!("/projects/1/merge_requests/1/notes/{id}"),
+            json!({ "body": "Canary finished.\n\n<!-- shepherd:r1 -->" }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(again, edited);
+    let stored = d.note(id).unwrap();
+    assert_eq!(stored.edits, 1);
+    assert_eq!(stored.author, USERNAME);
+
+    // Someone else's note: 403; the guest token may not write at all.
+    let r = put(
+        &d,
+        &format!("/projects/1/merge_requests/1/notes/{human}"),
+        json!({ "body": "hijacked" }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(json_of(r).await, json!({ "message": "403 Forbidden" }));
+    assert_eq!(d.note(human).unwrap().body, "@shepherd test ARCH=arm64");
+    let guest = client()
+        .post(api(&d, "/projects/1/merge_requests/1/notes"))
+        .header("PRIVATE-TOKEN", d.guest_token())
+        .json(&json!({ "body": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(guest.status(), StatusCode::FORBIDDEN);
+    let anonymous = client()
+        .post(api(&d, "/projects/1/merge_requests/1/notes"))
+        .json(&json!({ "body": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+    // Unknown notes and merge requests, and a note of another merge request.
+    d.add_mr("g/p", "g/p", "second", alice);
+    for (method, path) in [
+        (
+            Method::GET,
+            "/projects/1/merge_requests/1/notes/99999".to_owned(),
+        ),
+        (
+            Method::PUT,
+            "/projects/1/merge_requests/1/notes/99999".to_owned(),
+        ),
+        (
+            Method::GET,
+            format!("/projects/1/merge_requests/2/notes/{id}"),
+        ),
+        (Method::GET, "/projects/1/merge_requests/7/notes".to_owned()),
+        (
+            Method::POST,
+            "/projects/1/merge_requests/7/notes".to_owned(),
+        ),
+    ] {
+        let r = client()
+            .request(method.clone(), api(&d, &path))
+            .header("PRIVATE-TOKEN", d.token())
+            .json(&json!({ "body": "x" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {path}");
+        assert_eq!(json_of(r).await, json!({ "message": "404 Not found" }));
+    }
+    let r = client()
+        .delete(api(&d, &format!("/projects/1/merge_requests/1/notes/{id}")))
+        .header("PRIVATE-TOKEN", d.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(json_of(r).await, json!({ "error": "404 Not Found" }));
+
+    let rec = d.requests();
+    let edits: Vec<_> = rec.iter().filter(|r| r.is(Route::EditNote)).collect();
+    assert_eq!(edits[0].note, Some(id));
+    assert_eq!(edits[0].merge_request, Some(1));
+    assert!(rec.iter().any(|r| r.is(Route::GetNote)));
+    assert_eq!(rec.iter().filter(|r| r.is(Route::CreateNote)).count(), 9);
+}
+
+#[tokio::test]
+async fn notes_list_newest_first_and_paginates() {
+    let d = GitLabDouble::start().await;
+    let alice = with_mr(&d);
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        ids.push(d.comment("g/p", 1, alice, &format!("comment {i}")));
+    }
+    // Editing the oldest makes it the most recently updated (after the clock moved on: times
+    // have millisecond resolution).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    d.edit_comment(ids[0], "comment 0, edited");
+    assert_eq!(d.note(ids[0]).unwrap().edits, 1);
+
+    let r = get(&d, "/projects/1/merge_requests/1/notes?per_page=10").await;
+    assert_eq!(header(&r, "x-total"), "25");
+    assert_eq!(header(&r, "x-total-pages"), "3");
+    assert_eq!(header(&r, "x-next-page"), "2");
+    let page: Vec<u64> = json_of(r)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    let newest: Vec<u64> = ids.iter().rev().take(10).copied().collect();
+    assert_eq!(page, newest, "default: created_at desc");
+
+    let r = get(&d, "/projects/1/merge_requests/1/notes?per_page=10&page=3").await;
+    assert_eq!(header(&r, "x-prev-page"), "2");
+    assert_eq!(header(&r, "x-next-page"), "");
+    assert_eq!(json_of(r).await.as_array().unwrap().len(), 5);
+
+    let asc = json_of(
+        get(
+            &d,
+            "/projects/1/merge_requests/1/notes?sort=asc&per_page=100",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(asc[0]["id"], json!(ids[0]));
+    assert_eq!(asc.as_array().unwrap().len(), 25);
+    let by_update = json_of(
+        get(
+            &d,
+            "/projects/1/merge_requests/1/notes?order_by=updated_at&per_page=1",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(by_update[0]["id"], json!(ids[0]));
+    assert_eq!(by_update[0]["body"], json!("comment 0, edited"));
+
+    for (query, error) in [
+        ("order_by=id", "order_by does not have a valid value"),
+        ("sort=newest", "sort does not have a valid value"),
+        ("page=x", "page is invalid"),
+    ] {
+        let r = get(&d, &format!("/projects/1/merge_requests/1/notes?{query}")).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(json_of(r).await, json!({ "error": error }));
+    }
+}
+
+#[tokio::test]
+async fn note_create_fault_leaves_the_note_in_place() {
+    let d = GitLabDouble::start().await;
+    with_mr(&d);
+    d.fail_next(Route::CreateNote, 1, FaultKind::CreateThenFail(502));
+    let r = post(
+        &d,
+        "/projects/1/merge_requests/1/notes",
+        json!({ "body": "summary <!-- shepherd:r7 -->" }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(header(&r, "content-type").starts_with("text/html"));
+    let notes = d.notes("g/p", 1);
+    assert_eq!(
+        notes.len(),
+        1,
+        "the note exists although the answer was lost"
+    );
+    assert_eq!(notes[0].body, "summary <!-- shepherd:r7 -->");
+    // A client that looks before writing again finds it, newest first.
+    let listed = json_of(get(&d, "/projects/1/merge_requests/1/notes?per_page=5").await).await;
+    assert_eq!(listed[0]["id"], json!(notes[0].id));
+    assert_eq!(d.requests()[0].status, Some(502));
+    assert_eq!(d.requests()[0].fault, Some(FaultKind::CreateThenFail(502)));
+
+    // A plain status fault on an edit does nothing; the retry does.
+    let id = notes[0].id;
+    d.fail_next(Route::EditNote, 1, FaultKind::Status(502));
+    let path = format!("/projects/1/merge_requests/1/notes/{id}");
+    let r = put(&d, &path, json!({ "body": "edited" })).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(d.note(id).unwrap().body, "summary <!-- shepherd:r7 -->");
+    let r = put(&d, &path, json!({ "body": "edited" })).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(d.note(id).unwrap().edits, 1);
+    // Reset on a create: nothing is written.
+    d.fail_next(Route::CreateNote, 1, FaultKind::Reset);
+    let err = client()
+        .post(api(&d, "/projects/1/merge_requests/1/notes"))
+        .header("PRIVATE-TOKEN", d.token())
+        .json(&json!({ "body": "lost" }))
+        .send()
+        .await;
+    assert!(err.is_err());
+    assert_eq!(d.notes("g/p", 1).len(), 1);
+}
+
+/// What a webhook receiver saw: headers and JSON body of each POST, in arrival order.
+#[derive(Clone, Default)]
+struct Receiver {
+    seen: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
+    /// The status it answers with.
+    status: Arc<AtomicU16>,
+}
+
+impl Receiver {
+    /// A tiny axum server on a free port; returns its hook URL.
+    async fn start() -> (Receiver, String) {
+        let receiver = Receiver::default();
+        receiver.status.store(200, Ordering::SeqCst);
+        let r = receiver.clone();
+        let app = axum::Router::new().route(
+            "/hooks/gitlab",
+            axum::routing::post(
+                move |headers: HeaderMap, axum::Json(body): axum::Json<Value>| {
+                    let r = r.clone();
+                    async move {
+                        r.seen.lock().unwrap().push((headers, body));
+                        StatusCode::from_u16(r.status.load(Ordering::SeqCst)).unwrap()
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks/gitlab", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, url)
+    }
+
+    fn seen(&self) -> Vec<(HeaderMap, Value)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn h<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("header {name} missing"))
+        .to_str()
+        .unwrap()
+}
+
+/// GitLab's hook time format: `2015-05-17 18:21:36 UTC`.
+fn assert_hook_time(v: &Value) {
+    let s = v.as_str().unwrap_or_else(|| panic!("{v} is not a time"));
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S UTC")
+        .unwrap_or_else(|e| panic!("{s}: {e}"));
+}
+
+#[tokio::test]
+async fn webhooks_arrive_in_order_with_gitlabs_headers_and_payloads() {
+    let d = GitLabDouble::start().await;
+    let (receiver, url) = Receiver::start().await;
+    d.add_project("g/p");
+    let alice = d.add_user("alice");
+    // Before a webhook is set, nothing is sent.
+    d.add_mr("g/p", "g/p", "early", alice);
+    d.set_webhook(&url, "s3cret");
+
+    let iid = d.add_mr("g/p", "g/p", "feature", alice);
+    let human = d.comment("g/p", iid, alice, "@shepherd test ARCH=arm64");
+    let created = json_of(
+        post(
+            &d,
+            "/projects/1/merge_requests/2/notes",
+            json!({ "body": "Canary started <!-- shepherd:r1 -->" }),
+        )
+        .await,
+    )
+    .await;
+    let bot_note = created["id"].as_u64().unwrap();
+    put(
+        &d,
+        &format!("/projects/1/merge_requests/2/notes/{bot_note}"),
+        json!({ "body": "Canary finished <!-- shepherd:r1 -->" }),
+    )
+    .await;
+    let old_sha = d.mr("g/p", iid).unwrap().sha;
+    let new_sha = d.push_mr("g/p", iid);
+    let pipeline = json_of(
+        post(
+            &d,
+            "/projects/1/pipeline",
+            json!({ "ref": "main", "variables": [{ "key": "SHEPHERD_REQUEST_ID", "value": "r1" }] }),
+        )
+        .await,
+    )
+    .await;
+    let pid = pipeline["id"].as_u64().unwrap();
+    d.set_status(pid, "running");
+    let job = d.add_job(pid, "boot", "test", "running");
+    post(
+        &d,
+        &format!("/projects/1/pipelines/{pid}/cancel"),
+        json!({}),
+    )
+    .await;
+
+    let expected = [
+        ("Merge Request Hook", "merge_request"),
+        ("Note Hook", "note"),
+        ("Note Hook", "note"),
+        ("Note Hook", "note"),
+        ("Merge Request Hook", "merge_request"),
+        ("Pipeline Hook", "pipeline"),
+        ("Pipeline Hook", "pipeline"),
+        ("Job Hook", "build"),
+        ("Job Hook", "build"),
+        ("Pipeline Hook", "pipeline"),
+    ];
+    assert!(
+        d.wait_hook_deliveries(expected.len(), WAIT).await,
+        "{:?}",
+        d.hook_deliveries()
+    );
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), expected.len());
+    let kinds: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|(hd, b)| (h(hd, "x-gitlab-event"), b["object_kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, expected);
+
+    // Headers of every delivery.
+    let mut webhook_uuids = std::collections::HashSet::new();
+    let mut keys_seen = std::collections::HashSet::new();
+    for (hd, _) in &seen {
+        assert_eq!(h(hd, "content-type"), "application/json");
+        assert_eq!(h(hd, "user-agent"), "GitLab/17.11.1");
+        assert_eq!(h(hd, "x-gitlab-token"), "s3cret");
+        assert_eq!(h(hd, "x-gitlab-instance"), d.url());
+        for name in [
+            "x-gitlab-webhook-uuid",
+            "x-gitlab-event-uuid",
+            "idempotency-key",
+        ] {
+            uuid::Uuid::parse_str(h(hd, name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert!(webhook_uuids.insert(h(hd, "x-gitlab-webhook-uuid").to_owned()));
+        assert!(keys_seen.insert(h(hd, "idempotency-key").to_owned()));
+    }
+    let deliveries = d.hook_deliveries();
+    assert_eq!(deliveries.len(), expected.len());
+    for (delivery, (hd, body)) in deliveries.iter().zip(&seen) {
+        assert_eq!(delivery.outcome, HookOutcome::Status(200));
+        assert_eq!(delivery.status(), Some(200));
+        assert_eq!(&delivery.body, body);
+        assert_eq!(delivery.idempotency_key, h(hd, "idempotency-key"));
+        assert_eq!(delivery.event_uuid, h(hd, "x-gitlab-event-uuid"));
+        assert_eq!(
+            delivery.webhook_uuid.as_deref(),
+            Some(h(hd, "x-gitlab-webhook-uuid"))
+        );
+        assert_eq!(delivery.url, url);
+    }
+    assert_eq!(deliveries[0].event, WebhookEvent::MergeRequest);
+
+    // Merge Request Hook, open.
+    let open = &seen[0].1;
+    assert_eq!(open["event_type"], json!("merge_request"));
+    assert_eq!(open["user"]["username"], json!("alice"));
+    assert_eq!(open["user"]["email"], json!("[REDACTED]"));
+    for k in ["id", "name", "username", "avatar_url", "email"] {
+        assert!(open["user"].get(k).is_some(), "user.{k}");
+    }
+    for k in [
+        "id",
+        "name",
+        "description",
+        "web_url",
+        "git_ssh_url",
+        "git_http_url",
+        "namespace",
+        "visibility_level",
+        "path_with_namespace",
+        "default_branch",
+        "homepage",
+        "url",
+        "ssh_url",
+        "http_url",
+    ] {
+        assert!(open["project"].get(k).is_some(), "project.{k}");
+    }
+    assert_eq!(open["project"]["path_with_namespace"], json!("g/p"));
+    let attrs = &open["object_attributes"];
+    assert_eq!(attrs["action"], json!("open"));
+    assert_eq!(attrs["iid"], json!(2));
+    assert_eq!(attrs["state"], json!("opened"));
+    assert_eq!(attrs["source_branch"], json!("feature"));
+    assert_eq!(attrs["target_branch"], json!("main"));
+    assert_eq!(attrs["author_id"], json!(alice));
+    assert_eq!(attrs["last_commit"]["id"], json!(old_sha));
+    assert_eq!(
+        attrs["url"],
+        json!(format!("{}/g/p/-/merge_requests/2", d.url()))
+    );
+    assert!(attrs.get("oldrev").is_none());
+    chrono::DateTime::parse_from_rfc3339(attrs["created_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        open["repository"]["homepage"],
+        json!(format!("{}/g/p", d.url()))
+    );
+
+    // Note Hook for the human's comment, then shepherd's own note (create and update).
+    let note = &seen[1].1;
+    assert_eq!(note["event_type"], json!("note"));
+    assert_eq!(note["user"]["username"], json!("alice"));
+    assert_eq!(note["project_id"], json!(1));
+    let a = &note["object_attributes"];
+    assert_eq!(a["id"], json!(human));
+    assert_eq!(a["note"], json!("@shepherd test ARCH=arm64"));
+    assert_eq!(a["noteable_type"], json!("MergeRequest"));
+    assert_eq!(a["author_id"], json!(alice));
+    assert_eq!(a["system"], json!(false));
+    assert_eq!(a["action"], json!("create"));
+    assert_eq!(
+        a["url"],
+        json!(format!("{}/g/p/-/merge_requests/2#note_{human}", d.url()))
+    );
+    assert_hook_time(&a["created_at"]);
+    assert_hook_time(&a["updated_at"]);
+    assert_eq!(note["merge_request"]["iid"], json!(2));
+    assert_eq!(note["merge_request"]["state"], json!("opened"));
+    assert_eq!(note["merge_request"]["last_commit"]["id"], json!(old_sha));
+    assert_hook_time(&note["merge_request"]["created_at"]);
+    let mine = &seen[2].1;
+    assert_eq!(mine["user"]["username"], json!(USERNAME));
+    assert_eq!(mine["object_attributes"]["id"], json!(bot_note));
+    assert_eq!(mine["object_attributes"]["action"], json!("create"));
+    let edit = &seen[3].1;
+    assert_eq!(edit["object_attributes"]["action"], json!("update"));
+    assert_eq!(
+        edit["object_attributes"]["note"],
+        json!("Canary finished <!-- shepherd:r1 -->")
+    );
+
+    // Merge Request Hook, update after a push.
+    let push = &seen[4].1["object_attributes"];
+    assert_eq!(push["action"], json!("update"));
+    assert_eq!(push["oldrev"], json!(old_sha));
+    assert_eq!(push["last_commit"]["id"], json!(new_sha));
+
+    // Pipeline Hooks: created, running, canceled (with the job).
+    let p = &seen[5].1;
+    let pa = &p["object_attributes"];
+    for k in [
+        "id",
+        "iid",
+        "name",
+        "ref",
+        "tag",
+        "sha",
+        "before_sha",
+        "source",
+        "status",
+        "detailed_status",
+        "stages",
+        "created_at",
+        "finished_at",
+        "duration",
+        "queued_duration",
+        "variables",
+        "url",
+    ] {
+        assert!(pa.get(k).is_some(), "object_attributes.{k}");
+    }
+    assert_eq!(pa["id"], json!(pid));
+    assert_eq!(pa["status"], json!("created"));
+    assert_eq!(pa["source"], json!("api"));
+    assert_eq!(pa["ref"], json!("main"));
+    assert_eq!(
+        pa["variables"],
+        json!([{ "key": "SHEPHERD_REQUEST_ID", "value": "r1" }])
+    );
+    assert_eq!(pa["finished_at"], Value::Null);
+    assert_hook_time(&pa["created_at"]);
+    assert_eq!(p["merge_request"], Value::Null);
+    assert_eq!(p["user"]["username"], json!(USERNAME));
+    assert_eq!(p["commit"]["id"], pa["sha"]);
+    assert_eq!(p["builds"], json!([]));
+    assert_eq!(seen[6].1["object_attributes"]["status"], json!("running"));
+    assert_eq!(
+        seen[6].1["object_attributes"]["detailed_status"],
+        json!("running")
+    );
+
+    // Job Hooks: the job added running, then canceled.
+    let j = &seen[7].1;
+    for k in [
+        "ref",
+        "tag",
+        "before_sha",
+        "sha",
+        "build_id",
+        "build_name",
+        "build_stage",
+        "build_status",
+        "build_created_at",
+        "build_started_at",
+        "build_finished_at",
+        "build_duration",
+        "build_queued_duration",
+        "build_allow_failure",
+        "build_failure_reason",
+        "pipeline_id",
+        "project_id",
+        "project_name",
+        "user",
+        "commit",
+        "repository",
+        "runner",
+        "environment",
+    ] {
+        assert!(j.get(k).is_some(), "{k}");
+    }
+    assert_eq!(j["build_id"], json!(job));
+    assert_eq!(j["build_name"], json!("boot"));
+    assert_eq!(j["build_stage"], json!("test"));
+    assert_eq!(j["build_status"], json!("running"));
+    assert_eq!(j["pipeline_id"], json!(pid));
+    assert_eq!(
+        j["commit"]["id"],
+        json!(pid),
+        "the pipeline's id, as documented"
+    );
+    assert_hook_time(&j["build_started_at"]);
+    assert_eq!(j["build_finished_at"], Value::Null);
+    assert!(j["runner"].is_object());
+    assert_eq!(seen[8].1["build_status"], json!("canceled"));
+    assert_hook_time(&seen[8].1["build_finished_at"]);
+    let canceled = &seen[9].1;
+    assert_eq!(canceled["object_attributes"]["status"], json!("canceled"));
+    assert_hook_time(&canceled["object_attributes"]["finished_at"]);
+    assert_eq!(canceled["object_attributes"]["stages"], json!(["test"]));
+    let builds = canceled["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 1);
+    for k in [
+        "id",
+        "stage",
+        "name",
+        "status",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration",
+        "queued_duration",
+        "failure_reason",
+        "when",
+        "manual",
+        "allow_failure",
+        "user",
+        "runner",
+        "artifacts_file",
+        "environment",
+    ] {
+        assert!(builds[0].get(k).is_some(), "builds[].{k}");
+    }
+    assert_eq!(builds[0]["status"], json!("canceled"));
+}
+
+#[tokio::test]
+async fn redeliver_keeps_the_idempotency_key_and_failures_are_recorded() {
+    let d = GitLabDouble::start().await;
+    let (receiver, url) = Receiver::start().await;
+    let alice = with_mr(&d);
+    d.set_webhook(&url, "tok");
+    receiver.status.store(500, Ordering::SeqCst);
+    d.comment("g/p", 1, alice, "@shepherd ping");
+    assert!(d.wait_hook_deliveries(1, WAIT).await);
+    assert_eq!(d.hook_deliveries()[0].outcome, HookOutcome::Status(500));
+
+    // GitLab's "Resend request": same event, same keys, a new request id.
+    receiver.status.store(202, Ordering::SeqCst);
+    assert_eq!(d.redeliver(0).await, Ok(202));
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 2);
+    let (first, again) = (&seen[0].0, &seen[1].0);
+    for name in ["idempotency-key", "x-gitlab-event-uuid", "x-gitlab-event"] {
+        assert_eq!(h(first, name), h(again, name), "{name}");
+    }
+    assert_ne!(
+        h(first, "x-gitlab-webhook-uuid"),
+        h(again, "x-gitlab-webhook-uuid")
+    );
+    assert_eq!(seen[0].1, seen[1].1);
+    let deliveries = d.hook_deliveries();
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!(deliveries[1].redelivery_of, Some(0));
+    assert_eq!(deliveries[1].outcome, HookOutcome::Status(202));
+    assert_eq!(deliveries[1].idempotency_key, deliveries[0].idempotency_key);
+    assert_eq!(
+        d.redeliver(7).await,
+        Err("there is no delivery 7".to_owned())
+    );
+
+    // A receiver that is gone: the error is recorded, nothing is retried.
+    let closed = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        format!("http://{}/hooks/gitlab", l.local_addr().unwrap())
+    };
+    d.set_webhook(&closed, "tok");
+    d.comment("g/p", 1, alice, "@shepherd ping");
+    assert!(d.wait_hook_deliveries(3, WAIT).await);
+    let last = d.hook_deliveries().pop().unwrap();
+    assert!(
+        matches!(&last.outcome, HookOutcome::Error(e) if !e.is_empty()),
+        "{:?}",
+        last.outcome
+    );
+    assert_eq!(last.status(), None);
+    assert_eq!(receiver.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn webhook_events_can_be_switched_off() {
+    let d = GitLabDouble::start().await;
+    let (receiver, url) = Receiver::start().await;
+    d.add_project("g/p");
+    let alice = d.add_user("alice");
+    d.set_webhook(&url, "tok");
+    d.set_webhook_events(true, false, false, false);
+    let iid = d.add_mr("g/p", "g/p", "f", alice);
+    let p = d.add_pipeline("g/p", "main", "running", &[]);
+    d.set_status(p.id, "success");
+    d.add_job(p.id, "build", "build", "success");
+    d.comment("g/p", iid, alice, "only this one");
+    assert!(d.wait_hook_deliveries(1, WAIT).await);
+    // The background sender works in order: once the note's hook is done, nothing else is queued.
+    let deliveries = d.hook_deliveries();
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(deliveries[0].event, WebhookEvent::Note);
+    assert_eq!(receiver.seen().len(), 1);
+    d.remove_webhook();
+    d.comment("g/p", iid, alice, "not sent");
+    assert_eq!(d.hook_deliveries().len(), 1);
+}
+
+#[tokio::test]
+async fn timed_auto_finish_sends_hooks_without_polling() {
+    let d = GitLabDouble::start().await;
+    let (receiver, url) = Receiver::start().await;
+    d.add_project("g/p");
+    d.set_webhook(&url, "tok");
+    d.set_webhook_events(false, false, true, false);
+    d.set_auto_finish(Some(AutoFinish::after(
+        Duration::from_millis(50),
+        Duration::from_millis(50),
+        AutoOutcome::Failed {
+            job: "boot".to_owned(),
+            failure_reason: "runner_system_failure".to_owned(),
+        },
+    )));
+    post(&d, "/projects/1/pipeline", json!({ "ref": "main" })).await;
+    let finished = d
+        .wait_hooks(
+            |ds| {
+                ds.iter()
+                    .any(|d| d.is_done() && d.body["object_attributes"]["status"] == "failed")
+            },
+            WAIT,
+        )
+        .await;
+    assert!(finished, "{:?}", d.hook_deliveries());
+    let statuses: Vec<String> = receiver
+        .seen()
+        .iter()
+        .map(|(_, b)| {
+            b["object_attributes"]["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(statuses, ["created", "running", "failed"]);
+    let last = &receiver.seen()[2].1;
+    assert_eq!(
+        last["object_attributes"]["stages"],
+        json!(["build", "test"])
+    );
+    let failed: Vec<&Value> = last["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["status"] == "failed")
+        .collect();
+    assert_eq!(failed[0]["failure_reason"], json!("runner_system_failure"));
+    // Nobody read the pipeline.
+    assert!(
+        d.requests().iter().all(|r| r.is(Route::CreatePipeline)),
+        "only the create"
+    );
+}
+
+#[tokio::test]
+async fn payload_builders_and_send_hook_work_without_a_double() {
+    let (receiver, url) = Receiver::start().await;
+    let base = "https://gitlab.example.com";
+    let alice = User {
+        id: 7,
+        username: "alice".to_owned(),
+        name: "Alice".to_owned(),
+    };
+    let now = chrono::Utc::now();
+    let mr = MergeRequest {
+        id: 500,
+        iid: 3,
+        project_id: 9,
+        project_path: "kernel/ci".to_owned(),
+        source_project_id: 9,
+        source_project_path: "kernel/ci".to_owned(),
+        source_branch: "fix".to_owned(),
+        target_branch: "main".to_owned(),
+        title: "Draft: fix".to_owned(),
+        description: String::new(),
+        state: "opened".to_owned(),
+        author: alice.clone(),
+        sha: MergeRequest::head_sha("kernel/ci", "fix", 0),
+        pushes: 0,
+        created_at: now,
+        updated_at: now,
+        web_url: format!("{base}/kernel/ci/-/merge_requests/3"),
+    };
+    let note = NoteRecord {
+        id: 42,
+        project_id: 9,
+        mr_iid: 3,
+        noteable_id: 500,
+        author_id: 7,
+        author: "alice".to_owned(),
+        body: "@shepherd test".to_owned(),
+        created_at: now,
+        updated_at: now,
+        edits: 0,
+    };
+    let body = note_hook_payload(base, &mr, &alice, &note, "create");
+    assert_eq!(body["object_attributes"]["note"], json!("@shepherd test"));
+    assert_eq!(
+        body["object_attributes"]["created_at"],
+        json!(hook_time(now))
+    );
+    assert_eq!(body["merge_request"]["draft"], json!(true));
+    assert_eq!(send_hook(&url, "tok", "Note Hook", &body).await, Ok(200));
+    let mr_body = merge_request_hook_payload(base, &mr, &alice, "update", Some("abc"));
+    assert_eq!(mr_body["object_attributes"]["oldrev"], json!("abc"));
+    let sender = HookSender::new();
+    assert_eq!(
+        sender
+            .send(&url, "tok", "Merge Request Hook", &mr_body)
+            .await,
+        Ok(200)
+    );
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(h(&seen[0].0, "x-gitlab-event"), "Note Hook");
+    assert_eq!(h(&seen[0].0, "x-gitlab-instance"), base);
+    assert_eq!(h(&seen[0].0, "x-gitlab-token"), "tok");
+    assert_ne!(
+        h(&seen[0].0, "idempotency-key"),
+        h(&seen[1].0, "idempotency-key")
+    );
+    assert_eq!(seen[1].1, mr_body);
+}
+
+#[tokio::test]
+async fn wait_notes_wakes_when_a_note_is_written() {
+    let d = GitLabDouble::start().await;
+    with_mr(&d);
+    let url = api(&d, "/projects/1/merge_requests/1/notes");
+    let token = d.token().to_owned();
+    let writer = tokio::spawn(async move {
+        client()
+            .post(url)
+            .header("PRIVATE-TOKEN", token)
+            .json(&json!({ "body": "summary <!-- shepherd:r1 -->" }))
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    let found = d
+        .wait_notes(
+            "g/p",
+            1,
+            |notes| {
+                notes
+                    .iter()
+                    .any(|n| n.author == USERNAME && n.body.contains("shepherd:r1"))
+            },
+            WAIT,
+        )
+        .await;
+    assert!(found);
+    assert_eq!(writer.await.unwrap().unwrap(), StatusCode::CREATED);
+    let never = d
+        .wait_notes("g/p", 1, |notes| notes.len() > 1, Duration::from_millis(50))
+        .await;
+    assert!(!never);
 }

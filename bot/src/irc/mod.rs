@@ -749,6 +749,8 @@ impl Reader {
             origin,
             identity: accounts::identity(nick, account),
             text,
+            mr: None,
+            dedup: None,
         };
         if let Err(e) = self.fe.dispatcher.handle(&inbound).await {
             tracing::error!(error = %e, from = %nick, "irc: could not store a command; the asker got no answer");

@@ -2,12 +2,15 @@
 //!
 //! Every HTTP attempt (retries included) first waits for the shared rate limiter, so shepherd
 //! never spends more than `requests_per_minute` of the token's budget. Reads and idempotent
-//! writes (cancel) are retried with exponential backoff and full jitter on connection errors,
-//! timeouts, 5xx and 429 (honouring `Retry-After`). Creating a pipeline is not idempotent and
-//! GitLab has no idempotency keys, so `create_pipeline` retries only when the request certainly
-//! had no effect (connection refused before sending, 429); anything else after sending is
-//! [`GitLabError::Ambiguous`], and the caller looks for its `SHEPHERD_REQUEST_ID` variable among
-//! recent pipelines before creating again (DESIGN.md, "Exactly-once effects").
+//! writes (cancel, note edits) are retried with exponential backoff and full jitter on
+//! connection errors, timeouts, 5xx and 429 (honouring `Retry-After`). Creating a pipeline is
+//! not idempotent and GitLab has no idempotency keys, so `create_pipeline` retries only when the
+//! request certainly had no effect (connection refused before sending, 429); anything else after
+//! sending is [`GitLabError::Ambiguous`], and the caller looks for its `SHEPHERD_REQUEST_ID`
+//! variable among recent pipelines before creating again (DESIGN.md, "Exactly-once effects").
+//! Merge-request notes follow the same rules: `create_mr_note` is not repeated blindly (the
+//! caller looks for its hidden `<!-- shepherd:<request id> -->` marker among the newest notes,
+//! [`GitLab::mr_notes`]), while `edit_mr_note` sets the whole body and so is repeated like a read.
 //!
 //! Every attempt is counted in `gitlab_requests{endpoint,status}` and timed in
 //! `gitlab_request_duration{endpoint}`, with `endpoint` a route template such as
@@ -24,8 +27,8 @@ mod tests;
 
 pub use error::GitLabError;
 pub use types::{
-    Job, JobStatus, Pipeline, PipelineQuery, PipelineStatus, PipelineSummary, User, Variable,
-    VariableType,
+    AccessLevel, Job, JobStatus, MergeRequest, Note, ParseAccessLevelError, Pipeline,
+    PipelineQuery, PipelineStatus, PipelineSummary, Project, User, UserRef, Variable, VariableType,
 };
 
 use std::fmt;
@@ -423,6 +426,167 @@ impl GitLab {
         self.call_json(&call).await
     }
 
+    /// `GET /projects/:id/merge_requests/:merge_request_iid`: one merge request of `project`
+    /// (the target project), by its project-scoped iid.
+    pub async fn merge_request(
+        &self,
+        project: &str,
+        iid: u64,
+    ) -> Result<MergeRequest, GitLabError> {
+        let call = self.get(
+            "GET /projects/:id/merge_requests/:merge_request_iid",
+            self.url(&[
+                "projects",
+                project_segment(project),
+                "merge_requests",
+                &iid.to_string(),
+            ]),
+            merge_request_what(project, iid),
+        );
+        self.call_json(&call).await
+    }
+
+    /// `GET /projects/:id`: a project by numeric id or full path (`group/sub/project`).
+    pub async fn project(&self, project: &str) -> Result<Project, GitLabError> {
+        let call = self.get(
+            "GET /projects/:id",
+            self.url(&["projects", project_segment(project)]),
+            project_what(project),
+        );
+        self.call_json(&call).await
+    }
+
+    /// `GET /projects/:id/members/all/:user_id`: the user's effective access level in
+    /// `project`, memberships inherited from parent groups (and invited groups) included.
+    ///
+    /// GitLab answers 404 when the user is not a member, and also when shepherd's token cannot
+    /// see the project; either way shepherd cannot vouch for any access, so both are
+    /// `Ok(AccessLevel::NoAccess)`. A membership that is still awaiting approval
+    /// (`membership_state: awaiting`) or belongs to a blocked user grants nothing either.
+    pub async fn member_access_level(
+        &self,
+        project: &str,
+        user_id: u64,
+    ) -> Result<AccessLevel, GitLabError> {
+        #[derive(serde::Deserialize)]
+        struct Member {
+            access_level: u64,
+            #[serde(default)]
+            state: Option<String>,
+            #[serde(default)]
+            membership_state: Option<String>,
+        }
+        let call = self.get(
+            "GET /projects/:id/members/all/:user_id",
+            self.url(&[
+                "projects",
+                project_segment(project),
+                "members",
+                "all",
+                &user_id.to_string(),
+            ]),
+            format!("member {user_id} of {}", project_segment(project)),
+        );
+        let member: Member = match self.call_json(&call).await {
+            Ok(member) => member,
+            Err(GitLabError::NotFound { .. }) => return Ok(AccessLevel::NoAccess),
+            Err(e) => return Err(e),
+        };
+        let inactive = |s: &Option<String>| s.as_deref().is_some_and(|s| s != "active");
+        if inactive(&member.state) || inactive(&member.membership_state) {
+            return Ok(AccessLevel::NoAccess);
+        }
+        Ok(AccessLevel::from_level(member.access_level))
+    }
+
+    /// `POST /projects/:id/merge_requests/:merge_request_iid/notes`: a new comment on the merge
+    /// request, written as the token's user. GitLab sends a Note Hook for it like for any
+    /// comment, so shepherd must recognise its own notes.
+    ///
+    /// Not idempotent, with the same rules as [`Self::create_pipeline`]: retried only when the
+    /// request certainly did not reach GitLab (connection refused, 429); any other failure after
+    /// sending is [`GitLabError::Ambiguous`], and the caller looks for its own marker among the
+    /// newest notes ([`Self::mr_notes`]) before writing again.
+    pub async fn create_mr_note(
+        &self,
+        project: &str,
+        iid: u64,
+        body: &str,
+    ) -> Result<Note, GitLabError> {
+        let call = Call {
+            method: Method::POST,
+            endpoint: "POST /projects/:id/merge_requests/:merge_request_iid/notes",
+            url: self.url(&[
+                "projects",
+                project_segment(project),
+                "merge_requests",
+                &iid.to_string(),
+                "notes",
+            ]),
+            body: Some(note_body(body)?),
+            repeat: Repeat::OnlyIfNoEffect,
+            what: merge_request_what(project, iid),
+        };
+        self.call_json(&call).await
+    }
+
+    /// `PUT /projects/:id/merge_requests/:merge_request_iid/notes/:note_id`: replaces the body
+    /// of a note. Only its author may (403 otherwise). Setting the same body twice gives the
+    /// same note, so this is retried like a read.
+    pub async fn edit_mr_note(
+        &self,
+        project: &str,
+        iid: u64,
+        note_id: u64,
+        body: &str,
+    ) -> Result<Note, GitLabError> {
+        let call = Call {
+            method: Method::PUT,
+            endpoint: "PUT /projects/:id/merge_requests/:merge_request_iid/notes/:note_id",
+            url: self.url(&[
+                "projects",
+                project_segment(project),
+                "merge_requests",
+                &iid.to_string(),
+                "notes",
+                &note_id.to_string(),
+            ]),
+            body: Some(note_body(body)?),
+            repeat: Repeat::Safe,
+            what: format!("note {note_id} of {}", merge_request_what(project, iid)),
+        };
+        self.call_json(&call).await
+    }
+
+    /// `GET /projects/:id/merge_requests/:merge_request_iid/notes?order_by=created_at&sort=desc`:
+    /// the newest notes first (system notes included), one page of `per_page` (1..=100,
+    /// clamped). Enough to find shepherd's recent notes by their hidden marker without reading
+    /// a long discussion.
+    pub async fn mr_notes(
+        &self,
+        project: &str,
+        iid: u64,
+        per_page: u32,
+    ) -> Result<Vec<Note>, GitLabError> {
+        let mut url = self.url(&[
+            "projects",
+            project_segment(project),
+            "merge_requests",
+            &iid.to_string(),
+            "notes",
+        ]);
+        url.query_pairs_mut()
+            .append_pair("order_by", "created_at")
+            .append_pair("sort", "desc")
+            .append_pair("per_page", &per_page.clamp(1, PAGE_SIZE).to_string());
+        let call = self.get(
+            "GET /projects/:id/merge_requests/:merge_request_iid/notes",
+            url,
+            merge_request_what(project, iid),
+        );
+        self.call_json(&call).await
+    }
+
     fn get(&self, endpoint: &'static str, url: Url, what: String) -> Call {
         Call {
             method: Method::GET,
@@ -712,6 +876,16 @@ fn project_segment(project: &str) -> &str {
 
 fn project_what(project: &str) -> String {
     format!("project {}", project_segment(project))
+}
+
+fn merge_request_what(project: &str, iid: u64) -> String {
+    format!("merge request {}!{iid}", project_segment(project))
+}
+
+/// The JSON body of a note create or edit: `{"body": ...}`.
+fn note_body(body: &str) -> Result<Vec<u8>, GitLabError> {
+    serde_json::to_vec(&serde_json::json!({ "body": body }))
+        .map_err(|e| GitLabError::Config(format!("encoding the note: {e}")))
 }
 
 fn pipeline_what(project: &str, id: u64) -> String {

@@ -262,7 +262,7 @@ const CREATED_JSON: &str = r#"{
 async fn sends_token_and_user_agent_and_decodes_user() {
     let server = Server::script(vec![respond(
         200,
-        r#"{"id": 7, "username": "shepherd-bot", "name": "Shepherd", "state": "active", "bot": true}"#,
+        r#"{"id": 7, "username": "shepherd", "name": "Shepherd", "state": "active", "bot": true}"#,
     )])
     .await;
     let (gitlab, _) = client(settings(server.url()));
@@ -273,7 +273,7 @@ async fn sends_token_and_user_agent_and_decodes_user() {
         user,
         User {
             id: 7,
-            username: "shepherd-bot".into(),
+            username: "shepherd".into(),
             name: "Shepherd".into()
         }
     );
@@ -1035,4 +1035,394 @@ async fn job_scope_accepts_gitlab_spellings_and_stops_without_next_page() {
         "/api/v4/projects/g%2Fp/pipelines/5/jobs?scope%5B%5D=failed&scope%5B%5D=canceled\
          &per_page=100&page=1"
     );
+}
+
+/// A merge request as GitLab 17 returns it (abridged), unknown fields included.
+const MR_JSON: &str = r#"{
+  "id": 155016530, "iid": 133, "project_id": 15513260,
+  "title": "Draft: canary for the scheduler", "description": "", "state": "opened",
+  "created_at": "2022-05-13T07:26:38.402Z", "updated_at": "2022-05-14T03:38:31.354Z",
+  "merged_by": null, "merge_user": null, "merged_at": null, "closed_by": null, "closed_at": null,
+  "target_branch": "main", "source_branch": "sched-fix", "user_notes_count": 0,
+  "author": {"id": 10, "username": "alice", "name": "Alice", "state": "active", "locked": false,
+             "avatar_url": null, "web_url": "https://gitlab.example.com/alice"},
+  "assignees": [], "reviewers": [], "source_project_id": 15513261, "target_project_id": 15513260,
+  "labels": [], "draft": true, "work_in_progress": true, "milestone": null,
+  "merge_status": "can_be_merged", "detailed_merge_status": "draft_status",
+  "sha": "8888888888888888888888888888888888888888", "merge_commit_sha": null,
+  "references": {"short": "!133", "relative": "!133", "full": "kernel/ci!133"},
+  "web_url": "https://gitlab.example.com/kernel/ci/-/merge_requests/133",
+  "diff_refs": {"base_sha": "aaaa", "head_sha": "8888888888888888888888888888888888888888", "start_sha": "aaaa"}
+}"#;
+
+const NOTE_JSON: &str = r#"{
+  "id": 301, "type": null, "body": "@shepherd test ARCH=arm64", "attachment": null,
+  "author": {"id": 10, "username": "alice", "name": "Alice", "state": "active"},
+  "created_at": "2013-10-02T08:57:14.000Z", "updated_at": "2013-10-02T08:57:14.000Z",
+  "system": false, "noteable_id": 2, "noteable_type": "MergeRequest", "project_id": 5,
+  "noteable_iid": 133, "resolvable": false, "confidential": false, "internal": false
+}"#;
+
+#[tokio::test]
+async fn decodes_merge_request_project_and_notes() {
+    let project_json = r#"{
+      "id": 3, "description": null, "name": "ci", "name_with_namespace": "Kernel / ci",
+      "path": "ci", "path_with_namespace": "kernel/ci", "default_branch": "main",
+      "ssh_url_to_repo": "git@gitlab.example.com:kernel/ci.git",
+      "http_url_to_repo": "https://gitlab.example.com/kernel/ci.git",
+      "web_url": "https://gitlab.example.com/kernel/ci",
+      "namespace": {"id": 2, "name": "Kernel", "path": "kernel", "kind": "group", "full_path": "kernel"},
+      "visibility": "private"
+    }"#;
+    let empty_repo = project_json.replace(r#""default_branch": "main","#, "");
+    let notes = format!(
+        "[{NOTE_JSON}, {}]",
+        r#"{"id": 300, "body": "added 1 commit", "author": {"id": 10, "username": "alice"},
+            "created_at": "2013-10-02T08:50:00Z", "system": true}"#
+    );
+    let server = Server::script(vec![
+        respond(200, MR_JSON),
+        respond(200, project_json),
+        respond(200, &empty_repo),
+        respond(200, &notes),
+    ])
+    .await;
+    let (gitlab, _) = client(settings(server.url()));
+
+    let mr = gitlab.merge_request("kernel/ci", 133).await.expect("mr");
+    assert_eq!(
+        mr,
+        MergeRequest {
+            id: 155016530,
+            iid: 133,
+            project_id: 15513260,
+            source_project_id: 15513261,
+            target_project_id: 15513260,
+            title: "Draft: canary for the scheduler".into(),
+            state: "opened".into(),
+            source_branch: "sched-fix".into(),
+            target_branch: "main".into(),
+            sha: "8888888888888888888888888888888888888888".into(),
+            web_url: "https://gitlab.example.com/kernel/ci/-/merge_requests/133".into(),
+            draft: true,
+            author: Some(UserRef {
+                id: 10,
+                username: "alice".into(),
+                name: "Alice".into()
+            }),
+        }
+    );
+    let project = gitlab.project("kernel/ci").await.expect("project");
+    assert_eq!(
+        project,
+        Project {
+            id: 3,
+            path_with_namespace: "kernel/ci".into(),
+            web_url: "https://gitlab.example.com/kernel/ci".into(),
+            http_url_to_repo: "https://gitlab.example.com/kernel/ci.git".into(),
+            default_branch: Some("main".into()),
+        }
+    );
+    let empty = gitlab.project("3").await.expect("empty project");
+    assert_eq!(empty.default_branch, None);
+    let notes = gitlab.mr_notes("kernel/ci", 133, 20).await.expect("notes");
+    assert_eq!(notes.len(), 2);
+    assert_eq!(notes[0].id, 301);
+    assert_eq!(notes[0].body, "@shepherd test ARCH=arm64");
+    assert_eq!(notes[0].author.username, "alice");
+    assert!(!notes[0].system);
+    assert_eq!(notes[0].noteable_type.as_deref(), Some("MergeRequest"));
+    assert_eq!(notes[0].noteable_iid, Some(133));
+    assert_eq!(
+        notes[0].created_at.to_rfc3339(),
+        "2013-10-02T08:57:14+00:00"
+    );
+    assert!(notes[0].updated_at.is_some());
+    // A minimal system note: the optional fields default.
+    assert!(notes[1].system);
+    assert_eq!(notes[1].author.name, "");
+    assert_eq!(notes[1].updated_at, None);
+    assert_eq!(notes[1].noteable_iid, None);
+
+    let seen = server.seen();
+    assert_eq!(
+        seen.iter().map(|s| s.target.as_str()).collect::<Vec<_>>(),
+        vec![
+            "/api/v4/projects/kernel%2Fci/merge_requests/133",
+            "/api/v4/projects/kernel%2Fci",
+            "/api/v4/projects/3",
+            "/api/v4/projects/kernel%2Fci/merge_requests/133/notes\
+             ?order_by=created_at&sort=desc&per_page=20",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn merge_request_not_found_names_it() {
+    let server = Server::script(vec![respond(404, r#"{"message":"404 Not found"}"#)]).await;
+    let (gitlab, _) = client(settings(server.url()));
+    let err = gitlab.merge_request("g/p", 9).await.expect_err("404");
+    assert_eq!(
+        err,
+        GitLabError::NotFound {
+            what: "merge request g/p!9".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn member_access_level_reads_inherited_level_and_404_is_no_access() {
+    let member = |level: u64, extra: &str| {
+        format!(
+            r#"{{"id": 7, "username": "bob", "name": "Bob", "state": "active",
+                "avatar_url": null, "web_url": "https://gitlab.example.com/bob",
+                "access_level": {level}, "created_at": "2012-10-22T14:13:35Z",
+                "expires_at": null{extra}}}"#
+        )
+    };
+    let server = Server::script(vec![
+        respond(200, &member(30, "")),
+        respond(404, r#"{"message":"404 Not found"}"#),
+        respond(404, r#"{"message":"404 Project Not Found"}"#),
+        respond(200, &member(60, "")),
+        respond(200, &member(40, r#", "membership_state": "awaiting""#)),
+        respond(200, &member(40, "").replace(r#""active""#, r#""blocked""#)),
+        respond(401, r#"{"message":"401 Unauthorized"}"#),
+    ])
+    .await;
+    let (gitlab, _) = client(settings(server.url()));
+
+    assert_eq!(
+        gitlab.member_access_level("g/p", 7).await,
+        Ok(AccessLevel::Developer)
+    );
+    assert_eq!(
+        gitlab.member_access_level("g/p", 8).await,
+        Ok(AccessLevel::NoAccess),
+        "not a member"
+    );
+    assert_eq!(
+        gitlab.member_access_level("g/nope", 7).await,
+        Ok(AccessLevel::NoAccess),
+        "a project the token cannot see"
+    );
+    assert_eq!(
+        gitlab.member_access_level("g/p", 1).await,
+        Ok(AccessLevel::Owner),
+        "admin (60) reads as owner"
+    );
+    assert_eq!(
+        gitlab.member_access_level("g/p", 7).await,
+        Ok(AccessLevel::NoAccess),
+        "awaiting approval"
+    );
+    assert_eq!(
+        gitlab.member_access_level("g/p", 7).await,
+        Ok(AccessLevel::NoAccess),
+        "blocked user"
+    );
+    assert_eq!(
+        gitlab.member_access_level("g/p", 7).await,
+        Err(GitLabError::Unauthorized),
+        "other errors stay errors"
+    );
+    let seen = server.seen();
+    assert_eq!(seen.len(), 7, "a 404 is an answer, not retried");
+    assert_eq!(seen[0].target, "/api/v4/projects/g%2Fp/members/all/7");
+}
+
+#[tokio::test]
+async fn creates_note_with_json_body() {
+    let server = Server::script(vec![respond(201, NOTE_JSON)]).await;
+    let (gitlab, metrics) = client(settings(server.url()));
+    let text = "Canary started.\n\n<!-- shepherd:req-1 -->";
+
+    let note = gitlab
+        .create_mr_note("kernel/ci", 133, text)
+        .await
+        .expect("created");
+
+    assert_eq!(note.id, 301);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(
+        seen[0].target,
+        "/api/v4/projects/kernel%2Fci/merge_requests/133/notes"
+    );
+    assert_eq!(seen[0].header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).expect("json body");
+    assert_eq!(body, serde_json::json!({ "body": text }));
+    assert_eq!(
+        requests_count(
+            &metrics,
+            "POST /projects/:id/merge_requests/:merge_request_iid/notes",
+            "201"
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn note_create_is_not_retried_after_it_was_sent() {
+    let server = Server::script(vec![respond(502, "Bad Gateway"), respond(201, NOTE_JSON)]).await;
+    let (gitlab, metrics) = client(settings(server.url()));
+    let err = gitlab
+        .create_mr_note("g/p", 1, "hello")
+        .await
+        .expect_err("ambiguous");
+    assert!(
+        matches!(
+            &err,
+            GitLabError::Ambiguous {
+                endpoint: "POST /projects/:id/merge_requests/:merge_request_iid/notes",
+                detail
+            } if detail.contains("502")
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    assert_eq!(server.seen().len(), 1, "exactly one POST");
+    assert_eq!(retries_count(&metrics, "5xx"), 0);
+
+    // An answer that cannot be read is ambiguous too: the note exists, its id is unknown.
+    let server = Server::script(vec![respond(201, r#"{"id": "?"}"#)]).await;
+    let (gitlab, _) = client(settings(server.url()));
+    let err = gitlab
+        .create_mr_note("g/p", 1, "hello")
+        .await
+        .expect_err("ambiguous");
+    assert!(matches!(err, GitLabError::Ambiguous { .. }), "{err:?}");
+
+    // Refused with 429: nothing was written, so it is sent again.
+    let server = Server::script(vec![
+        respond_with(429, &[("Retry-After", "0")], ""),
+        respond(201, NOTE_JSON),
+    ])
+    .await;
+    let (gitlab, _) = client(settings(server.url()));
+    let note = gitlab
+        .create_mr_note("g/p", 1, "hello")
+        .await
+        .expect("after 429");
+    assert_eq!(note.id, 301);
+    assert_eq!(server.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn note_edit_is_retried_after_502() {
+    let edited = NOTE_JSON.replace("@shepherd test ARCH=arm64", "edited");
+    let server = Server::script(vec![respond(502, ""), respond(200, &edited)]).await;
+    let (gitlab, metrics) = client(settings(server.url()));
+
+    let note = gitlab
+        .edit_mr_note("kernel/ci", 133, 301, "edited")
+        .await
+        .expect("edited after a retry");
+
+    assert_eq!(note.body, "edited");
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        assert_eq!(s.method, "PUT");
+        assert_eq!(
+            s.target,
+            "/api/v4/projects/kernel%2Fci/merge_requests/133/notes/301"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&s.body).expect("json body");
+        assert_eq!(body, serde_json::json!({ "body": "edited" }));
+    }
+    assert_eq!(retries_count(&metrics, "5xx"), 1);
+    let endpoint = "PUT /projects/:id/merge_requests/:merge_request_iid/notes/:note_id";
+    assert_eq!(requests_count(&metrics, endpoint, "502"), 1);
+    assert_eq!(requests_count(&metrics, endpoint, "200"), 1);
+
+    // Only the author may edit: 403 is final.
+    let server = Server::script(vec![respond(403, r#"{"message":"403 Forbidden"}"#)]).await;
+    let (gitlab, _) = client(settings(server.url()));
+    let err = gitlab
+        .edit_mr_note("g/p", 1, 5, "x")
+        .await
+        .expect_err("403");
+    assert!(matches!(err, GitLabError::Forbidden { .. }), "{err:?}");
+    assert_eq!(server.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn mr_notes_asks_for_one_page_newest_first_clamped() {
+    let server = Server::script(vec![respond(200, "[]")]).await;
+    let (gitlab, _) = client(settings(server.url()));
+    assert!(
+        gitlab
+            .mr_notes("g/p", 4, 0)
+            .await
+            .expect("notes")
+            .is_empty()
+    );
+    assert!(
+        gitlab
+            .mr_notes("g/p", 4, 500)
+            .await
+            .expect("notes")
+            .is_empty()
+    );
+    let seen = server.seen();
+    assert_eq!(
+        seen[0].target,
+        "/api/v4/projects/g%2Fp/merge_requests/4/notes?order_by=created_at&sort=desc&per_page=1"
+    );
+    assert_eq!(
+        seen[1].target,
+        "/api/v4/projects/g%2Fp/merge_requests/4/notes?order_by=created_at&sort=desc&per_page=100"
+    );
+}
+
+#[test]
+fn access_levels_map_numbers_and_names() {
+    let expected = [
+        (0, AccessLevel::NoAccess, "no access"),
+        (5, AccessLevel::Minimal, "minimal access"),
+        (10, AccessLevel::Guest, "guest"),
+        (15, AccessLevel::Planner, "planner"),
+        (20, AccessLevel::Reporter, "reporter"),
+        (30, AccessLevel::Developer, "developer"),
+        (40, AccessLevel::Maintainer, "maintainer"),
+        (50, AccessLevel::Owner, "owner"),
+    ];
+    for (n, level, name) in expected {
+        assert_eq!(AccessLevel::from_level(n), level);
+        assert_eq!(level.level(), n);
+        assert_eq!(level.as_str(), name);
+        assert_eq!(level.to_string(), name);
+        assert_eq!(name.parse::<AccessLevel>(), Ok(level));
+        assert_eq!(n.to_string().parse::<AccessLevel>(), Ok(level));
+    }
+    // Unknown numbers: the highest level not above them.
+    assert_eq!(AccessLevel::from_level(4), AccessLevel::NoAccess);
+    assert_eq!(AccessLevel::from_level(35), AccessLevel::Developer);
+    assert_eq!(AccessLevel::from_level(60), AccessLevel::Owner);
+    assert_eq!(AccessLevel::from_level(u64::MAX), AccessLevel::Owner);
+    // Ordered by privilege.
+    assert!(AccessLevel::Maintainer >= AccessLevel::Developer);
+    assert!(AccessLevel::Reporter < AccessLevel::Developer);
+    assert!(AccessLevel::Planner > AccessLevel::Guest);
+    // Spellings.
+    for (text, level) in [
+        ("Developer", AccessLevel::Developer),
+        (" MAINTAINER ", AccessLevel::Maintainer),
+        ("minimal_access", AccessLevel::Minimal),
+        ("Minimal", AccessLevel::Minimal),
+        ("no-access", AccessLevel::NoAccess),
+        ("No  Access", AccessLevel::NoAccess),
+        ("none", AccessLevel::NoAccess),
+    ] {
+        assert_eq!(text.parse::<AccessLevel>(), Ok(level), "{text}");
+    }
+    for bad in ["dev", "admin", "35", "-1", "", "developers"] {
+        let err = bad.parse::<AccessLevel>().expect_err(bad);
+        assert!(
+            err.to_string().contains("is not a GitLab access level"),
+            "{err}"
+        );
+    }
 }

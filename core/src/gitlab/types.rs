@@ -239,3 +239,199 @@ pub struct PipelineQuery {
     /// Entries in the page, 1..=100 (clamped); `None` is GitLab's default, 20.
     pub per_page: Option<u32>,
 }
+
+/// A user as GitLab embeds one in other objects (`author` of a merge request or a note): the
+/// "basic user" entity, of which shepherd reads the id and the names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRef {
+    pub id: u64,
+    pub username: String,
+    /// The display name; GitLab always sends it, but it is not needed to act on a note.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A merge request, as `GET /projects/:id/merge_requests/:merge_request_iid` returns it.
+///
+/// `project_id` is the target project (where the merge request lives); `source_project_id`
+/// differs from it when the change comes from a fork. `sha` is the head commit of the source
+/// branch, which changes on every push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeRequest {
+    /// Instance-wide id.
+    pub id: u64,
+    /// Project-scoped number (`!12` in the UI, and in every merge-request URL of the API).
+    pub iid: u64,
+    pub project_id: u64,
+    pub source_project_id: u64,
+    pub target_project_id: u64,
+    pub title: String,
+    /// `opened`, `closed`, `merged` or `locked`.
+    pub state: String,
+    pub source_branch: String,
+    pub target_branch: String,
+    /// The head commit of the source branch.
+    pub sha: String,
+    pub web_url: String,
+    /// A draft cannot be merged (title starting `Draft:`); older GitLab versions omit it.
+    #[serde(default)]
+    pub draft: bool,
+    #[serde(default)]
+    pub author: Option<UserRef>,
+}
+
+/// A project, as `GET /projects/:id` returns it (the fields shepherd reads).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub id: u64,
+    /// `group/sub/project`.
+    pub path_with_namespace: String,
+    pub web_url: String,
+    /// The HTTPS clone URL (`https://gitlab.example.com/group/project.git`).
+    pub http_url_to_repo: String,
+    /// `null` for an empty repository.
+    #[serde(default)]
+    pub default_branch: Option<String>,
+}
+
+/// A comment on a merge request (the notes API's "note" entity). GitLab writes system notes
+/// ("added 1 commit") into the same list, with `system: true`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Note {
+    /// Instance-wide id; also the anchor of its web link (`#note_<id>`).
+    pub id: u64,
+    /// Markdown, as written.
+    pub body: String,
+    pub author: UserRef,
+    #[serde(default)]
+    pub system: bool,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub updated_at: Option<DateTime<Utc>>,
+    /// `MergeRequest`, `Issue`, `Commit`, `Snippet`, ...
+    #[serde(default)]
+    pub noteable_type: Option<String>,
+    /// The merge request's (or issue's) iid.
+    #[serde(default)]
+    pub noteable_iid: Option<u64>,
+}
+
+/// GitLab's access levels (members API `access_level`): 0 no access, 5 minimal, 10 guest,
+/// 15 planner, 20 reporter, 30 developer, 40 maintainer, 50 owner.
+///
+/// Ordered by privilege, so `level >= AccessLevel::Developer` reads as GitLab's "Developer or
+/// higher". GitLab 17 added Planner (15) between Guest and Reporter; Admin (60) is not a member
+/// role and reads as Owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AccessLevel {
+    NoAccess,
+    Minimal,
+    Guest,
+    Planner,
+    Reporter,
+    Developer,
+    Maintainer,
+    Owner,
+}
+
+impl AccessLevel {
+    /// Every level, lowest first.
+    pub const ALL: [AccessLevel; 8] = [
+        Self::NoAccess,
+        Self::Minimal,
+        Self::Guest,
+        Self::Planner,
+        Self::Reporter,
+        Self::Developer,
+        Self::Maintainer,
+        Self::Owner,
+    ];
+
+    /// The level for GitLab's number. A number GitLab may add later maps to the highest known
+    /// level not above it (so `35` is Developer and `60`, Admin, is Owner): never more access
+    /// than GitLab granted.
+    pub fn from_level(n: u64) -> AccessLevel {
+        Self::ALL
+            .iter()
+            .rev()
+            .copied()
+            .find(|l| l.level() <= n)
+            .unwrap_or(Self::NoAccess)
+    }
+
+    /// GitLab's number for this level.
+    pub fn level(self) -> u64 {
+        match self {
+            Self::NoAccess => 0,
+            Self::Minimal => 5,
+            Self::Guest => 10,
+            Self::Planner => 15,
+            Self::Reporter => 20,
+            Self::Developer => 30,
+            Self::Maintainer => 40,
+            Self::Owner => 50,
+        }
+    }
+
+    /// The role's name as GitLab's documentation writes it, in lower case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoAccess => "no access",
+            Self::Minimal => "minimal access",
+            Self::Guest => "guest",
+            Self::Planner => "planner",
+            Self::Reporter => "reporter",
+            Self::Developer => "developer",
+            Self::Maintainer => "maintainer",
+            Self::Owner => "owner",
+        }
+    }
+}
+
+impl std::fmt::Display for AccessLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A text that names no GitLab access level.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a GitLab access level: use no access, minimal access, guest, planner, \
+     reporter, developer, maintainer or owner (or 0, 5, 10, 15, 20, 30, 40, 50)"
+)]
+pub struct ParseAccessLevelError(pub String);
+
+impl std::str::FromStr for AccessLevel {
+    type Err = ParseAccessLevelError;
+
+    /// A role name in any case, with a space, `_` or `-` between words (`Developer`,
+    /// `minimal_access`, `no-access`; `minimal` and `none` too), or exactly one of GitLab's
+    /// numbers (`30`). Other numbers are refused rather than rounded: in configuration they are
+    /// more likely typos than new roles.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        if let Ok(n) = text.parse::<u64>() {
+            return Self::ALL
+                .iter()
+                .copied()
+                .find(|l| l.level() == n)
+                .ok_or_else(|| ParseAccessLevelError(s.to_string()));
+        }
+        let words = text
+            .split(|c: char| c.is_whitespace() || c == '_' || c == '-')
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let level = match words.as_str() {
+            "no access" | "none" => Self::NoAccess,
+            "minimal access" | "minimal" => Self::Minimal,
+            other => match Self::ALL.iter().find(|l| l.as_str() == other) {
+                Some(level) => *level,
+                None => return Err(ParseAccessLevelError(s.to_string())),
+            },
+        };
+        Ok(level)
+    }
+}

@@ -29,8 +29,9 @@ pub enum FaultKind {
     Slow(Duration),
     /// Drops the connection (TCP reset) without answering; the work is not done.
     Reset,
-    /// On `POST /projects/:id/pipeline`: the pipeline is created, then the answer is this status
-    /// (502 from the proxy, typically). On other routes it behaves like `Status(code)`.
+    /// On `POST /projects/:id/pipeline` and `POST /projects/:id/merge_requests/:iid/notes`: the
+    /// pipeline or note is created (with its webhook), then the answer is this status (502 from
+    /// the proxy, typically). On other routes it behaves like `Status(code)`.
     CreateThenFail(u16),
     /// Never answers; the client has to give up (the work is not done).
     Timeout,
@@ -78,7 +79,7 @@ impl Default for Faults {
 }
 
 /// The API routes of the double, for scripted faults and for reading [`super::RecordedRequest`]s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Route {
     /// `GET /projects/:id/pipelines/:pipeline_id`
     GetPipeline,
@@ -92,11 +93,26 @@ pub enum Route {
     CancelPipeline,
     /// `GET /projects/:id/pipelines/:pipeline_id/jobs`
     ListJobs,
+    /// `GET /projects/:id`
+    GetProject,
+    /// `GET /projects/:id/members/all/:user_id`
+    GetMember,
+    /// `GET /projects/:id/merge_requests/:merge_request_iid`
+    GetMergeRequest,
+    /// `GET /projects/:id/merge_requests/:merge_request_iid/notes`
+    ListNotes,
+    /// `GET /projects/:id/merge_requests/:merge_request_iid/notes/:note_id`
+    GetNote,
+    /// `POST /projects/:id/merge_requests/:merge_request_iid/notes`
+    CreateNote,
+    /// `PUT /projects/:id/merge_requests/:merge_request_iid/notes/:note_id`
+    EditNote,
     /// `GET /user`
     User,
     /// `GET /version`
     Version,
     /// Anything else under `/api/v4` (answered 404 or 405).
+    #[default]
     Unknown,
 }
 

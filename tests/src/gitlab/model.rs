@@ -21,8 +21,9 @@ use serde_json::{Value, json};
 
 /// The user every token of the double belongs to.
 pub const USER_ID: u64 = 1;
-/// The username of the token's user.
-pub const USERNAME: &str = "shepherd-bot";
+/// The username of the token's user: the bot's GitLab account is named like the bot, so people
+/// address it as `@shepherd` in comments.
+pub const USERNAME: &str = "shepherd";
 /// The display name of the token's user.
 pub const USER_NAME: &str = "Shepherd Bot";
 
@@ -115,6 +116,8 @@ pub struct Project {
     pub path: String,
     /// The last pipeline `iid` handed out in this project.
     pub(crate) last_iid: u64,
+    /// The last merge-request `iid` handed out in this project.
+    pub(crate) last_mr_iid: u64,
 }
 
 /// A pipeline variable as GitLab stores it.
@@ -455,6 +458,15 @@ pub fn user_json(base_url: &str) -> Value {
         "avatar_url": format!("{base_url}/uploads/-/system/user/avatar/{USER_ID}/avatar.png"),
         "web_url": format!("{base_url}/{USERNAME}"),
     })
+}
+
+/// The `label` of a status's `detailed_status` (`passed`, `failed`, `running`, ...), which
+/// pipeline hooks send as their `detailed_status`.
+pub(crate) fn detailed_status_label(status: &str) -> String {
+    detailed_status(status, "")["label"]
+        .as_str()
+        .unwrap_or(status)
+        .to_owned()
 }
 
 /// `detailed_status` as GitLab renders it for a status.

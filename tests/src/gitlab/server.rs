@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use super::faults::{FaultKind, Route};
+use super::merge_requests::{MAX_NOTE_CHARS, project_json};
 use super::model::{self, STATUSES, USER_ID, USER_NAME, USERNAME, Variable, is_finished};
 use super::{REVISION, RecordedRequest, Shared, State, VERSION};
 
@@ -161,6 +162,7 @@ pub(crate) async fn serve(
 }
 
 /// What a request path addresses.
+#[derive(Default)]
 struct Target {
     route: Route,
     api: bool,
@@ -168,6 +170,12 @@ struct Target {
     project_ref: Option<String>,
     /// The `:pipeline_id` segment (may not be a number).
     pipeline_ref: Option<String>,
+    /// The `:merge_request_iid` segment (may not be a number).
+    mr_ref: Option<String>,
+    /// The `:note_id` segment (may not be a number).
+    note_ref: Option<String>,
+    /// The `:user_id` segment of the members route (may not be a number).
+    user_ref: Option<String>,
 }
 
 fn percent_decode(s: &str) -> String {
@@ -197,37 +205,51 @@ fn percent_decode(s: &str) -> String {
 fn parse_target(method: &str, path: &str) -> Target {
     let Some(rest) = path.strip_prefix("/api/v4/") else {
         return Target {
-            route: Route::Unknown,
             api: path == "/api/v4",
-            project_ref: None,
-            pipeline_ref: None,
+            ..Target::default()
         };
     };
     let segments: Vec<&str> = rest.split('/').collect();
     let mut target = Target {
-        route: Route::Unknown,
         api: true,
-        project_ref: None,
-        pipeline_ref: None,
+        ..Target::default()
     };
-    if segments.first() == Some(&"projects") && segments.len() >= 3 {
-        target.project_ref = Some(percent_decode(segments[1]));
-        target.pipeline_ref = segments.get(3).map(|s| (*s).to_owned());
-    }
+    let owned = |i: usize| segments.get(i).map(|s| (*s).to_owned());
     target.route = match (method, segments.as_slice()) {
         ("GET", ["user"]) => Route::User,
         ("GET", ["version"]) => Route::Version,
+        ("GET", ["projects", _]) => Route::GetProject,
+        ("GET", ["projects", _, "members", "all", _]) => Route::GetMember,
         ("GET", ["projects", _, "pipelines"]) => Route::ListPipelines,
         ("POST", ["projects", _, "pipeline"]) => Route::CreatePipeline,
         ("GET", ["projects", _, "pipelines", _]) => Route::GetPipeline,
         ("GET", ["projects", _, "pipelines", _, "variables"]) => Route::PipelineVariables,
         ("POST", ["projects", _, "pipelines", _, "cancel"]) => Route::CancelPipeline,
         ("GET", ["projects", _, "pipelines", _, "jobs"]) => Route::ListJobs,
+        ("GET", ["projects", _, "merge_requests", _]) => Route::GetMergeRequest,
+        ("GET", ["projects", _, "merge_requests", _, "notes"]) => Route::ListNotes,
+        ("POST", ["projects", _, "merge_requests", _, "notes"]) => Route::CreateNote,
+        ("GET", ["projects", _, "merge_requests", _, "notes", _]) => Route::GetNote,
+        ("PUT", ["projects", _, "merge_requests", _, "notes", _]) => Route::EditNote,
         _ => Route::Unknown,
     };
-    if target.route == Route::Unknown {
-        target.project_ref = None;
-        target.pipeline_ref = None;
+    if target.route == Route::Unknown || segments.first() != Some(&"projects") {
+        return target;
+    }
+    target.project_ref = segments.get(1).map(|s| percent_decode(s));
+    match target.route {
+        Route::GetMember => target.user_ref = owned(4),
+        Route::GetPipeline | Route::PipelineVariables | Route::CancelPipeline | Route::ListJobs => {
+            target.pipeline_ref = owned(3)
+        }
+        Route::GetMergeRequest | Route::ListNotes | Route::CreateNote => {
+            target.mr_ref = owned(3);
+        }
+        Route::GetNote | Route::EditNote => {
+            target.mr_ref = owned(3);
+            target.note_ref = owned(5);
+        }
+        _ => {}
     }
     target
 }
@@ -343,6 +365,8 @@ async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<Incoming>) 
             route: target.route,
             project,
             pipeline: target.pipeline_ref.as_deref().and_then(|p| p.parse().ok()),
+            merge_request: target.mr_ref.as_deref().and_then(|m| m.parse().ok()),
+            note: target.note_ref.as_deref().and_then(|n| n.parse().ok()),
             body: body_json.clone(),
             status: None,
             fault,
@@ -370,7 +394,7 @@ async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<Incoming>) 
             Some(respond(&shared, &req).await)
         }
         Some(FaultKind::CreateThenFail(code)) => {
-            if target.route == Route::CreatePipeline {
+            if matches!(target.route, Route::CreatePipeline | Route::CreateNote) {
                 let _ = respond(&shared, &req).await;
             }
             Some(status_fault(code))
@@ -591,6 +615,19 @@ async fn project_route(
             }
         }
         (Route::ListJobs, Some(id)) => list_jobs(shared, req, id, base_url),
+        (Route::GetProject, _) => json_response(
+            StatusCode::OK,
+            project_json(base_url, project.id, &project.path),
+        ),
+        (Route::GetMember, _) => get_member(shared, req, project.id, base_url),
+        (
+            Route::GetMergeRequest
+            | Route::ListNotes
+            | Route::GetNote
+            | Route::CreateNote
+            | Route::EditNote,
+            _,
+        ) => merge_request_route(shared, req, route, project.id, can_write, base_url),
         (Route::ListPipelines, _) => list_pipelines(shared, req, project.id, base_url),
         (Route::CreatePipeline, _) => {
             if !can_write {
@@ -918,4 +955,199 @@ fn parse_variable(item: &Value) -> Result<Variable, &'static str> {
         value,
         variable_type,
     })
+}
+
+/// `GET /projects/:id/members/all/:user_id`: the token's user owns every project; others are
+/// members where the test added them.
+fn get_member(
+    shared: &Shared,
+    req: &ApiRequest<'_>,
+    project_id: u64,
+    base_url: &str,
+) -> Response<Body> {
+    let Some(user_id) = req
+        .target
+        .user_ref
+        .as_deref()
+        .and_then(|u| u.parse::<u64>().ok())
+    else {
+        return param_error("user_id is invalid");
+    };
+    let state = shared.lock();
+    let membership = if user_id == USER_ID {
+        Some((50, model_epoch()))
+    } else {
+        state.members.get(&(project_id, user_id)).copied()
+    };
+    match (state.user(user_id), membership) {
+        (Some(user), Some((level, since))) => {
+            json_response(StatusCode::OK, user.member_json(base_url, level, since))
+        }
+        _ => message(StatusCode::NOT_FOUND, "404 Not found"),
+    }
+}
+
+/// When the token's user joined every project (the date `GET /user` gives as `created_at`).
+fn model_epoch() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2020-01-01T00:00:00Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+/// A note's `body` from a JSON body, a form body, or the query string (as Grape reads params).
+fn body_param(req: &ApiRequest<'_>) -> Option<String> {
+    if let Some(json) = req.body_json {
+        return json.get("body").and_then(|b| match b {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        });
+    }
+    url::form_urlencoded::parse(req.body)
+        .into_owned()
+        .find(|(k, _)| k == "body")
+        .map(|(_, v)| v)
+        .or_else(|| req.param("body"))
+}
+
+/// Rails' validation of a note's text, as GitLab answers it.
+fn note_validation(body: &str) -> Option<Response<Body>> {
+    let problem = if body.trim().is_empty() {
+        "can't be blank".to_owned()
+    } else if body.chars().count() > MAX_NOTE_CHARS {
+        format!("is too long (maximum is {MAX_NOTE_CHARS} characters)")
+    } else {
+        return None;
+    };
+    Some(json_response(
+        StatusCode::BAD_REQUEST,
+        json!({ "message": { "note": [problem] } }),
+    ))
+}
+
+/// Routes under `/projects/:id/merge_requests/:merge_request_iid`.
+fn merge_request_route(
+    shared: &Shared,
+    req: &ApiRequest<'_>,
+    route: Route,
+    project_id: u64,
+    can_write: bool,
+    base_url: &str,
+) -> Response<Body> {
+    let Some(iid) = req
+        .target
+        .mr_ref
+        .as_deref()
+        .and_then(|m| m.parse::<u64>().ok())
+    else {
+        return param_error("merge_request_iid is invalid");
+    };
+    let note_id = match &req.target.note_ref {
+        None => None,
+        Some(n) => match n.parse::<u64>() {
+            Ok(id) => Some(id),
+            Err(_) => return param_error("note_id is invalid"),
+        },
+    };
+    let mut state = shared.lock();
+    let Some(mr) = state.mr(project_id, iid).cloned() else {
+        return message(StatusCode::NOT_FOUND, "404 Not found");
+    };
+    // The note of `.../notes/:note_id` routes, checked to belong to the merge request.
+    let note = match note_id {
+        None => None,
+        Some(id) => match state.notes.get(&id) {
+            Some(n) if n.project_id == project_id && n.mr_iid == iid => Some(n.clone()),
+            _ => return message(StatusCode::NOT_FOUND, "404 Not found"),
+        },
+    };
+    let render = |state: &super::State, n: &super::NoteRecord| {
+        let author = state
+            .user(n.author_id)
+            .cloned()
+            .unwrap_or_else(super::User::token_owner);
+        n.to_json(base_url, &author)
+    };
+    match (route, note) {
+        (Route::GetMergeRequest, _) => {
+            let count = state
+                .notes
+                .values()
+                .filter(|n| n.project_id == project_id && n.mr_iid == iid)
+                .count();
+            json_response(StatusCode::OK, mr.to_json(base_url, count))
+        }
+        (Route::GetNote, Some(n)) => json_response(StatusCode::OK, render(&state, &n)),
+        (Route::ListNotes, _) => {
+            let (page, per_page) = match page_params(req) {
+                Ok(p) => p,
+                Err(e) => return param_error(e),
+            };
+            let order_by = req
+                .param("order_by")
+                .unwrap_or_else(|| "created_at".to_owned());
+            if order_by != "created_at" && order_by != "updated_at" {
+                return param_error("order_by does not have a valid value");
+            }
+            let sort = req.param("sort").unwrap_or_else(|| "desc".to_owned());
+            if sort != "asc" && sort != "desc" {
+                return param_error("sort does not have a valid value");
+            }
+            let mut notes: Vec<&super::NoteRecord> = state
+                .notes
+                .values()
+                .filter(|n| n.project_id == project_id && n.mr_iid == iid)
+                .collect();
+            notes.sort_by(|a, b| {
+                let primary = if order_by == "updated_at" {
+                    a.updated_at.cmp(&b.updated_at)
+                } else {
+                    a.created_at.cmp(&b.created_at)
+                };
+                primary.then(a.id.cmp(&b.id))
+            });
+            if sort == "desc" {
+                notes.reverse();
+            }
+            let items = notes.iter().map(|n| render(&state, n)).collect();
+            drop(state);
+            paginate(req, base_url, items, page, per_page)
+        }
+        (Route::CreateNote, _) => {
+            if !can_write {
+                return message(StatusCode::FORBIDDEN, "403 Forbidden");
+            }
+            let Some(body) = body_param(req) else {
+                return param_error("body is missing");
+            };
+            if let Some(invalid) = note_validation(&body) {
+                return invalid;
+            }
+            let Some(id) = state.insert_note(project_id, iid, USER_ID, &body, Utc::now()) else {
+                return message(StatusCode::NOT_FOUND, "404 Not found");
+            };
+            match state.notes.get(&id) {
+                Some(n) => json_response(StatusCode::CREATED, render(&state, n)),
+                None => message(StatusCode::NOT_FOUND, "404 Not found"),
+            }
+        }
+        (Route::EditNote, Some(n)) => {
+            if !can_write || n.author_id != USER_ID {
+                return message(StatusCode::FORBIDDEN, "403 Forbidden");
+            }
+            let Some(body) = body_param(req) else {
+                return param_error("body is missing");
+            };
+            if let Some(invalid) = note_validation(&body) {
+                return invalid;
+            }
+            state.edit_note(n.id, &body, Utc::now());
+            match state.notes.get(&n.id) {
+                Some(n) => json_response(StatusCode::OK, render(&state, n)),
+                None => message(StatusCode::NOT_FOUND, "404 Not found"),
+            }
+        }
+        _ => json_response(StatusCode::NOT_FOUND, json!({ "error": "404 Not Found" })),
+    }
 }

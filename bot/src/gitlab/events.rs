@@ -1,0 +1,275 @@
+//! Stored GitLab events, processed by the workers.
+//!
+//! - Note Hook on a merge request: the comment's commands (lines starting with `@<bot>`) go to the
+//!   dispatcher, after the commenter's access level on the project was read from the members API.
+//!   The bot's own notes are never commands. Every command is keyed by the note and its words, so
+//!   a redelivery or an edit that keeps a command never runs it twice.
+//! - Merge Request Hook: `open` posts the welcome comment where configured; an `update` that
+//!   pushed commits marks the MR's canary summaries outdated.
+//! - Pipeline Hook: updates the watches of that pipeline without an API call.
+//! - Job Hook: stored and counted; nothing in this version acts on single jobs.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+use shepherd_commands::{Frontend, MrRef, ParseContext, parse};
+use shepherd_config::GitlabCommentsConfig;
+use shepherd_core::Origin;
+use shepherd_core::audit::{self, AuditOutcome};
+use shepherd_core::canary::{self, Publish};
+use shepherd_core::gitlab::AccessLevel;
+use shepherd_core::outbox::{self, Outbox};
+use shepherd_core::queue::Leased;
+use shepherd_core::store::StoreError;
+use shepherd_core::watcher::{Observed, Watcher};
+use shepherd_plugins::{Services, welcome_text};
+
+use super::payload::{HookKind, JobEvent, MergeRequestEvent, NoteEvent, PipelineEvent};
+use crate::dispatch::{Dispatcher, Inbound, command_key, command_keys};
+
+/// The marker every note shepherd writes carries (see `notes.rs`).
+pub const MARKER_PREFIX: &str = "<!-- shepherd:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// Try again later (GitLab or the store unavailable).
+    #[error("{0}")]
+    Retry(String),
+    /// The stored event cannot be processed; it is parked.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+impl From<StoreError> for EventError {
+    fn from(e: StoreError) -> Self {
+        EventError::Retry(e.to_string())
+    }
+}
+
+pub struct GitLabEvents {
+    pub dispatcher: Arc<Dispatcher>,
+    pub services: Arc<Services>,
+    pub watcher: Watcher,
+    pub outbox: Outbox,
+    /// `None` when comments are not configured: notes and MR events are then ignored.
+    pub comments: Option<GitlabCommentsConfig>,
+}
+
+#[derive(Deserialize)]
+struct Stored {
+    event: String,
+    body: Value,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, EventError> {
+    serde_json::from_value(body).map_err(|e| EventError::Unreadable(e.to_string()))
+}
+
+impl GitLabEvents {
+    pub async fn process(&self, item: &Leased) -> Result<(), EventError> {
+        let stored: Stored = decode(item.payload.clone())?;
+        let kind = HookKind::from_label(&stored.event)
+            .ok_or_else(|| EventError::Unreadable(format!("unknown event {:?}", stored.event)))?;
+        match kind {
+            HookKind::Note => self.note(decode(stored.body)?).await,
+            HookKind::MergeRequest => self.merge_request(decode(stored.body)?).await,
+            HookKind::Pipeline => self.pipeline(decode(stored.body)?).await,
+            HookKind::Job => {
+                let job: JobEvent = decode(stored.body)?;
+                tracing::debug!(job = job.build_id, name = %job.build_name, status = %job.build_status, pipeline = job.pipeline_id, project = job.project_id, "gitlab: job event");
+                Ok(())
+            }
+        }
+    }
+
+    async fn note(&self, note: NoteEvent) -> Result<(), EventError> {
+        let Some(comments) = &self.comments else {
+            return Ok(());
+        };
+        let attrs = &note.object_attributes;
+        let Some(mr) = &note.merge_request else {
+            return Ok(());
+        };
+        if attrs.noteable_type != "MergeRequest" || attrs.system {
+            return Ok(());
+        }
+        let bot = &self.services.bot_name;
+        if note.user.username.eq_ignore_ascii_case(bot) || attrs.note.contains(MARKER_PREFIX) {
+            tracing::debug!(note = attrs.id, "gitlab: our own note; not a command");
+            return Ok(());
+        }
+        let project = note.project.path_with_namespace.clone();
+        let username = note.user.username.clone();
+        let inbound = Inbound {
+            frontend: Frontend::GitLabComment,
+            origin: Origin::merge_request(&project, mr.iid).addressed_to(username.clone()),
+            identity: format!("gitlab:{username}"),
+            text: attrs.note.clone(),
+            mr: Some(MrRef {
+                project: Some(project.clone()),
+                iid: mr.iid,
+            }),
+            dedup: Some(format!("note:{}:{}", note.project.id, attrs.id)),
+        };
+        let commands = self.dispatcher.commands_of(&inbound);
+        if commands.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(note = attrs.id, action = attrs.action.as_deref().unwrap_or("create"), user = %username, commands = commands.len(), "gitlab: commands in a comment");
+
+        let needed = comments.min_access_level_for(&project);
+        let level = match self
+            .services
+            .gitlab
+            .member_access_level(&note.project.id.to_string(), note.user.id)
+            .await
+        {
+            Ok(level) => level,
+            Err(e) if e.is_retryable() => return Err(EventError::Retry(e.user_message())),
+            Err(e) => {
+                tracing::warn!(user = %username, project = %project, error = %e, "gitlab: cannot read the commenter's access level; treating it as none");
+                AccessLevel::NoAccess
+            }
+        };
+        if level.level() < u64::from(needed.gitlab_value()) {
+            tracing::info!(user = %username, project = %project, have = level.as_str(), need = needed.title(), "gitlab: commenter's access level too low");
+            self.refuse_all(&inbound, &commands, needed.title(), level)
+                .await?;
+            return Ok(());
+        }
+        self.dispatcher.handle(&inbound).await?;
+        Ok(())
+    }
+
+    /// One polite reply for the comment, and an audit entry for each of its commands.
+    async fn refuse_all(
+        &self,
+        inbound: &Inbound,
+        commands: &[String],
+        needed: &str,
+        have: AccessLevel,
+    ) -> Result<(), EventError> {
+        let ctx = ParseContext {
+            implicit_mr: inbound.mr.clone(),
+        };
+        let principal = self.services.policy.resolve(&inbound.identity);
+        let project = inbound
+            .mr
+            .as_ref()
+            .and_then(|m| m.project.clone())
+            .unwrap_or_default();
+        let detail = format!("needs {needed} access on {project}; has {}", have.as_str());
+        let keys = command_keys(inbound.dedup.as_deref().unwrap_or("note"), commands);
+        let names: Vec<String> = commands
+            .iter()
+            .map(|text| {
+                parse(text, &ctx)
+                    .map(|c| c.name())
+                    .unwrap_or("unknown")
+                    .to_string()
+            })
+            .collect();
+        let shown: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        let text = format!(
+            "sorry, {} here need{} {needed} access (or higher) to {project}, and you have {}. A maintainer of the project can run {} for you.",
+            shown.join(", "),
+            if shown.len() == 1 { "s" } else { "" },
+            if have == AccessLevel::NoAccess {
+                "none".to_string()
+            } else {
+                have.as_str().to_string()
+            },
+            if shown.len() == 1 { "it" } else { "them" }
+        );
+        // One reply per set of commands: a redelivery finds it and neither replies nor audits
+        // again; an edit that adds a command is a new set.
+        let key = command_key(&keys.join(","), "access", 1);
+        let store = &self.services.store;
+        let mut tx = store.pool().begin().await.map_err(StoreError::from)?;
+        let added = outbox::push_in(&mut tx, &inbound.origin, &text, Some(&key), None).await?;
+        if added {
+            for (name, text) in names.iter().zip(commands) {
+                audit::record_in(
+                    &mut tx,
+                    &principal.identity,
+                    principal.person.as_deref(),
+                    &inbound.origin,
+                    name,
+                    text,
+                    AuditOutcome::Refused,
+                    Some(&detail),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        self.outbox.wake();
+        Ok(())
+    }
+
+    async fn merge_request(&self, event: MergeRequestEvent) -> Result<(), EventError> {
+        let attrs = &event.object_attributes;
+        let project = &event.project.path_with_namespace;
+        match attrs.action.as_deref() {
+            Some("open") => {
+                let welcome = self
+                    .comments
+                    .as_ref()
+                    .and_then(|c| c.project(project))
+                    .is_some_and(|p| p.welcome);
+                if welcome {
+                    let canary = self.services.canary.settings().project(project).is_some();
+                    let text = welcome_text(&self.services.bot_name, canary);
+                    self.outbox
+                        .push(
+                            &Origin::merge_request(project, attrs.iid),
+                            &text,
+                            Some(&format!("welcome:{}!{}", event.project.id, attrs.iid)),
+                            None,
+                        )
+                        .await?;
+                }
+            }
+            Some("update") if attrs.oldrev.is_some() => {
+                let Some(head) = &attrs.last_commit else {
+                    return Ok(());
+                };
+                let store = &self.services.store;
+                let mut tx = store.pool().begin().await.map_err(StoreError::from)?;
+                let runs = canary::mark_outdated_in(&mut tx, project, attrs.iid, &head.id).await?;
+                for run in &runs {
+                    canary::publish_in(
+                        &mut tx,
+                        run,
+                        self.watcher.reporter(),
+                        Publish::WhereEditable,
+                    )
+                    .await?;
+                }
+                tx.commit().await.map_err(StoreError::from)?;
+                if !runs.is_empty() {
+                    self.outbox.wake();
+                    tracing::info!(project = %project, iid = attrs.iid, runs = runs.len(), "gitlab: new commits; canary summaries marked outdated");
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn pipeline(&self, event: PipelineEvent) -> Result<(), EventError> {
+        let observed = Observed {
+            pipeline: event.pipeline(),
+            failed_jobs: event.failed_jobs(),
+        };
+        let n = self
+            .watcher
+            .observe(&event.project.path_with_namespace, observed)
+            .await?;
+        if n > 0 {
+            tracing::debug!(pipeline = event.object_attributes.id, status = %event.object_attributes.status, watches = n, "gitlab: pipeline event applied");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,290 @@
+//! Delivery of the `gitlab` outbox: replies become merge-request notes, and the messages of one
+//! slot (a canary summary) become ONE note, edited in place.
+//!
+//! Exactly once: every note ends with a hidden marker (`<!-- shepherd:<key> -->`, the key holds
+//! the request id). A note create is not idempotent, so before the first attempt the message is
+//! marked as being sent; after an ambiguous answer, or when a message marked that way is met again
+//! (a crash), shepherd looks for the marker among the MR's newest notes before creating again.
+//! Edits are idempotent and simply retried. In order: a message that cannot be delivered yet
+//! (GitLab down) holds back the ones behind it; one GitLab refuses for good (the MR is gone, the
+//! bot may not comment) is logged, counted and dropped. When several versions of a slot wait,
+//! only the newest is sent. In non-production mode nothing is written: the note is logged.
+
+use std::time::Duration;
+
+use prometheus::{IntCounterVec, Opts, Registry};
+use shepherd_core::gitlab::{GitLab, GitLabError};
+use shepherd_core::outbox::{Outbox, OutboxMessage};
+use shepherd_core::store::StoreError;
+use tokio::sync::watch;
+
+use super::events::MARKER_PREFIX;
+
+pub const FRONTEND: &str = "gitlab";
+/// How many of the MR's newest notes are searched for a marker.
+const MARKER_SEARCH: u32 = 100;
+/// Creates tried for one message before holding it back until later.
+const CREATE_ATTEMPTS: u32 = 3;
+
+#[derive(Clone)]
+pub struct NotesMetrics {
+    /// Notes by action: `created`, `edited`, `recovered` (found by marker), `superseded`,
+    /// `dropped`, `would` (non-production).
+    pub notes: IntCounterVec,
+}
+
+impl NotesMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let notes = IntCounterVec::new(
+            Opts::new(
+                "gitlab_notes_total",
+                "Merge-request notes written by shepherd, by action",
+            ),
+            &["action"],
+        )?;
+        registry.register(Box::new(notes.clone()))?;
+        Ok(Self { notes })
+    }
+}
+
+pub struct NotesFrontend {
+    pub gitlab: GitLab,
+    pub outbox: Outbox,
+    pub production: bool,
+    pub metrics: NotesMetrics,
+    /// How often to look for messages written by other processes.
+    pub poll_interval: Duration,
+}
+
+enum Failure {
+    /// Try again later; keep the order.
+    Later(String),
+    /// GitLab refuses for good.
+    Drop(String),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Later(e.to_string())
+    }
+}
+
+fn classify(e: GitLabError) -> Failure {
+    if e.is_retryable() || matches!(e, GitLabError::Ambiguous { .. }) {
+        Failure::Later(e.to_string())
+    } else {
+        Failure::Drop(e.user_message())
+    }
+}
+
+/// The marker that ends a message's note.
+fn marker(m: &OutboxMessage) -> String {
+    let key = match (&m.slot, &m.request_id) {
+        (Some(slot), _) => slot.clone(),
+        (None, Some(request)) => format!("{request}/{}", m.id),
+        (None, None) => m.id.clone(),
+    };
+    format!("{MARKER_PREFIX}{key} -->")
+}
+
+fn note_body(m: &OutboxMessage) -> String {
+    let mention = match &m.origin.addressee {
+        Some(user) if m.slot.is_none() => format!("@{user} "),
+        _ => String::new(),
+    };
+    format!("{mention}{}\n\n{}", m.body, marker(m))
+}
+
+impl NotesFrontend {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let pause = match self.deliver_pending().await {
+                Ok(true) => {
+                    backoff = Duration::from_millis(500);
+                    continue;
+                }
+                Ok(false) => self.poll_interval,
+                Err(why) => {
+                    tracing::warn!(error = %why, retry_in = ?backoff, "gitlab notes: delivery held back");
+                    let b = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    b
+                }
+            };
+            tokio::select! {
+                _ = self.outbox.notified().notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Delivers what is pending; true when something was, false when nothing waited.
+    async fn deliver_pending(&self) -> Result<bool, String> {
+        let pending = self
+            .outbox
+            .pending(FRONTEND, 100)
+            .await
+            .map_err(|e| e.to_string())?;
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        for (i, m) in pending.iter().enumerate() {
+            let superseded =
+                m.slot.is_some() && pending[i + 1..].iter().any(|later| later.slot == m.slot);
+            let result = if superseded {
+                self.metrics.notes.with_label_values(&["superseded"]).inc();
+                self.outbox
+                    .mark_delivered(&m.id)
+                    .await
+                    .map_err(Failure::from)
+            } else {
+                self.deliver(m).await
+            };
+            match result {
+                Ok(()) => {}
+                Err(Failure::Later(why)) => return Err(why),
+                Err(Failure::Drop(why)) => {
+                    tracing::error!(message = %m.id, room = %m.origin, error = %why, "gitlab notes: GitLab refuses this note; dropped");
+                    self.metrics.notes.with_label_values(&["dropped"]).inc();
+                    self.outbox
+                        .mark_delivered(&m.id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn deliver(&self, m: &OutboxMessage) -> Result<(), Failure> {
+        let Some((project, iid)) = m.origin.as_merge_request() else {
+            return Err(Failure::Drop(format!(
+                "{} is not a merge request",
+                m.origin
+            )));
+        };
+        let body = note_body(m);
+        if !self.production {
+            tracing::info!(room = %m.origin, body = %m.body, "non-production mode: would post this note");
+            self.metrics.notes.with_label_values(&["would"]).inc();
+            return self
+                .outbox
+                .mark_delivered(&m.id)
+                .await
+                .map_err(Failure::from);
+        }
+        if let Some(slot) = &m.slot
+            && let Some(note) = self.outbox.slot_target(slot).await?
+            && let Ok(note_id) = note.parse::<u64>()
+        {
+            match self.gitlab.edit_mr_note(project, iid, note_id, &body).await {
+                Ok(_) => {
+                    self.metrics.notes.with_label_values(&["edited"]).inc();
+                    return self
+                        .outbox
+                        .mark_delivered(&m.id)
+                        .await
+                        .map_err(Failure::from);
+                }
+                // Someone deleted the note: post it again.
+                Err(GitLabError::NotFound { .. }) => {}
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        let note_id = self.create_once(m, project, iid, &body).await?;
+        match &m.slot {
+            Some(slot) => self
+                .outbox
+                .mark_slot_delivered(m, slot, &note_id.to_string())
+                .await
+                .map_err(Failure::from),
+            None => self
+                .outbox
+                .mark_delivered(&m.id)
+                .await
+                .map_err(Failure::from),
+        }
+    }
+
+    /// Creates the note, or finds it when an earlier attempt already did.
+    async fn create_once(
+        &self,
+        m: &OutboxMessage,
+        project: &str,
+        iid: u64,
+        body: &str,
+    ) -> Result<u64, Failure> {
+        let marker = marker(m);
+        if m.send_started
+            && let Some(id) = self.find(project, iid, &marker).await?
+        {
+            self.metrics.notes.with_label_values(&["recovered"]).inc();
+            return Ok(id);
+        }
+        self.outbox.mark_sending(&m.id).await?;
+        for attempt in 1..=CREATE_ATTEMPTS {
+            match self.gitlab.create_mr_note(project, iid, body).await {
+                Ok(note) => {
+                    self.metrics.notes.with_label_values(&["created"]).inc();
+                    return Ok(note.id);
+                }
+                Err(GitLabError::Ambiguous { .. }) => {
+                    tracing::warn!(message = %m.id, attempt, "gitlab notes: create answered ambiguously; looking for the note");
+                    if let Some(id) = self.find(project, iid, &marker).await? {
+                        self.metrics.notes.with_label_values(&["recovered"]).inc();
+                        return Ok(id);
+                    }
+                }
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Err(Failure::Later(format!(
+            "creating the note was ambiguous {CREATE_ATTEMPTS} times"
+        )))
+    }
+
+    async fn find(&self, project: &str, iid: u64, marker: &str) -> Result<Option<u64>, Failure> {
+        let notes = self
+            .gitlab
+            .mr_notes(project, iid, MARKER_SEARCH)
+            .await
+            .map_err(classify)?;
+        Ok(notes.iter().find(|n| n.body.contains(marker)).map(|n| n.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shepherd_core::Origin;
+
+    fn message(slot: Option<&str>) -> OutboxMessage {
+        OutboxMessage {
+            id: "m1".into(),
+            origin: Origin::merge_request("g/p", 3).addressed_to("alice"),
+            body: "hello".into(),
+            request_id: Some("r1".into()),
+            created_at: 0,
+            slot: slot.map(str::to_string),
+            send_started: false,
+        }
+    }
+
+    #[test]
+    fn replies_mention_the_asker_and_end_with_a_marker() {
+        assert_eq!(
+            note_body(&message(None)),
+            "@alice hello\n\n<!-- shepherd:r1/m1 -->"
+        );
+        // A summary is edited many times: it does not mention anyone again.
+        assert_eq!(
+            note_body(&message(Some("canary:r1"))),
+            "hello\n\n<!-- shepherd:canary:r1 -->"
+        );
+    }
+}
