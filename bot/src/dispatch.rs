@@ -119,13 +119,20 @@ impl Dispatcher {
             Some(base) => command_keys(base, &texts).into_iter().map(Some).collect(),
             None => vec![None; texts.len()],
         };
+        // Queued commands of one message run in order: each waits for the one before it.
+        let mut previous: Option<String> = None;
         for (text, key) in texts.iter().zip(keys) {
-            self.handle_one(inbound, text, key.as_deref()).await?;
+            if let Some(queued) = self
+                .handle_one(inbound, text, key.as_deref(), previous.as_deref())
+                .await?
+            {
+                previous = Some(queued);
+            }
         }
         Ok(())
     }
 
-    /// The commands of a message, with their keys (see [`Inbound::dedup`]).
+    /// The command lines of a message, as the front end's addressing rules find them.
     pub fn commands_of(&self, inbound: &Inbound) -> Vec<String> {
         let addressing = Addressing {
             bot_name: &self.services.bot_name,
@@ -150,12 +157,14 @@ impl Dispatcher {
             .map(|_| ())
     }
 
+    /// Handles one command; returns the id of the stored request when it was queued.
     async fn handle_one(
         &self,
         inbound: &Inbound,
         text: &str,
         key: Option<&str>,
-    ) -> Result<(), StoreError> {
+        after: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
         let started = Instant::now();
         let origin = &inbound.origin;
         let context = ParseContext {
@@ -165,7 +174,8 @@ impl Dispatcher {
             Ok(c) => c,
             Err(e) => {
                 self.count("unknown", "parse_error");
-                return self.reply(origin, &e.reply(text), key).await;
+                self.reply(origin, &e.reply(text), key).await?;
+                return Ok(None);
             }
         };
         let name = command.name();
@@ -174,18 +184,20 @@ impl Dispatcher {
             || self.per_room.check_key(&origin.to_string()).is_err()
         {
             self.count(name, "rate_limited");
-            return self
-                .reply(
-                    origin,
-                    &format!("slow down: too many commands from you or this room; `{name}` was not run. Try again in a minute."),
-                    key,
-                )
-                .await;
+            self.reply(
+                origin,
+                &format!("slow down: too many commands from you or this room; `{name}` was not run. Try again in a minute."),
+                key,
+            )
+            .await?;
+            return Ok(None);
         }
 
         let Some(plugin) = self.registry.get(name) else {
             self.count(name, "not_enabled");
-            return self.reply(origin, &Registry::not_enabled(name), key).await;
+            self.reply(origin, &Registry::not_enabled(name), key)
+                .await?;
+            return Ok(None);
         };
         let entry = plugin.help();
         let principal = self.services.policy.resolve(&inbound.identity);
@@ -211,13 +223,13 @@ impl Dispatcher {
                     Some(&needed),
                 )
                 .await?;
-            return self
-                .reply(
-                    origin,
-                    &format!("sorry, you may not use `{name}`: {needed}, and {who}. See `whoami`."),
-                    key,
-                )
-                .await;
+            self.reply(
+                origin,
+                &format!("sorry, you may not use `{name}`: {needed}, and {who}. See `whoami`."),
+                key,
+            )
+            .await?;
+            return Ok(None);
         }
 
         if entry.queued {
@@ -237,11 +249,12 @@ impl Dispatcher {
                     identity: inbound.identity.clone(),
                     payload,
                     dedup_key: key.map(str::to_string),
+                    after: after.map(str::to_string),
                 })
                 .await?;
             if matches!(enqueued, Enqueued::Duplicate(_)) {
                 tracing::info!(request = %enqueued.id(), command = name, "command already stored for this message; not run again");
-                return Ok(());
+                return Ok(Some(enqueued.id().to_string()));
             }
             tracing::info!(request = %enqueued.id(), command = name, origin = %origin, identity = %inbound.identity, "command queued");
             if entry.changes_something {
@@ -257,7 +270,7 @@ impl Dispatcher {
                     )
                     .await?;
             }
-            return Ok(());
+            return Ok(Some(enqueued.id().to_string()));
         }
 
         let request_id = new_id();
@@ -288,7 +301,7 @@ impl Dispatcher {
             .command_duration
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
-        Ok(())
+        Ok(None)
     }
 
     fn count(&self, command: &str, outcome: &str) {

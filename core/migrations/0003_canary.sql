@@ -1,5 +1,8 @@
 -- Canary pipelines, messages edited in place, and pipeline events from webhooks.
 
+-- A request that waits for another one (the commands of one comment run in order).
+ALTER TABLE requests ADD COLUMN after_id TEXT;
+
 -- A message with a slot replaces the earlier messages of the same slot where the front end can
 -- edit (a GitLab note is edited in place); elsewhere it is just the next message.
 ALTER TABLE outbox ADD COLUMN slot TEXT;

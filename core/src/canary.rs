@@ -727,6 +727,7 @@ pub async fn apply_in(
             Ok(run.id.clone())
         }
         CanaryChange::Retest(retest) => {
+            lock_run(conn, &retest.run_id, now).await?;
             for row in &retest.rows {
                 let (pipeline_id, web_url, status) = match &row.pipeline {
                     Some(p) => (
@@ -811,13 +812,15 @@ pub struct Observation<'a> {
 }
 
 /// Applies a pipeline's new status to its run. Returns whether anything changed and whether
-/// this change finished the run (true exactly once per finish).
+/// this change finished the run (true exactly once per finish). A finished status is final:
+/// events processed out of order (a late `running` after `success`) never undo it.
 pub async fn observe_in(
     conn: &mut AnyConnection,
     run_id: &str,
     obs: &Observation<'_>,
 ) -> Result<(bool, bool), StoreError> {
     let now = now_ms();
+    lock_run(conn, run_id, now).await?;
     let failed = if obs.failed_jobs.is_empty() {
         None
     } else {
@@ -831,7 +834,9 @@ pub async fn observe_in(
     let changed = sqlx::query(
         "UPDATE canary_pipelines SET status = $1, duration_secs = COALESCE($2, duration_secs), \
          failed_jobs = COALESCE($3, failed_jobs), updated_at = $4 \
-         WHERE run_id = $5 AND pipeline_id = $6 AND (status <> $1 OR ($2 IS NOT NULL AND duration_secs IS NULL))",
+         WHERE run_id = $5 AND pipeline_id = $6 AND ( \
+           (status = $1 AND $2 IS NOT NULL AND duration_secs IS NULL) \
+           OR (status <> $1 AND status NOT IN ('success', 'failed', 'canceled', 'skipped', 'error')))",
     )
     .bind(obs.status)
     .bind(obs.duration_secs.map(to_i64))
@@ -848,6 +853,19 @@ pub async fn observe_in(
     }
     let finished_now = settle_in(conn, run_id).await?;
     Ok((true, finished_now))
+}
+
+/// Serialises changes to one run: the first write takes the run's row lock, held until commit,
+/// so two pipelines finishing at once cannot each miss the other's status (PostgreSQL's READ
+/// COMMITTED gives every later statement a snapshot that includes what the previous holder
+/// committed; SQLite serialises writers anyway).
+async fn lock_run(conn: &mut AnyConnection, run_id: &str, now: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE canary_runs SET updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(run_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Marks the run done when every pipeline finished; true when this call did it.
@@ -890,18 +908,22 @@ pub async fn publish_in(
     reporter: &dyn Reporter,
     when: Publish,
 ) -> Result<bool, StoreError> {
+    // The revision bump locks the run first (see `lock_run`), then the view is read.
+    let Some(revision): Option<i64> = sqlx::query_scalar(
+        "UPDATE canary_runs SET revision = revision + 1 WHERE id = $1 RETURNING revision",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(false);
+    };
     let Some(view) = load_view(conn, run_id).await? else {
         return Ok(false);
     };
     if when == Publish::WhereEditable && !view.origin.can_edit() {
         return Ok(false);
     }
-    let revision: i64 = sqlx::query_scalar(
-        "UPDATE canary_runs SET revision = revision + 1 WHERE id = $1 RETURNING revision",
-    )
-    .bind(run_id)
-    .fetch_one(&mut *conn)
-    .await?;
     let text = reporter.canary_summary(&view);
     outbox::push_slot_in(
         conn,

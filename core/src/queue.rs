@@ -34,6 +34,9 @@ pub struct NewRequest {
     pub payload: serde_json::Value,
     /// Delivery id of the event that caused it; a second enqueue with the same key is a no-op.
     pub dedup_key: Option<String>,
+    /// Not leased before this request is done or dead: the commands of one message (a GitLab
+    /// comment) run in the order they were written.
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,10 +141,12 @@ impl Queue {
         for _ in 0..16 {
             let now = now_ms();
             let row = sqlx::query(
-                "SELECT id, attempts, state FROM requests \
-                 WHERE (state = 'ready' AND available_at <= $1) \
-                    OR (state = 'leased' AND lease_until <= $2) \
-                 ORDER BY available_at, id LIMIT 1",
+                "SELECT r.id, r.attempts, r.state FROM requests r \
+                 WHERE ((r.state = 'ready' AND r.available_at <= $1) \
+                    OR (r.state = 'leased' AND r.lease_until <= $2)) \
+                   AND (r.after_id IS NULL OR NOT EXISTS (SELECT 1 FROM requests p \
+                        WHERE p.id = r.after_id AND p.state IN ('ready', 'leased'))) \
+                 ORDER BY r.available_at, r.id LIMIT 1",
             )
             .bind(now)
             .bind(now)
@@ -459,8 +464,8 @@ pub async fn enqueue_in(
     let payload = req.payload.to_string();
     let inserted = sqlx::query(
         "INSERT INTO requests (id, kind, frontend, room, addressee, identity, payload, dedup_key, \
-         state, attempts, available_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', 0, $9, $10, $11) \
+         state, attempts, available_at, created_at, updated_at, after_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', 0, $9, $10, $11, $12) \
          ON CONFLICT (dedup_key) DO NOTHING",
     )
     .bind(&id)
@@ -474,6 +479,7 @@ pub async fn enqueue_in(
     .bind(now)
     .bind(now)
     .bind(now)
+    .bind(req.after.as_deref())
     .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 0 {

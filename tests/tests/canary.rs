@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use shepherd_tests::gitlab::{GitLabDouble, NoteRecord, Pipeline, WebhookEvent};
+use shepherd_tests::gitlab::{FaultKind, GitLabDouble, NoteRecord, Pipeline, Route, WebhookEvent};
 use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore, until};
 use shepherd_tests::on_both_stores;
 
@@ -559,7 +559,7 @@ async fn new_merge_requests_get_one_welcome_comment() {
     let processed = env
         .store
         .wait_count(
-            "SELECT COUNT(*) FROM requests WHERE kind = 'gitlab-event' AND state = 'done' AND payload LIKE '%merge_request%'",
+            "SELECT COUNT(*) FROM requests WHERE kind = 'gitlab-event' AND state = 'done' AND payload LIKE '%\"event\":\"merge_request\"%'",
             2,
             WAIT,
         )
@@ -588,4 +588,143 @@ async fn canary_from_the_console_reports_lines() {
         .await;
     shepherd.close_stdin();
     assert!(shepherd.wait_exit(WAIT).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_note_survives_gitlab_faults() {
+    let env = setup(Backend::Sqlite).await;
+    let shepherd = env.serve().await;
+    // The first note create takes effect and is answered 502: shepherd must find it by its
+    // marker instead of posting a second summary.
+    env.gitlab
+        .fail_next(Route::CreateNote, 1, FaultKind::CreateThenFail(502));
+    env.gitlab
+        .comment(MR_PROJECT, env.mr, env.alice, "@shepherd test");
+    let created = env.created(&shepherd, 2).await;
+    env.summary_with(&shepherd, "Running").await;
+    // Edits fail for longer than the client retries: the summary waits and is edited later.
+    env.gitlab
+        .fail_next(Route::EditNote, 12, FaultKind::Status(503));
+    for p in &created {
+        env.gitlab.set_status(p.id, "success");
+    }
+    env.summary_with(&shepherd, "✅ all 2 canary pipelines passed")
+        .await;
+    assert_eq!(env.bot_notes().len(), 1, "one summary despite the faults");
+    let creates = env
+        .gitlab
+        .requests()
+        .iter()
+        .filter(|r| r.is(Route::CreateNote))
+        .count();
+    assert_eq!(creates, 1, "the ambiguous create was not repeated");
+    assert!(
+        shepherd
+            .metric("shepherd_gitlab_notes_total{action=\"recovered\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_tested_is_refused_and_non_production_only_describes() {
+    let mut env = setup(Backend::Sqlite).await;
+    env.config.production = false;
+    let other = env
+        .gitlab
+        .add_mr("someone/else", "someone/else", "x", env.alice);
+    let mut shepherd = Shepherd::console(&env.config).await;
+    shepherd
+        .send(&format!("canary {MR_PROJECT}!{}", env.mr))
+        .await;
+    let would = shepherd
+        .expect_line("non-production mode: would run 2 canary pipeline(s)", WAIT)
+        .await;
+    assert!(
+        would.contains(&format!("{MR_PROJECT}!{}", env.mr)),
+        "{would}"
+    );
+    shepherd
+        .expect_line(
+            &format!(
+                "mainline: pipeline {} of {PIPE_PROJECT} on `mainline` with",
+                env.mainline.id
+            ),
+            WAIT,
+        )
+        .await;
+    shepherd
+        .expect_line("PIPELINE_DEFINITION_REF=refs/merge-requests/", WAIT)
+        .await;
+    shepherd.send(&format!("canary someone/else!{other}")).await;
+    shepherd
+        .expect_line("someone/else has no canary configuration", WAIT)
+        .await;
+    shepherd.send("test").await;
+    shepherd.expect_line("merge request", WAIT).await;
+    shepherd
+        .send(&format!("retest {MR_PROJECT}!{}", env.mr))
+        .await;
+    shepherd
+        .expect_line("has no canary run to retest; ask for `test` first", WAIT)
+        .await;
+    env.gitlab.set_mr_state(MR_PROJECT, env.mr, "merged");
+    shepherd
+        .send(&format!("canary {MR_PROJECT}!{}", env.mr))
+        .await;
+    shepherd
+        .expect_line("is merged; only open merge requests are tested", WAIT)
+        .await;
+    shepherd.close_stdin();
+    assert!(shepherd.wait_exit(WAIT).await.success());
+    assert!(env.gitlab.pipelines_created().is_empty());
+    assert_eq!(
+        env.store.count("SELECT COUNT(*) FROM canary_runs").await,
+        0,
+        "nothing recorded for what did not run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_of_one_comment_run_in_order() {
+    let env = setup(Backend::Sqlite).await;
+    let shepherd = env.serve().await;
+    let hold = env.gitlab.hold_creates();
+    env.gitlab.comment(
+        MR_PROJECT,
+        env.mr,
+        env.alice,
+        "@shepherd test\n@shepherd status",
+    );
+    // `test` is stuck in a pipeline create. A free worker must leave `status` alone meanwhile;
+    // the pause gives a wrong order the time to show (there is no event for "nothing happened").
+    hold.wait_reached().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.store
+            .count("SELECT COUNT(*) FROM requests WHERE kind = 'command' AND state = 'ready' AND after_id IS NOT NULL")
+            .await,
+        1,
+        "status waits for test; stderr:\n{}",
+        shepherd.stderr()
+    );
+    drop(hold);
+    let ok = until(WAIT, || {
+        env.bot_notes()
+            .iter()
+            .any(|n| n.body.starts_with("@alice ") && n.body.contains("Canary pipelines for"))
+    })
+    .await;
+    assert!(
+        ok,
+        "status answered with the run; stderr:\n{}",
+        shepherd.stderr()
+    );
+    assert!(
+        !env.bot_notes()
+            .iter()
+            .any(|n| n.body.contains("has no canary run yet")),
+        "status never ran before test"
+    );
 }

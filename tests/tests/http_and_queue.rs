@@ -217,6 +217,19 @@ fn request(n: usize, dedup: Option<&str>) -> NewRequest {
         identity: "console:tester".into(),
         payload: serde_json::json!({ "n": n }),
         dedup_key: dedup.map(str::to_string),
+        after: None,
+    }
+}
+
+/// The next item, once one is due (an item put back waits for its retry delay).
+async fn lease_soon(queue: &Queue, owner: &str) -> shepherd_core::queue::Leased {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(item) = queue.lease(owner).await.expect("lease") {
+            return item;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing became due");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -284,6 +297,51 @@ async fn queue_contract(backend: Backend) {
     let next = queue.lease("w1").await.expect("lease").expect("c first");
     assert_eq!(next.id, c.id(), "the failed item went to the back");
     assert!(queue.complete_in(&mut conn, &next).await.expect("complete"));
+
+    // A request that waits for another: not leased until that one is done or dead.
+    // b is back after its retry delay.
+    let item = lease_soon(&queue, "w1").await;
+    assert_eq!(item.id, b.id());
+    assert!(queue.complete_in(&mut conn, &item).await.expect("complete"));
+    let first = queue.enqueue(request(4, None)).await.expect("enqueue");
+    let mut waiting = request(5, None);
+    waiting.after = Some(first.id().to_string());
+    let waiting = queue.enqueue(waiting).await.expect("enqueue");
+    let leased = queue.lease("w1").await.expect("lease").expect("the first");
+    assert_eq!(leased.id, first.id());
+    assert!(
+        queue.lease("w2").await.expect("lease").is_none(),
+        "the second waits while the first runs"
+    );
+    assert!(matches!(
+        queue.fail(&leased, "transient").await.expect("fail"),
+        FailOutcome::Retry { .. }
+    ));
+    // The first is back in the queue with a delay; the second still waits for it.
+    let retried = lease_soon(&queue, "w2").await;
+    assert_eq!(
+        retried.id,
+        first.id(),
+        "the second never overtakes the first"
+    );
+    assert!(
+        queue
+            .complete_in(&mut conn, &retried)
+            .await
+            .expect("complete")
+    );
+    let second = queue
+        .lease("w1")
+        .await
+        .expect("lease")
+        .expect("now the second");
+    assert_eq!(second.id, waiting.id());
+    assert!(
+        queue
+            .complete_in(&mut conn, &second)
+            .await
+            .expect("complete")
+    );
 
     // Many workers, many items: each item is leased exactly once.
     drop(conn);

@@ -157,6 +157,7 @@ pub async fn receive(State(state): State<HookState>, request: Request<Body>) -> 
         identity,
         payload: json!({"event": kind.label(), "body": value}),
         dedup_key: Some(delivery_key(headers, &event, &bytes)),
+        after: None,
     };
     match state.queue.enqueue(request).await {
         Ok(Enqueued::New(id)) => {
