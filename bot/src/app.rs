@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shepherd_config::Config;
+use shepherd_config::{AlertsConfig, Config};
+use shepherd_core::Origin;
+use shepherd_core::alerts::{Matcher, Route, Router};
 use shepherd_core::audit::AuditLog;
 use shepherd_core::canary::{Canary, CanaryProject, CanarySettings, Reference, ReferenceSource};
 use shepherd_core::gitlab::{GitLab, GitLabSettings};
@@ -20,10 +22,12 @@ use shepherd_core::queue::{Queue, QueueSettings};
 use shepherd_core::retrigger::{Retrigger, RetriggerSettings};
 use shepherd_core::store::Store;
 use shepherd_core::watcher::{Watcher, WatcherSettings};
+use shepherd_plugins::alerts::{AlertFormatter, AlertWording};
 use shepherd_plugins::{PipelineReporter, Registry, Services};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::alerts::AlertRelay;
 use crate::dispatch::Dispatcher;
 use crate::gitlab::events::GitLabEvents;
 use crate::worker::Worker;
@@ -109,6 +113,7 @@ impl App {
                 lease: config.queue.lease(),
                 retry_base: config.queue.retry_base(),
                 retry_max: config.queue.retry_max(),
+                lanes: vec![crate::alerts::NOTIFICATION_KIND.to_string()],
             },
             metrics.clone(),
         );
@@ -183,22 +188,38 @@ impl App {
             comments: config.gitlab_comments.clone(),
         });
 
+        let relay = match &config.alerts {
+            Some(a) => Some(Arc::new(alert_relay(a, metrics.clone())?)),
+            None => None,
+        };
+
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let worker = |name: String, lane: Option<&'static str>| Worker {
+            name,
+            queue: queue.clone(),
+            outbox: outbox.clone(),
+            audit: audit.clone(),
+            registry: registry.clone(),
+            services: services.clone(),
+            watcher: watcher.clone(),
+            metrics: metrics.clone(),
+            poll_interval: config.queue.poll_interval(),
+            events: events.clone(),
+            alerts: relay.clone(),
+            lane,
+        };
         for n in 0..config.queue.workers {
-            let worker = Worker {
-                name: format!("{}-{}-w{n}", hostname(), std::process::id()),
-                queue: queue.clone(),
-                outbox: outbox.clone(),
-                audit: audit.clone(),
-                registry: registry.clone(),
-                services: services.clone(),
-                watcher: watcher.clone(),
-                metrics: metrics.clone(),
-                poll_interval: config.queue.poll_interval(),
-                events: events.clone(),
-            };
-            tasks.spawn(worker.run(shutdown_rx.clone()));
+            let w = worker(format!("{}-{}-w{n}", hostname(), std::process::id()), None);
+            tasks.spawn(w.run(shutdown_rx.clone()));
+        }
+        if relay.is_some() {
+            // Alert notifications, one at a time in the order they came.
+            let w = worker(
+                format!("{}-{}-alerts", hostname(), std::process::id()),
+                Some(crate::alerts::NOTIFICATION_KIND),
+            );
+            tasks.spawn(w.run(shutdown_rx.clone()));
         }
         tasks.spawn(watcher.clone().run(shutdown_rx.clone()));
         {
@@ -273,6 +294,45 @@ pub async fn dead_items(store: &Store, limit: i64) -> anyhow::Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// The `[alerts]` routes and wording; a matcher Alertmanager would not accept is an error
+/// naming its key.
+fn alert_relay(a: &AlertsConfig, metrics: Arc<Metrics>) -> anyhow::Result<AlertRelay> {
+    let mut routes = Vec::new();
+    for (i, r) in a.routes.iter().enumerate() {
+        let mut matchers = Vec::new();
+        for (j, m) in r.matchers.iter().enumerate() {
+            matchers.push(
+                Matcher::parse(m).with_context(|| format!("alerts.routes[{i}].matchers[{j}]"))?,
+            );
+        }
+        routes.push(Route {
+            matchers,
+            targets: r.targets.iter().filter_map(|t| Origin::parse(t)).collect(),
+            continue_matching: r.continue_matching,
+        });
+    }
+    let formatter = AlertFormatter::new(&AlertWording {
+        firing_template: a.firing_template.clone(),
+        resolved_template: a.resolved_template.clone(),
+        storm_threshold: a.storm_threshold,
+        storm_shown: a.storm_shown,
+    })?;
+    Ok(AlertRelay {
+        router: Router {
+            routes,
+            default_targets: a
+                .default_targets
+                .iter()
+                .filter_map(|t| Origin::parse(t))
+                .collect(),
+        },
+        formatter,
+        dedup_window_ms: i64::try_from(a.dedup_window_minutes.saturating_mul(60_000))
+            .unwrap_or(i64::MAX),
+        metrics,
+    })
 }
 
 /// The `[canary]` section as core's settings (validated by the config crate).

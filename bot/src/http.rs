@@ -1,13 +1,14 @@
 //! The HTTP server: metrics, health, readiness, the command reference and GitLab's webhooks
 //! (`POST /hooks/gitlab`, when `[gitlab_comments]` is configured; see `gitlab/hooks.rs`).
 //!
-//! `/hooks/alertmanager` and `/api/v1/say` arrive with the capabilities that need them.
+//! `POST /hooks/alertmanager` (when `[alerts]` is configured) and `POST /api/v1/say` are in
+//! `alerts.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -15,6 +16,7 @@ use shepherd_core::metrics::Metrics;
 use shepherd_core::store::Store;
 use tokio::sync::watch;
 
+use crate::alerts::{self, AlertHookState, SayState};
 use crate::gitlab::hooks::{self as gitlab_hooks, HookState};
 
 #[derive(Clone)]
@@ -25,24 +27,43 @@ pub struct HttpState {
     pub reference: Arc<String>,
     /// `POST /hooks/gitlab`, when GitLab comments are configured.
     pub gitlab_hooks: Option<HookState>,
+    /// `POST /hooks/alertmanager`, when alerts are configured.
+    pub alert_hooks: Option<AlertHookState>,
+    /// `POST /api/v1/say` (refuses everything without `http.api_token`).
+    pub say: SayState,
 }
 
 pub fn router(state: HttpState) -> Router {
     let hooks = state.gitlab_hooks.clone();
-    let router = Router::new()
+    let alert_hooks = state.alert_hooks.clone();
+    let say = state.say.clone();
+    let mut router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/help", get(help))
-        .with_state(state);
-    match hooks {
-        Some(hooks) => router.merge(
+        .with_state(state)
+        .merge(
+            Router::new()
+                .route("/api/v1/say", post(alerts::say))
+                .layer(DefaultBodyLimit::max(64 * 1024))
+                .with_state(say),
+        );
+    if let Some(hooks) = hooks {
+        router = router.merge(
             Router::new()
                 .route("/hooks/gitlab", post(gitlab_hooks::receive))
                 .with_state(hooks),
-        ),
-        None => router,
+        );
     }
+    if let Some(alert_hooks) = alert_hooks {
+        router = router.merge(
+            Router::new()
+                .route("/hooks/alertmanager", post(alerts::receive))
+                .with_state(alert_hooks),
+        );
+    }
+    router
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {

@@ -5,6 +5,7 @@
 //! once all its work has reported; `config check` validates and prints the effective
 //! configuration with secrets redacted.
 
+mod alerts;
 mod app;
 mod console;
 mod dispatch;
@@ -184,6 +185,18 @@ fn console_for(app: &App) -> Console {
     }
 }
 
+/// The front ends whose rooms messages can be addressed to.
+fn enabled_frontends(config: &Config) -> Vec<String> {
+    let mut out = vec!["console".to_string()];
+    if config.irc.is_some() {
+        out.push("irc".to_string());
+    }
+    if config.gitlab_comments.is_some() {
+        out.push("gitlab".to_string());
+    }
+    out
+}
+
 fn spawn_http(app: &mut App) {
     let state = http::HttpState {
         metrics: app.metrics.clone(),
@@ -193,6 +206,20 @@ fn spawn_http(app: &mut App) {
             &app.config.bot.prefix,
             &app.config.bot.name,
         )),
+        alert_hooks: app.config.alerts.as_ref().map(|a| {
+            alerts::AlertHookState::new(
+                a.webhook_token().map(|s| s.expose()),
+                a.webhook_username.clone(),
+                a.max_body_bytes,
+                app.queue.clone(),
+                app.metrics.clone(),
+            )
+        }),
+        say: alerts::SayState::new(
+            app.config.http.api_token().map(|s| s.expose()),
+            app.outbox.clone(),
+            enabled_frontends(&app.config),
+        ),
         gitlab_hooks: app.config.gitlab_comments.as_ref().map(|c| {
             gitlab::hooks::HookState::new(
                 c.webhook_secret().map(|s| s.expose()),

@@ -21,6 +21,7 @@ use shepherd_plugins::{Call, Outcome, PluginError, Registry, Services};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::alerts::{AlertRelay, NOTIFICATION_KIND, RelayError};
 use crate::dispatch::{COMMAND_KIND, QueuedCommand};
 use crate::gitlab::events::{EventError, GitLabEvents};
 use crate::gitlab::hooks::EVENT_KIND;
@@ -38,6 +39,11 @@ pub struct Worker {
     pub poll_interval: Duration,
     /// Processes stored GitLab webhook events.
     pub events: Arc<GitLabEvents>,
+    /// Relays stored Alertmanager notifications (when alerts are configured).
+    pub alerts: Option<Arc<AlertRelay>>,
+    /// A lane worker takes only this kind, one at a time in arrival order (see
+    /// `QueueSettings::lanes`); `None` for the general workers.
+    pub lane: Option<&'static str>,
 }
 
 impl Worker {
@@ -46,7 +52,11 @@ impl Worker {
             if *shutdown.borrow() {
                 return;
             }
-            match self.queue.lease(&self.name).await {
+            let leased = match self.lane {
+                Some(kind) => self.queue.lease_lane(&self.name, kind).await,
+                None => self.queue.lease(&self.name).await,
+            };
+            match leased {
                 Ok(Some(item)) => {
                     // Every log line of this item's work carries its id and origin.
                     let span = tracing::info_span!("request", id = %item.id, origin = %item.origin, attempt = item.attempt);
@@ -74,6 +84,9 @@ impl Worker {
     async fn process(&self, item: Leased) -> Result<(), StoreError> {
         if item.kind == EVENT_KIND {
             return self.process_event(item).await;
+        }
+        if item.kind == NOTIFICATION_KIND {
+            return self.process_alert(item).await;
         }
         let started = Instant::now();
 
@@ -224,6 +237,44 @@ impl Worker {
                 let mut tx = self.services.store.pool().begin().await?;
                 self.queue.park_in(&mut tx, &item, &why).await?;
                 tx.commit().await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A stored Alertmanager notification: its lines and the item's completion in one transaction.
+    async fn process_alert(&self, item: Leased) -> Result<(), StoreError> {
+        let Some(relay) = &self.alerts else {
+            let why = "alerts are not configured any more; the notification cannot be relayed";
+            let mut tx = self.services.store.pool().begin().await?;
+            self.queue.park_in(&mut tx, &item, why).await?;
+            tx.commit().await?;
+            tracing::error!(request = %item.id, "{why}; parked");
+            return Ok(());
+        };
+        let mut tx = self.services.store.pool().begin().await?;
+        match relay.process_in(&mut tx, &item).await {
+            Ok(()) => {
+                if self.queue.complete_in(&mut tx, &item).await? {
+                    tx.commit().await?;
+                    self.outbox.wake();
+                } else {
+                    tx.rollback().await?;
+                }
+                Ok(())
+            }
+            Err(RelayError::Unreadable(why)) => {
+                tx.rollback().await?;
+                let mut tx = self.services.store.pool().begin().await?;
+                self.queue.park_in(&mut tx, &item, &why).await?;
+                tx.commit().await?;
+                tracing::error!(request = %item.id, error = %why, "alert notification unreadable; parked");
+                Ok(())
+            }
+            Err(RelayError::Store(e)) => {
+                tx.rollback().await?;
+                let out = self.queue.fail(&item, &e.to_string()).await?;
+                tracing::warn!(request = %item.id, error = %e, outcome = ?out, "alert notification: attempt failed; retrying later");
                 Ok(())
             }
         }

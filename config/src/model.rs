@@ -774,7 +774,7 @@ pub struct CanaryReference {
 }
 
 /// `[alerts]`: Alertmanager webhook, routes and silences.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
     /// Variable holding the bearer token of `POST /hooks/alertmanager`.
@@ -787,11 +787,54 @@ pub struct AlertsConfig {
         skip_serializing_if = "SecretSlot::is_not_configured"
     )]
     pub(crate) webhook_token: SecretSlot,
+    /// The user name a basic-auth webhook must give (its password is the token); any name when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_username: Option<String>,
     /// Alertmanager API, for `alerts`, `silence` and `unsilence`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alertmanager_url: Option<Url>,
-    /// Where alerts go; an alert goes to the targets of every route that matches it.
+    /// Where alerts go: the first route whose matchers all match (and the next ones while a
+    /// matching route says `continue`); alerts no route takes go to `default_targets`.
     pub routes: Vec<AlertRoute>,
+    /// Rooms for alerts that no route takes (none: such alerts are only counted and logged).
+    pub default_targets: Vec<String>,
+    /// MiniJinja template of one firing alert's line (`alert`, `notification` are in scope).
+    pub firing_template: String,
+    /// MiniJinja template of one resolved alert's line.
+    pub resolved_template: String,
+    /// A group with more alerts than this for one room is shown as one summary line ...
+    pub storm_threshold: usize,
+    /// ... followed by the first this-many alerts.
+    pub storm_shown: usize,
+    /// A notification Alertmanager repeats within this many minutes is not shown again.
+    pub dedup_window_minutes: u64,
+    /// Webhook bodies larger than this are refused with 413.
+    pub max_body_bytes: usize,
+}
+
+/// The default line of a firing alert: severity, name, summary, where, and links.
+pub const DEFAULT_FIRING_TEMPLATE: &str = "{{ alert | severity }} {{ alert.labels.alertname }}{% if alert.labels.instance %} on {{ alert.labels.instance }}{% endif %}: {{ alert.annotations.summary or alert.annotations.description or '' }} {{ alert.generator_url }} silence: {{ alert.silence_url }}";
+/// The default line of a resolved alert.
+pub const DEFAULT_RESOLVED_TEMPLATE: &str = "{{ alert | severity }} {{ alert.labels.alertname }}{% if alert.labels.instance %} on {{ alert.labels.instance }}{% endif %}: {{ alert.annotations.summary or alert.annotations.description or '' }}";
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook_token_env: None,
+            webhook_token_file: None,
+            webhook_token: SecretSlot::NotConfigured,
+            webhook_username: None,
+            alertmanager_url: None,
+            routes: Vec::new(),
+            default_targets: Vec::new(),
+            firing_template: DEFAULT_FIRING_TEMPLATE.to_string(),
+            resolved_template: DEFAULT_RESOLVED_TEMPLATE.to_string(),
+            storm_threshold: 10,
+            storm_shown: 3,
+            dedup_window_minutes: 240,
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
 }
 
 impl AlertsConfig {
@@ -813,6 +856,9 @@ pub struct AlertRoute {
     pub matchers: Vec<String>,
     /// Rooms: `<front end>:<room>` (`irc:#ops`, `matrix:!roomid:server`).
     pub targets: Vec<String>,
+    /// Go on to the next routes after this one matched (Alertmanager's `continue`).
+    #[serde(default, rename = "continue")]
+    pub continue_matching: bool,
 }
 
 fn slot(secret: Option<Secret>) -> SecretSlot {

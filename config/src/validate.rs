@@ -384,6 +384,20 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
                 c.room(&format!("{at}.targets[{j}]"), target);
             }
         }
+        for (j, target) in alerts.default_targets.iter().enumerate() {
+            c.room(&format!("alerts.default_targets[{j}]"), target);
+        }
+        let templates = minijinja::Environment::new();
+        for (key, template) in [
+            ("alerts.firing_template", &alerts.firing_template),
+            ("alerts.resolved_template", &alerts.resolved_template),
+        ] {
+            if let Err(err) = templates.template_from_str(template) {
+                c.fail(key, format!("is not a valid template: {err}"));
+            }
+        }
+        c.at_least("alerts.storm_threshold", alerts.storm_threshold as u64, 1);
+        c.at_least("alerts.max_body_bytes", alerts.max_body_bytes as u64, 1024);
     }
 
     c.problems

@@ -2,6 +2,7 @@
 //! durable queue and the pipeline watcher, and decides who may do what — and it knows
 //! nothing of chat: no front end, no message formatting (see ARCHITECTURE.md).
 
+pub mod alerts;
 pub mod audit;
 pub mod canary;
 pub mod effects;

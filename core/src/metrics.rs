@@ -50,6 +50,17 @@ pub struct Metrics {
     pub gitlab_webhooks: IntCounterVec,
     /// Canary runs started, and canary pipelines created.
     pub canary_runs: IntCounterVec,
+    /// Alertmanager notifications by outcome: `stored`, `duplicate`, `unauthorized`,
+    /// `too_large`, `malformed`, `shown`, `repeat` (within the dedup window), `unrouted`.
+    pub alert_notifications: IntCounterVec,
+    /// Alerts received in shown notifications, by status (`firing`, `resolved`).
+    pub alerts: IntCounterVec,
+    /// Alert lines queued for rooms, by front end.
+    pub alert_lines: IntCounterVec,
+    /// Messages a front end delivered (the network acknowledged them), by front end.
+    pub outbox_delivered: IntCounterVec,
+    /// From a message entering the outbox to its delivery being acknowledged, by front end.
+    pub outbox_delivery_lag: HistogramVec,
 }
 
 impl Metrics {
@@ -139,6 +150,44 @@ impl Metrics {
             ),
             &["what"],
         )?;
+        let alert_notifications = IntCounterVec::new(
+            Opts::new(
+                "alert_notifications_total",
+                "Alertmanager notifications, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let alerts = IntCounterVec::new(
+            Opts::new("alerts_total", "Alerts in shown notifications, by status"),
+            &["status"],
+        )?;
+        let alert_lines = IntCounterVec::new(
+            Opts::new(
+                "alert_lines_total",
+                "Alert lines queued for rooms, by front end",
+            ),
+            &["frontend"],
+        )?;
+        let outbox_delivered = IntCounterVec::new(
+            Opts::new(
+                "outbox_delivered_total",
+                "Messages delivered and acknowledged, by front end",
+            ),
+            &["frontend"],
+        )?;
+        let outbox_delivery_lag = HistogramVec::new(
+            HistogramOpts::new(
+                "outbox_delivery_lag_seconds",
+                "From a message entering the outbox to its acknowledged delivery",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["frontend"],
+        )?;
+        registry.register(Box::new(alert_notifications.clone()))?;
+        registry.register(Box::new(alerts.clone()))?;
+        registry.register(Box::new(alert_lines.clone()))?;
+        registry.register(Box::new(outbox_delivered.clone()))?;
+        registry.register(Box::new(outbox_delivery_lag.clone()))?;
         registry.register(Box::new(watch_updates.clone()))?;
         registry.register(Box::new(gitlab_webhooks.clone()))?;
         registry.register(Box::new(canary_runs.clone()))?;
@@ -167,6 +216,11 @@ impl Metrics {
             watch_updates,
             gitlab_webhooks,
             canary_runs,
+            alert_notifications,
+            alerts,
+            alert_lines,
+            outbox_delivered,
+            outbox_delivery_lag,
         })
     }
 

@@ -24,6 +24,10 @@ pub struct QueueSettings {
     pub lease: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// Kinds that run in a lane: one at a time, strictly in arrival order, leased only by
+    /// [`Queue::lease_lane`] (alert notifications: the lines must reach the rooms in the order
+    /// the alerts came). [`Queue::lease`] never hands them out.
+    pub lanes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -137,92 +141,152 @@ impl Queue {
     /// Takes the oldest available item under a lease, or None when nothing is due.
     pub async fn lease(&self, owner: &str) -> Result<Option<Leased>, StoreError> {
         let pool = self.store.pool();
+        let lanes = &self.settings.lanes;
+        let not_lanes = if lanes.is_empty() {
+            String::new()
+        } else {
+            let marks: Vec<String> = (0..lanes.len()).map(|i| format!("${}", i + 3)).collect();
+            format!("AND r.kind NOT IN ({}) ", marks.join(", "))
+        };
+        let sql = format!(
+            "SELECT r.id, r.attempts, r.state FROM requests r \
+             WHERE ((r.state = 'ready' AND r.available_at <= $1) \
+                OR (r.state = 'leased' AND r.lease_until <= $2)) \
+               {not_lanes}\
+               AND (r.after_id IS NULL OR NOT EXISTS (SELECT 1 FROM requests p \
+                    WHERE p.id = r.after_id AND p.state IN ('ready', 'leased'))) \
+             ORDER BY r.available_at, r.id LIMIT 1"
+        );
         // A lost compare-and-set means another worker took that item: look again.
         for _ in 0..16 {
             let now = now_ms();
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(now)
+                .bind(now);
+            for kind in lanes {
+                query = query.bind(kind.clone());
+            }
+            let Some(row) = query.fetch_optional(pool).await? else {
+                return Ok(None);
+            };
+            let id: String = row.try_get("id")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let state: String = row.try_get("state")?;
+            if let Some(item) = self.take(owner, &id, attempts, &state, now).await? {
+                return Ok(Some(item));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The oldest unfinished request of a lane `kind`, when it is due; `None` while it waits
+    /// (its retry delay, or another worker's lease): nothing behind it overtakes it.
+    pub async fn lease_lane(&self, owner: &str, kind: &str) -> Result<Option<Leased>, StoreError> {
+        let pool = self.store.pool();
+        for _ in 0..16 {
+            let now = now_ms();
             let row = sqlx::query(
-                "SELECT r.id, r.attempts, r.state FROM requests r \
-                 WHERE ((r.state = 'ready' AND r.available_at <= $1) \
-                    OR (r.state = 'leased' AND r.lease_until <= $2)) \
-                   AND (r.after_id IS NULL OR NOT EXISTS (SELECT 1 FROM requests p \
-                        WHERE p.id = r.after_id AND p.state IN ('ready', 'leased'))) \
-                 ORDER BY r.available_at, r.id LIMIT 1",
+                "SELECT id, attempts, state, available_at, lease_until FROM requests \
+                 WHERE kind = $1 AND state IN ('ready', 'leased') ORDER BY created_at, id LIMIT 1",
             )
-            .bind(now)
-            .bind(now)
+            .bind(kind)
             .fetch_optional(pool)
             .await?;
             let Some(row) = row else { return Ok(None) };
             let id: String = row.try_get("id")?;
             let attempts: i64 = row.try_get("attempts")?;
             let state: String = row.try_get("state")?;
-
-            if state == "leased" && attempts >= i64::from(self.settings.max_attempts) {
-                // Its last attempt died with its worker: park it rather than run it again.
-                let done = sqlx::query(
-                    "UPDATE requests SET state = 'dead', lease_owner = NULL, lease_until = NULL, \
-                     last_error = COALESCE(last_error, 'lease expired on the last attempt'), updated_at = $1 \
-                     WHERE id = $2 AND attempts = $3 AND state = 'leased'",
-                )
-                .bind(now)
-                .bind(&id)
-                .bind(attempts)
-                .execute(pool)
-                .await?;
-                if done.rows_affected() == 1 {
-                    self.metrics
-                        .queue_dead_total
-                        .with_label_values(&["expired"])
-                        .inc();
-                }
-                continue;
+            let available_at: i64 = row.try_get("available_at")?;
+            let lease_until: Option<i64> = row.try_get("lease_until")?;
+            let due = match state.as_str() {
+                "ready" => available_at <= now,
+                _ => lease_until.is_some_and(|t| t <= now),
+            };
+            if !due {
+                return Ok(None);
             }
-
-            let lease_until = now + duration_ms(self.settings.lease);
-            let taken = sqlx::query(
-                "UPDATE requests SET state = 'leased', lease_owner = $1, lease_until = $2, \
-                 attempts = attempts + 1, updated_at = $3 \
-                 WHERE id = $4 AND attempts = $5 AND state = $6",
-            )
-            .bind(owner)
-            .bind(lease_until)
-            .bind(now)
-            .bind(&id)
-            .bind(attempts)
-            .bind(&state)
-            .execute(pool)
-            .await?;
-            if taken.rows_affected() != 1 {
-                continue;
+            if let Some(item) = self.take(owner, &id, attempts, &state, now).await? {
+                return Ok(Some(item));
             }
-            let row = sqlx::query(
-                "SELECT id, kind, frontend, room, addressee, identity, payload, attempts, created_at \
-                 FROM requests WHERE id = $1",
-            )
-            .bind(&id)
-            .fetch_one(pool)
-            .await?;
-            let payload: String = row.try_get("payload")?;
-            let payload = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
-                what: "requests.payload",
-                detail: e.to_string(),
-            })?;
-            return Ok(Some(Leased {
-                id,
-                kind: row.try_get("kind")?,
-                origin: Origin::from_columns(
-                    row.try_get("frontend")?,
-                    row.try_get("room")?,
-                    row.try_get("addressee")?,
-                ),
-                identity: row.try_get("identity")?,
-                payload,
-                attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-                created_at: row.try_get("created_at")?,
-                owner: owner.to_string(),
-            }));
         }
         Ok(None)
+    }
+
+    /// Takes one candidate with a compare-and-set; `None` when another worker was first (or
+    /// the candidate's last attempt had died with its worker: it is parked instead).
+    async fn take(
+        &self,
+        owner: &str,
+        id: &str,
+        attempts: i64,
+        state: &str,
+        now: i64,
+    ) -> Result<Option<Leased>, StoreError> {
+        let pool = self.store.pool();
+        if state == "leased" && attempts >= i64::from(self.settings.max_attempts) {
+            // Its last attempt died with its worker: park it rather than run it again.
+            let done = sqlx::query(
+                "UPDATE requests SET state = 'dead', lease_owner = NULL, lease_until = NULL, \
+                 last_error = COALESCE(last_error, 'lease expired on the last attempt'), updated_at = $1 \
+                 WHERE id = $2 AND attempts = $3 AND state = 'leased'",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(attempts)
+            .execute(pool)
+            .await?;
+            if done.rows_affected() == 1 {
+                self.metrics
+                    .queue_dead_total
+                    .with_label_values(&["expired"])
+                    .inc();
+            }
+            return Ok(None);
+        }
+
+        let lease_until = now + duration_ms(self.settings.lease);
+        let taken = sqlx::query(
+            "UPDATE requests SET state = 'leased', lease_owner = $1, lease_until = $2, \
+             attempts = attempts + 1, updated_at = $3 \
+             WHERE id = $4 AND attempts = $5 AND state = $6",
+        )
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(id)
+        .bind(attempts)
+        .bind(state)
+        .execute(pool)
+        .await?;
+        if taken.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let row = sqlx::query(
+            "SELECT id, kind, frontend, room, addressee, identity, payload, attempts, created_at \
+             FROM requests WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
+        let payload: String = row.try_get("payload")?;
+        let payload = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+            what: "requests.payload",
+            detail: e.to_string(),
+        })?;
+        Ok(Some(Leased {
+            id: id.to_string(),
+            kind: row.try_get("kind")?,
+            origin: Origin::from_columns(
+                row.try_get("frontend")?,
+                row.try_get("room")?,
+                row.try_get("addressee")?,
+            ),
+            identity: row.try_get("identity")?,
+            payload,
+            attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+            created_at: row.try_get("created_at")?,
+            owner: owner.to_string(),
+        }))
     }
 
     /// Extends a lease still held by `owner`; false when it was lost.

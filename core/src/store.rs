@@ -5,6 +5,9 @@
 //! so one set of queries serves both backends through sqlx's `Any` driver; migrations
 //! run at connect. Times are Unix milliseconds, ids are time-ordered UUIDv7 strings.
 
+/// The connection type of `*_in` functions (a transaction derefs to it), for crates that do
+/// not name sqlx themselves.
+pub use sqlx::AnyConnection;
 use std::str::FromStr;
 use std::time::Duration;
 

@@ -6,6 +6,7 @@
 //! declares its help (usage, summary, examples, who may use it by default) in one place;
 //! the `help` command and `GET /help` are both generated from those declarations.
 
+pub mod alerts;
 mod canary;
 mod cancel;
 mod help;

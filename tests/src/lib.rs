@@ -2,6 +2,7 @@
 //! here for real) and a harness that runs the real `shepherd` binary against a real store
 //! (a fresh SQLite file, or a fresh database on the local PostgreSQL).
 
+pub mod alertmanager;
 pub mod gitlab;
 pub mod harness;
 pub mod irc_client;

@@ -207,6 +207,7 @@ fn settings(max_attempts: u32, lease_ms: u64) -> QueueSettings {
         lease: Duration::from_millis(lease_ms),
         retry_base: Duration::from_millis(20),
         retry_max: Duration::from_millis(40),
+        lanes: vec!["lane".to_string()],
     }
 }
 
@@ -336,6 +337,71 @@ async fn queue_contract(backend: Backend) {
         .expect("lease")
         .expect("now the second");
     assert_eq!(second.id, waiting.id());
+    assert!(
+        queue
+            .complete_in(&mut conn, &second)
+            .await
+            .expect("complete")
+    );
+
+    // A lane: its kind only through lease_lane, one at a time, in arrival order.
+    let lane_item = |n: usize| NewRequest {
+        kind: "lane".into(),
+        ..request(n, None)
+    };
+    let l1 = queue.enqueue(lane_item(6)).await.expect("enqueue");
+    let l2 = queue.enqueue(lane_item(7)).await.expect("enqueue");
+    assert!(
+        queue.lease("w1").await.expect("lease").is_none(),
+        "general workers never take lane items"
+    );
+    let first = queue
+        .lease_lane("w1", "lane")
+        .await
+        .expect("lease")
+        .expect("l1");
+    assert_eq!(first.id, l1.id());
+    assert!(
+        queue
+            .lease_lane("w2", "lane")
+            .await
+            .expect("lease")
+            .is_none(),
+        "one at a time"
+    );
+    assert!(matches!(
+        queue.fail(&first, "transient").await.expect("fail"),
+        FailOutcome::Retry { .. }
+    ));
+    assert!(
+        queue
+            .lease_lane("w2", "lane")
+            .await
+            .expect("lease")
+            .is_none(),
+        "l2 does not overtake l1 while l1 waits for its retry"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        if let Some(item) = queue.lease_lane("w2", "lane").await.expect("lease") {
+            break item;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "l1 never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(again.id, l1.id());
+    assert!(
+        queue
+            .complete_in(&mut conn, &again)
+            .await
+            .expect("complete")
+    );
+    let second = queue
+        .lease_lane("w1", "lane")
+        .await
+        .expect("lease")
+        .expect("l2");
+    assert_eq!(second.id, l2.id());
     assert!(
         queue
             .complete_in(&mut conn, &second)

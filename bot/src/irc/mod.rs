@@ -321,7 +321,7 @@ impl IrcFrontend {
                 self.metrics.lines_queued.set(n);
             }
             let mut blocked: HashSet<String> = HashSet::new();
-            let mut sent: Vec<String> = Vec::new();
+            let mut sent: Vec<(String, i64)> = Vec::new();
             for m in &pending {
                 let room = m.origin.room.to_ascii_lowercase();
                 if blocked.contains(&room) || (is_channel(&room) && !shared.is_joined(&room)) {
@@ -344,7 +344,7 @@ impl IrcFrontend {
                     }
                     self.metrics.lines_sent.inc();
                 }
-                sent.push(m.id.clone());
+                sent.push((m.id.clone(), m.created_at));
             }
             if !sent.is_empty() {
                 // The server answers in order: its PONG means it has processed every line above.
@@ -356,10 +356,16 @@ impl IrcFrontend {
                 sender.send(Command::PING(token, None))?;
                 match tokio::time::timeout(ack_timeout, rx).await {
                     Ok(Ok(())) => {
-                        for id in &sent {
+                        let core = &self.dispatcher.metrics;
+                        for (id, created_at) in &sent {
                             if let Err(e) = self.outbox.mark_delivered(id).await {
                                 tracing::warn!(error = %e, "irc: cannot mark a message delivered");
                             }
+                            core.outbox_delivered.with_label_values(&[FRONTEND]).inc();
+                            let lag = (shepherd_core::store::now_ms() - created_at).max(0);
+                            core.outbox_delivery_lag
+                                .with_label_values(&[FRONTEND])
+                                .observe(lag as f64 / 1000.0);
                         }
                         continue;
                     }

@@ -1,0 +1,394 @@
+//! The alert relay's HTTP side and its worker step.
+//!
+//! `POST /hooks/alertmanager`: bearer token (or basic auth whose password is the token), checked
+//! in constant time before the body is read (401); a body over `alerts.max_body_bytes` is 413;
+//! a body that is not an Alertmanager version 4 notification is 400. A valid notification is
+//! stored in the durable queue and only then answered 200 — Alertmanager retries on anything
+//! else, so refusing is safe and dropping is not. A resend of the same body is acknowledged
+//! without storing it twice.
+//!
+//! `POST /api/v1/say` (bearer `http.api_token`): `{"target": "irc:#ops", "text": "..."}` (or
+//! `"targets": [...]`) puts a message in the outbox of each room, for the herder, deploy
+//! pipelines and other services; an `Idempotency-Key` header makes a retried call say it once.
+//!
+//! The worker step ([`AlertRelay::process_in`]) runs inside the transaction that completes the
+//! queue item: dedup window, routing, wording, outbox.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use shepherd_core::Origin;
+use shepherd_core::alerts::{self, Notification, Router};
+use shepherd_core::metrics::Metrics;
+use shepherd_core::outbox::{self, Outbox};
+use shepherd_core::queue::{Enqueued, Leased, NewRequest, Queue};
+use shepherd_core::store::{AnyConnection, StoreError};
+use shepherd_plugins::alerts::AlertFormatter;
+use subtle::ConstantTimeEq;
+
+/// The queue kind of a stored Alertmanager notification.
+pub const NOTIFICATION_KIND: &str = "alert-notification";
+/// The longest message `POST /api/v1/say` accepts.
+const SAY_MAX_CHARS: usize = 4000;
+
+fn answer(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Constant-time comparison of a presented secret with the expected one's digest.
+fn same_secret(given: &[u8], expected: &[u8; 32]) -> bool {
+    let given: [u8; 32] = Sha256::digest(given).into();
+    given.ct_eq(expected).into()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+#[derive(Clone)]
+pub struct AlertHookState {
+    token: Option<[u8; 32]>,
+    username: Option<String>,
+    max_body_bytes: usize,
+    queue: Queue,
+    metrics: Arc<Metrics>,
+}
+
+impl AlertHookState {
+    pub fn new(
+        token: Option<&str>,
+        username: Option<String>,
+        max_body_bytes: usize,
+        queue: Queue,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            token: token.map(digest),
+            username,
+            max_body_bytes,
+            queue,
+            metrics,
+        }
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.token else {
+            return false;
+        };
+        if let Some(token) = bearer(headers) {
+            return same_secret(token.as_bytes(), expected);
+        }
+        let basic = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .and_then(|raw| String::from_utf8(raw).ok());
+        let Some(pair) = basic else {
+            return false;
+        };
+        let Some((user, password)) = pair.split_once(':') else {
+            return false;
+        };
+        let user_ok = self.username.as_deref().is_none_or(|u| u == user);
+        same_secret(password.as_bytes(), expected) && user_ok
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics
+            .alert_notifications
+            .with_label_values(&[outcome])
+            .inc();
+    }
+}
+
+pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>) -> Response {
+    let (parts, body) = request.into_parts();
+    if !state.authorized(&parts.headers) {
+        state.count("unauthorized");
+        tracing::warn!("alertmanager webhook: wrong or missing credentials");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "invalid or missing credentials"})),
+        )
+            .into_response();
+    }
+    let bytes = match to_bytes(body, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            state.count("too_large");
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": format!("the body is larger than {} bytes", state.max_body_bytes)}),
+            );
+        }
+    };
+    let value: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            state.count("malformed");
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("the body is not JSON: {e}")}),
+            );
+        }
+    };
+    let version = value.get("version").and_then(Value::as_str).unwrap_or("");
+    if version != "4" {
+        state.count("malformed");
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("unsupported notification version {version:?} (expected \"4\")")}),
+        );
+    }
+    let notification: Notification = match serde_json::from_value(value.clone()) {
+        Ok(n) => n,
+        Err(e) => {
+            state.count("malformed");
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("not an Alertmanager notification: {e}")}),
+            );
+        }
+    };
+    let key = format!(
+        "alertmanager:{}",
+        hex::encode(&Sha256::digest(&bytes)[..16])
+    );
+    let request = NewRequest {
+        kind: NOTIFICATION_KIND.to_string(),
+        origin: Origin::new("alertmanager", notification.receiver.clone()),
+        identity: format!("alertmanager:{}", notification.receiver),
+        payload: value,
+        dedup_key: Some(key),
+        after: None,
+    };
+    match state.queue.enqueue(request).await {
+        Ok(Enqueued::New(id)) => {
+            state.count("stored");
+            tracing::info!(request = %id, alerts = notification.alerts.len(), status = %notification.status, "alertmanager notification stored");
+            answer(StatusCode::OK, json!({"status": "stored", "request": id}))
+        }
+        Ok(Enqueued::Duplicate(id)) => {
+            state.count("duplicate");
+            answer(
+                StatusCode::OK,
+                json!({"status": "duplicate", "request": id}),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "alertmanager notification: cannot store it; Alertmanager will retry");
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "the notification could not be stored; try again"}),
+            )
+        }
+    }
+}
+
+/// Routing, wording and the dedup window, for the worker.
+pub struct AlertRelay {
+    pub router: Router,
+    pub formatter: AlertFormatter,
+    pub dedup_window_ms: i64,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AlertRelay {
+    /// Writes the notification's lines to the outbox inside `conn`'s transaction.
+    pub async fn process_in(
+        &self,
+        conn: &mut AnyConnection,
+        item: &Leased,
+    ) -> Result<(), RelayError> {
+        let n: Notification = serde_json::from_value(item.payload.clone())
+            .map_err(|e| RelayError::Unreadable(e.to_string()))?;
+        let key = hex::encode(Sha256::digest(n.content_key().as_bytes()));
+        if !alerts::first_showing_in(conn, &key, self.dedup_window_ms).await? {
+            self.count("repeat");
+            tracing::info!(request = %item.id, group = %n.group_key, "alert notification repeated within the dedup window; not shown again");
+            return Ok(());
+        }
+        self.count("shown");
+        for a in &n.alerts {
+            self.metrics.alerts.with_label_values(&[&a.status]).inc();
+        }
+        let (plan, nowhere) = self.router.plan(&n);
+        if !nowhere.is_empty() {
+            self.count("unrouted");
+            tracing::warn!(request = %item.id, alerts = nowhere.len(), "alerts matched no route and there is no default target");
+        }
+        for (room, alerts) in &plan {
+            for (i, line) in self.formatter.lines(room, &n, alerts).iter().enumerate() {
+                outbox::push_in(
+                    conn,
+                    room,
+                    line,
+                    Some(&format!("alert:{}:{room}:{i}", item.id)),
+                    Some(&item.id),
+                )
+                .await?;
+                self.metrics
+                    .alert_lines
+                    .with_label_values(&[&room.frontend])
+                    .inc();
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics
+            .alert_notifications
+            .with_label_values(&[outcome])
+            .inc();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unreadable notification: {0}")]
+    Unreadable(String),
+}
+
+#[derive(Clone)]
+pub struct SayState {
+    token: Option<[u8; 32]>,
+    outbox: Outbox,
+    /// Front ends whose rooms can be addressed.
+    frontends: Arc<Vec<String>>,
+}
+
+impl SayState {
+    pub fn new(token: Option<&str>, outbox: Outbox, frontends: Vec<String>) -> Self {
+        Self {
+            token: token.map(digest),
+            outbox,
+            frontends: Arc::new(frontends),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SayBody {
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    targets: Vec<String>,
+    text: String,
+}
+
+pub async fn say(
+    State(state): State<SayState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let ok = match (&state.token, bearer(&headers)) {
+        (Some(expected), Some(given)) => same_secret(given.as_bytes(), expected),
+        _ => false,
+    };
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "invalid or missing bearer token"})),
+        )
+            .into_response();
+    }
+    let req: SayBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("expected {{\"target\": \"irc:#room\", \"text\": \"...\"}}: {e}")}),
+            );
+        }
+    };
+    let text = req.text.trim();
+    if text.is_empty() || text.chars().count() > SAY_MAX_CHARS {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("text must have 1 to {SAY_MAX_CHARS} characters")}),
+        );
+    }
+    let mut rooms = Vec::new();
+    for t in req.target.iter().chain(req.targets.iter()) {
+        match Origin::parse(t) {
+            Some(o) if state.frontends.contains(&o.frontend) => rooms.push(o),
+            _ => {
+                return answer(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("{t:?} is not a room of an enabled front end (expected <front end>:<room>; enabled: {})", state.frontends.join(", "))}),
+                );
+            }
+        }
+    }
+    if rooms.is_empty() {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "name a target (\"irc:#ops\") or targets"}),
+        );
+    }
+    let idempotency = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let mut queued = 0;
+    for room in &rooms {
+        let key = idempotency.map(|k| format!("say:{k}:{room}"));
+        match state.outbox.push(room, text, key.as_deref(), None).await {
+            Ok(true) => queued += 1,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "say: cannot store the message");
+                return answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": "the message could not be stored; try again"}),
+                );
+            }
+        }
+    }
+    answer(
+        StatusCode::ACCEPTED,
+        json!({"status": "queued", "rooms": rooms.len(), "new": queued}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_digest() {
+        let expected = digest("token");
+        assert!(same_secret(b"token", &expected));
+        assert!(!same_secret(b"tokem", &expected));
+        assert!(!same_secret(b"", &expected));
+    }
+}

@@ -1,0 +1,246 @@
+//! Alert relay: Alertmanager's webhook notifications routed to rooms.
+//!
+//! A notification (webhook payload version 4) is stored by the HTTP front end before it is
+//! answered; a worker then routes every alert through the configured routes (Alertmanager's
+//! semantics: the first route whose matchers all match takes the alert, later routes too while
+//! a matching route says `continue`; nothing matched: the default targets), skips a
+//! notification it already showed within the dedup window (Alertmanager repeats a group every
+//! `repeat_interval`, and a lost answer makes it send again), and hands each room its alerts to
+//! word (plugins own the wording, templates included). Lines reach the rooms through the outbox,
+//! so a chat server that is down only delays them.
+
+pub mod matcher;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::AnyConnection;
+
+use crate::origin::Origin;
+use crate::store::{StoreError, now_ms};
+pub use matcher::{MatchOp, Matcher, MatcherError};
+
+/// One alert of a notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub status: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(rename = "startsAt", default)]
+    pub starts_at: String,
+    #[serde(rename = "endsAt", default)]
+    pub ends_at: String,
+    #[serde(rename = "generatorURL", default)]
+    pub generator_url: String,
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+/// Alertmanager's webhook payload, version 4.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub version: String,
+    #[serde(rename = "groupKey")]
+    pub group_key: String,
+    #[serde(rename = "truncatedAlerts", default)]
+    pub truncated_alerts: u64,
+    pub status: String,
+    #[serde(default)]
+    pub receiver: String,
+    #[serde(rename = "groupLabels", default)]
+    pub group_labels: BTreeMap<String, String>,
+    #[serde(rename = "commonLabels", default)]
+    pub common_labels: BTreeMap<String, String>,
+    #[serde(rename = "commonAnnotations", default)]
+    pub common_annotations: BTreeMap<String, String>,
+    #[serde(rename = "externalURL", default)]
+    pub external_url: String,
+    pub alerts: Vec<Alert>,
+}
+
+impl Notification {
+    /// Names this notification's content: the same group with the same alerts in the same
+    /// states is the same notification, however often Alertmanager sends it.
+    pub fn content_key(&self) -> String {
+        use std::fmt::Write as _;
+        let mut alerts: Vec<String> = self
+            .alerts
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}|{}|{}|{}",
+                    a.fingerprint, a.status, a.starts_at, a.ends_at
+                )
+            })
+            .collect();
+        alerts.sort();
+        let mut text = format!(
+            "{}\u{1f}{}\u{1f}{}",
+            self.receiver, self.group_key, self.status
+        );
+        for a in alerts {
+            let _ = write!(text, "\u{1f}{a}");
+        }
+        text
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub matchers: Vec<Matcher>,
+    pub targets: Vec<Origin>,
+    pub continue_matching: bool,
+}
+
+/// The routes of `[alerts]`, in order, and where unrouted alerts go.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    pub routes: Vec<Route>,
+    pub default_targets: Vec<Origin>,
+}
+
+impl Router {
+    /// The rooms an alert with `labels` goes to, each once, in route order.
+    pub fn targets(&self, labels: &BTreeMap<String, String>) -> Vec<Origin> {
+        let mut out: Vec<Origin> = Vec::new();
+        let mut matched = false;
+        for route in &self.routes {
+            if !matcher::all_match(&route.matchers, labels) {
+                continue;
+            }
+            matched = true;
+            for t in &route.targets {
+                if !out.contains(t) {
+                    out.push(t.clone());
+                }
+            }
+            if !route.continue_matching {
+                break;
+            }
+        }
+        if !matched {
+            out = self.default_targets.clone();
+        }
+        out
+    }
+
+    /// The notification's alerts by room, rooms in the order they are first met and alerts in
+    /// the notification's order; alerts that go nowhere are returned apart.
+    pub fn plan<'a>(&self, n: &'a Notification) -> (Vec<(Origin, Vec<&'a Alert>)>, Vec<&'a Alert>) {
+        let mut by_room: Vec<(Origin, Vec<&Alert>)> = Vec::new();
+        let mut nowhere = Vec::new();
+        for alert in &n.alerts {
+            let targets = self.targets(&alert.labels);
+            if targets.is_empty() {
+                nowhere.push(alert);
+            }
+            for t in targets {
+                match by_room.iter_mut().find(|(o, _)| *o == t) {
+                    Some((_, alerts)) => alerts.push(alert),
+                    None => by_room.push((t, vec![alert])),
+                }
+            }
+        }
+        (by_room, nowhere)
+    }
+}
+
+/// Records that a notification with `key` was shown; false when it already was within the
+/// window (then nothing should be shown). Runs inside the caller's transaction.
+pub async fn first_showing_in(
+    conn: &mut AnyConnection,
+    key: &str,
+    window_ms: i64,
+) -> Result<bool, StoreError> {
+    let now = now_ms();
+    let inserted = sqlx::query(
+        "INSERT INTO alert_notices (key, shown_at) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET shown_at = $2 WHERE alert_notices.shown_at < $3",
+    )
+    .bind(key)
+    .bind(now)
+    .bind(now - window_ms)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(matchers: &str, targets: &[&str], cont: bool) -> Route {
+        Route {
+            matchers: Matcher::parse_list(matchers).expect("matchers"),
+            targets: targets.iter().filter_map(|t| Origin::parse(t)).collect(),
+            continue_matching: cont,
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn first_match_wins_unless_it_continues_and_the_default_takes_the_rest() {
+        let router = Router {
+            routes: vec![
+                route(r#"severity=~"critical|page""#, &["irc:#ops"], true),
+                route(r#"team="db""#, &["irc:#db"], false),
+                route(r#"team=~".+""#, &["irc:#teams"], false),
+            ],
+            default_targets: vec![Origin::new("irc", "#alerts")],
+        };
+        let t = |l: &[(&str, &str)]| -> Vec<String> {
+            router
+                .targets(&labels(l))
+                .iter()
+                .map(|o| o.to_string())
+                .collect()
+        };
+        assert_eq!(
+            t(&[("severity", "critical"), ("team", "db")]),
+            ["irc:#ops", "irc:#db"]
+        );
+        assert_eq!(t(&[("severity", "warning"), ("team", "db")]), ["irc:#db"]);
+        assert_eq!(t(&[("team", "web")]), ["irc:#teams"]);
+        assert_eq!(t(&[("severity", "info")]), ["irc:#alerts"]);
+        assert_eq!(t(&[("severity", "page")]), ["irc:#ops"]);
+    }
+
+    #[test]
+    fn the_content_key_ignores_alert_order_but_not_state() {
+        let alert = |fp: &str, status: &str| Alert {
+            status: status.into(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            starts_at: "t0".into(),
+            ends_at: String::new(),
+            generator_url: String::new(),
+            fingerprint: fp.into(),
+        };
+        let n = |alerts: Vec<Alert>| Notification {
+            version: "4".into(),
+            group_key: "g".into(),
+            truncated_alerts: 0,
+            status: "firing".into(),
+            receiver: "r".into(),
+            group_labels: BTreeMap::new(),
+            common_labels: BTreeMap::new(),
+            common_annotations: BTreeMap::new(),
+            external_url: String::new(),
+            alerts,
+        };
+        let a = n(vec![alert("1", "firing"), alert("2", "firing")]);
+        let b = n(vec![alert("2", "firing"), alert("1", "firing")]);
+        let c = n(vec![alert("1", "firing"), alert("2", "resolved")]);
+        assert_eq!(a.content_key(), b.content_key());
+        assert_ne!(a.content_key(), c.content_key());
+    }
+}

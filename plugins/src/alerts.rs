@@ -1,0 +1,348 @@
+//! The words of relayed alerts: one line per alert from the configured MiniJinja templates
+//! (firing and resolved each their own), the severity shown as a tag (mIRC colours on IRC), a
+//! link to the alert's generator and to a pre-filled silence form; and storm safety: a group
+//! with more alerts for a room than the threshold becomes one summary line and its first few.
+
+use std::collections::BTreeMap;
+
+use minijinja::{Environment, Value, context};
+use serde::Serialize;
+use shepherd_core::Origin;
+use shepherd_core::alerts::{Alert, Notification};
+
+#[derive(Debug, Clone)]
+pub struct AlertWording {
+    pub firing_template: String,
+    pub resolved_template: String,
+    pub storm_threshold: usize,
+    pub storm_shown: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("alert template {which}: {detail}")]
+pub struct TemplateError {
+    pub which: &'static str,
+    pub detail: String,
+}
+
+/// Renders alert lines; built once at start (the templates are compiled then).
+pub struct AlertFormatter {
+    env: Environment<'static>,
+    storm_threshold: usize,
+    storm_shown: usize,
+}
+
+/// What a template sees as `alert`.
+#[derive(Serialize)]
+struct AlertView<'a> {
+    status: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    annotations: &'a BTreeMap<String, String>,
+    starts_at: &'a str,
+    ends_at: &'a str,
+    generator_url: &'a str,
+    fingerprint: &'a str,
+    severity: &'a str,
+    silence_url: String,
+    /// Read by the `severity` filter: colours only on IRC.
+    irc: bool,
+}
+
+/// What a template sees as `notification`.
+#[derive(Serialize)]
+struct NotificationView<'a> {
+    status: &'a str,
+    receiver: &'a str,
+    group_labels: &'a BTreeMap<String, String>,
+    common_labels: &'a BTreeMap<String, String>,
+    external_url: &'a str,
+}
+
+const IRC_BOLD: char = '\u{2}';
+const IRC_COLOUR: char = '\u{3}';
+const IRC_RESET: char = '\u{f}';
+
+/// The severity tag of an alert: `[CRITICAL]`, `[RESOLVED]`; coloured for IRC.
+fn severity_tag(status: &str, severity: &str, irc: bool) -> String {
+    let (text, colour) = if status == "resolved" {
+        ("RESOLVED".to_string(), "03")
+    } else {
+        let text = if severity.is_empty() {
+            "FIRING".to_string()
+        } else {
+            severity.to_uppercase()
+        };
+        let colour = match severity {
+            "critical" | "page" | "error" => "04",
+            "warning" => "07",
+            "info" | "notice" => "12",
+            _ => "06",
+        };
+        (text, colour)
+    };
+    if irc {
+        format!("{IRC_BOLD}{IRC_COLOUR}{colour}[{text}]{IRC_RESET}")
+    } else {
+        format!("[{text}]")
+    }
+}
+
+/// Alertmanager's silence form, pre-filled with the alert's labels.
+fn silence_url(external_url: &str, labels: &BTreeMap<String, String>) -> String {
+    if external_url.is_empty() {
+        return String::new();
+    }
+    let filter = format!(
+        "{{{}}}",
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let encoded: String = url::form_urlencoded::byte_serialize(filter.as_bytes()).collect();
+    format!(
+        "{}/#/silences/new?filter={encoded}",
+        external_url.trim_end_matches('/')
+    )
+}
+
+/// One line: control characters other than IRC formatting become spaces.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c == '\n' || c == '\r' || c == '\t' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+impl AlertFormatter {
+    pub fn new(w: &AlertWording) -> Result<Self, TemplateError> {
+        let mut env = Environment::new();
+        env.add_filter("severity", |alert: Value| -> String {
+            let get = |k: &str| -> String {
+                alert
+                    .get_attr(k)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            };
+            // `irc` is set per render (see `alert_line`).
+            let irc = alert.get_attr("irc").ok().is_some_and(|v| v.is_true());
+            severity_tag(&get("status"), &get("severity"), irc)
+        });
+        env.add_template_owned("firing", w.firing_template.clone())
+            .map_err(|e| TemplateError {
+                which: "alerts.firing_template",
+                detail: e.to_string(),
+            })?;
+        env.add_template_owned("resolved", w.resolved_template.clone())
+            .map_err(|e| TemplateError {
+                which: "alerts.resolved_template",
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
+            env,
+            storm_threshold: w.storm_threshold.max(1),
+            storm_shown: w.storm_shown,
+        })
+    }
+
+    fn alert_line(&self, n: &Notification, a: &Alert, irc: bool) -> String {
+        let view = AlertView {
+            status: &a.status,
+            labels: &a.labels,
+            annotations: &a.annotations,
+            starts_at: &a.starts_at,
+            ends_at: &a.ends_at,
+            generator_url: &a.generator_url,
+            fingerprint: &a.fingerprint,
+            severity: a.labels.get("severity").map(String::as_str).unwrap_or(""),
+            silence_url: silence_url(&n.external_url, &a.labels),
+            irc,
+        };
+        let alert = Value::from(minijinja::value::Serde(&view));
+        let notification = Value::from(minijinja::value::Serde(NotificationView {
+            status: &n.status,
+            receiver: &n.receiver,
+            group_labels: &n.group_labels,
+            common_labels: &n.common_labels,
+            external_url: &n.external_url,
+        }));
+        let name = if a.status == "resolved" {
+            "resolved"
+        } else {
+            "firing"
+        };
+        let rendered = self
+            .env
+            .get_template(name)
+            .and_then(|t| t.render(context! { alert => alert, notification => notification }));
+        match rendered {
+            Ok(text) => one_line(&text),
+            Err(e) => {
+                tracing::warn!(error = %e, alert = ?a.labels.get("alertname"), "alert template failed; using the plain line");
+                format!(
+                    "{} {} {}",
+                    severity_tag(&a.status, view.severity, irc),
+                    a.labels
+                        .get("alertname")
+                        .map(String::as_str)
+                        .unwrap_or("alert"),
+                    a.generator_url
+                )
+            }
+        }
+    }
+
+    /// The lines for one room: every alert, or a summary line and the first few of a storm.
+    pub fn lines(&self, room: &Origin, n: &Notification, alerts: &[&Alert]) -> Vec<String> {
+        let irc = room.frontend == "irc";
+        if alerts.len() <= self.storm_threshold && n.truncated_alerts == 0 {
+            return alerts.iter().map(|a| self.alert_line(n, a, irc)).collect();
+        }
+        let firing = alerts.iter().filter(|a| a.status != "resolved").count();
+        let resolved = alerts.len() - firing;
+        let group = if n.group_labels.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " in {{{}}}",
+                n.group_labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let truncated = if n.truncated_alerts > 0 {
+            format!(" (+{} Alertmanager left out)", n.truncated_alerts)
+        } else {
+            String::new()
+        };
+        let shown = self.storm_shown.min(alerts.len());
+        let list = if n.external_url.is_empty() {
+            String::new()
+        } else {
+            format!(" all: {}/#/alerts", n.external_url.trim_end_matches('/'))
+        };
+        let mut lines = vec![one_line(&format!(
+            "{} alert storm{group}: {firing} firing, {resolved} resolved{truncated}; the first {shown} follow.{list}",
+            severity_tag(
+                if firing > 0 { "firing" } else { "resolved" },
+                n.common_labels
+                    .get("severity")
+                    .map(String::as_str)
+                    .unwrap_or(""),
+                irc
+            ),
+        ))];
+        lines.extend(
+            alerts
+                .iter()
+                .take(shown)
+                .map(|a| self.alert_line(n, a, irc)),
+        );
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wording(threshold: usize) -> AlertWording {
+        AlertWording {
+            firing_template: shepherd_config::DEFAULT_FIRING_TEMPLATE.to_string(),
+            resolved_template: shepherd_config::DEFAULT_RESOLVED_TEMPLATE.to_string(),
+            storm_threshold: threshold,
+            storm_shown: 2,
+        }
+    }
+
+    fn alert(name: &str, status: &str, severity: &str) -> Alert {
+        let mut labels = BTreeMap::new();
+        labels.insert("alertname".to_string(), name.to_string());
+        labels.insert("instance".to_string(), "db1:9100".to_string());
+        labels.insert("severity".to_string(), severity.to_string());
+        let mut annotations = BTreeMap::new();
+        annotations.insert("summary".to_string(), format!("{name} on db1\nsecond line"));
+        Alert {
+            status: status.into(),
+            labels,
+            annotations,
+            starts_at: "2026-11-25T07:47:20Z".into(),
+            ends_at: String::new(),
+            generator_url: "http://prom:9090/graph".into(),
+            fingerprint: name.into(),
+        }
+    }
+
+    fn notification(alerts: Vec<Alert>) -> Notification {
+        Notification {
+            version: "4".into(),
+            group_key: "{}:{alertname=\"DiskFull\"}".into(),
+            truncated_alerts: 0,
+            status: "firing".into(),
+            receiver: "shepherd".into(),
+            group_labels: BTreeMap::from([("alertname".to_string(), "DiskFull".to_string())]),
+            common_labels: BTreeMap::new(),
+            common_annotations: BTreeMap::new(),
+            external_url: "http://am:9093".into(),
+            alerts,
+        }
+    }
+
+    #[test]
+    fn a_firing_line_has_severity_links_and_no_newline() {
+        let f = AlertFormatter::new(&wording(10)).expect("templates");
+        let n = notification(vec![alert("DiskFull", "firing", "critical")]);
+        let refs: Vec<&Alert> = n.alerts.iter().collect();
+        let irc = f.lines(&Origin::new("irc", "#ops"), &n, &refs);
+        assert_eq!(irc.len(), 1);
+        assert!(irc[0].starts_with("\u{2}\u{3}04[CRITICAL]\u{f} DiskFull on db1:9100: DiskFull on db1 second line http://prom:9090/graph silence: http://am:9093/#/silences/new?filter="), "{:?}", irc[0]);
+        assert!(irc[0].contains("alertname%3D%22DiskFull%22"), "{}", irc[0]);
+        let plain = f.lines(&Origin::new("matrix", "!r:x"), &n, &refs);
+        assert!(plain[0].starts_with("[CRITICAL] DiskFull"), "{}", plain[0]);
+    }
+
+    #[test]
+    fn resolved_alerts_use_their_own_template() {
+        let f = AlertFormatter::new(&wording(10)).expect("templates");
+        let n = notification(vec![alert("DiskFull", "resolved", "critical")]);
+        let refs: Vec<&Alert> = n.alerts.iter().collect();
+        let lines = f.lines(&Origin::new("console", "c"), &n, &refs);
+        assert_eq!(
+            lines,
+            ["[RESOLVED] DiskFull on db1:9100: DiskFull on db1 second line"]
+        );
+    }
+
+    #[test]
+    fn a_storm_is_one_summary_and_the_first_few() {
+        let f = AlertFormatter::new(&wording(3)).expect("templates");
+        let alerts: Vec<Alert> = (0..50)
+            .map(|i| alert(&format!("A{i}"), "firing", "warning"))
+            .collect();
+        let n = notification(alerts);
+        let refs: Vec<&Alert> = n.alerts.iter().collect();
+        let lines = f.lines(&Origin::new("console", "c"), &n, &refs);
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[0].contains("alert storm in {alertname=DiskFull}: 50 firing, 0 resolved; the first 2 follow. all: http://am:9093/#/alerts"), "{}", lines[0]);
+        assert!(lines[1].contains("A0") && lines[2].contains("A1"));
+    }
+
+    #[test]
+    fn a_bad_template_is_refused_naming_its_key() {
+        let mut w = wording(3);
+        w.firing_template = "{{ alert.labels ".into();
+        let err = AlertFormatter::new(&w).err().expect("refused");
+        assert_eq!(err.which, "alerts.firing_template");
+    }
+}
