@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use shepherd_config::{AlertsConfig, Config};
 use shepherd_core::Origin;
-use shepherd_core::alerts::{Matcher, Route, Router};
+use shepherd_core::alerts::{Alertmanager, AlertmanagerSettings, Matcher, Route, Router};
 use shepherd_core::audit::AuditLog;
 use shepherd_core::canary::{Canary, CanaryProject, CanarySettings, Reference, ReferenceSource};
 use shepherd_core::gitlab::{GitLab, GitLabSettings};
@@ -153,6 +153,7 @@ impl App {
             store: store.clone(),
             retrigger,
             canary,
+            alertmanager: alertmanager_client(&config)?,
             policy: policy.clone(),
             registry: registry.clone(),
             reporter: reporter.clone(),
@@ -294,6 +295,25 @@ pub async fn dead_items(store: &Store, limit: i64) -> anyhow::Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// The Alertmanager API client, when `alerts.alertmanager_url` is set; it retries like the
+/// GitLab client (the `[gitlab]` timeout and retry settings).
+fn alertmanager_client(config: &Config) -> anyhow::Result<Option<Alertmanager>> {
+    let Some(url) = config
+        .alerts
+        .as_ref()
+        .and_then(|a| a.alertmanager_url.clone())
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Alertmanager::new(AlertmanagerSettings {
+        url,
+        timeout: config.gitlab.timeout(),
+        max_retries: config.gitlab.max_retries,
+        retry_base: config.gitlab.retry_base(),
+        retry_max: config.gitlab.retry_max(),
+    })?))
 }
 
 /// The `[alerts]` routes and wording; a matcher Alertmanager would not accept is an error

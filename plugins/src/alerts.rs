@@ -346,3 +346,266 @@ mod tests {
         assert_eq!(err.which, "alerts.firing_template");
     }
 }
+
+/// `alerts [filter]`, `silence <matchers> for <duration> [reason]` and `unsilence <id>`,
+/// through Alertmanager's API.
+pub mod commands {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use shepherd_commands::{Command, MatchOp as CmdOp, Matcher as CmdMatcher};
+    use shepherd_core::alerts::{Alertmanager, AlertmanagerError, MatchOp, Matcher, NewSilence};
+    use shepherd_core::audit::AuditOutcome;
+
+    use crate::{Call, HelpEntry, Outcome, Plugin, PluginError, Services};
+
+    /// At most this many alerts are listed in a reply.
+    const LIST_MAX: usize = 15;
+
+    pub struct Alerts;
+    pub struct SilencePlugin;
+    pub struct Unsilence;
+
+    static ALERTS: HelpEntry = HelpEntry {
+        command: "alerts",
+        usage: "alerts [matchers]",
+        summary: "Lists the alerts firing now (not silenced), optionally only those matching Alertmanager matchers.",
+        examples: &[
+            "alerts",
+            "alerts severity=critical",
+            "alerts alertname=~\"Disk.*\"",
+        ],
+        default_groups: &["*"],
+        changes_something: false,
+        queued: true,
+    };
+
+    static SILENCE: HelpEntry = HelpEntry {
+        command: "silence",
+        usage: "silence <matchers> for <duration> [reason]",
+        summary: "Creates an Alertmanager silence (you are its creator) and says its id and end.",
+        examples: &[
+            "silence alertname=DiskFull for 1h maintenance",
+            "silence alertname=DiskFull instance=~\"db.*\" for 30m replacing disks",
+        ],
+        default_groups: &["admins", "developers"],
+        changes_something: true,
+        queued: true,
+    };
+
+    static UNSILENCE: HelpEntry = HelpEntry {
+        command: "unsilence",
+        usage: "unsilence <silence id>",
+        summary: "Expires an Alertmanager silence.",
+        examples: &["unsilence 8a1b6f47-3c5d-4e2f-9a10-2b3c4d5e6f70"],
+        default_groups: &["admins", "developers"],
+        changes_something: true,
+        queued: true,
+    };
+
+    fn client(services: &Services) -> Result<&Alertmanager, PluginError> {
+        services.alertmanager.as_ref().ok_or_else(|| {
+            PluginError::Refuse(
+                "no Alertmanager is configured here (alerts.alertmanager_url)".to_string(),
+            )
+        })
+    }
+
+    fn error(e: AlertmanagerError) -> PluginError {
+        if e.is_retryable() {
+            PluginError::Retry(e.to_string())
+        } else {
+            PluginError::Refuse(e.to_string())
+        }
+    }
+
+    fn matchers(list: &[CmdMatcher]) -> Result<Vec<Matcher>, PluginError> {
+        list.iter()
+            .map(|m| {
+                let op = match m.op {
+                    CmdOp::Eq => MatchOp::Eq,
+                    CmdOp::NotEq => MatchOp::NotEq,
+                    CmdOp::Regex => MatchOp::Regex,
+                    CmdOp::NotRegex => MatchOp::NotRegex,
+                };
+                Matcher::new(&m.name, op, &m.value).map_err(|e| PluginError::Refuse(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn when(t: chrono::DateTime<chrono::Utc>) -> String {
+        t.format("%Y-%m-%d %H:%M UTC").to_string()
+    }
+
+    #[async_trait]
+    impl Plugin for Alerts {
+        fn help(&self) -> &'static HelpEntry {
+            &ALERTS
+        }
+
+        async fn run(&self, services: &Services, call: &Call<'_>) -> Result<Outcome, PluginError> {
+            let Command::Alerts { filter } = call.command else {
+                return Err(PluginError::Refuse("alerts: unexpected command".into()));
+            };
+            let am = client(services)?;
+            let filter = matchers(filter)?;
+            let alerts = am.alerts(&filter).await.map_err(error)?;
+            if alerts.is_empty() {
+                return Ok(Outcome::reply(if filter.is_empty() {
+                    "no alerts are firing.".to_string()
+                } else {
+                    "no firing alert matches.".to_string()
+                }));
+            }
+            let mut lines = vec![format!("{} alert(s) firing:", alerts.len())];
+            for a in alerts.iter().take(LIST_MAX) {
+                let name = a.labels.get("alertname").map(String::as_str).unwrap_or("?");
+                let severity = a
+                    .labels
+                    .get("severity")
+                    .map(|s| format!("[{}] ", s.to_uppercase()))
+                    .unwrap_or_default();
+                let rest: Vec<String> = a
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| *k != "alertname" && *k != "severity")
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let summary = a
+                    .annotations
+                    .get("summary")
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                lines.push(format!(
+                    "{severity}{name} {{{}}} since {}{summary}",
+                    rest.join(", "),
+                    when(a.starts_at)
+                ));
+            }
+            if alerts.len() > LIST_MAX {
+                lines.push(format!(
+                    "… and {} more: {}/#/alerts",
+                    alerts.len() - LIST_MAX,
+                    am.url().as_str().trim_end_matches('/')
+                ));
+            }
+            Ok(Outcome::reply(lines.join("\n")))
+        }
+    }
+
+    #[async_trait]
+    impl Plugin for SilencePlugin {
+        fn help(&self) -> &'static HelpEntry {
+            &SILENCE
+        }
+
+        async fn run(&self, services: &Services, call: &Call<'_>) -> Result<Outcome, PluginError> {
+            let Command::Silence {
+                matchers: list,
+                duration_secs,
+                duration_text,
+                reason,
+            } = call.command
+            else {
+                return Err(PluginError::Refuse("silence: unexpected command".into()));
+            };
+            let am = client(services)?;
+            let list = matchers(list)?;
+            if list.is_empty() {
+                return Err(PluginError::Refuse(
+                    "a silence needs at least one matcher, e.g. alertname=DiskFull".into(),
+                ));
+            }
+            if list.iter().all(|m| m.matches(&Default::default())) {
+                return Err(PluginError::Refuse(
+                    "these matchers also match an alert with no labels at all, so they would silence everything; name something to match".into(),
+                ));
+            }
+            let shown: Vec<String> = list.iter().map(ToString::to_string).collect();
+            let who = match &call.principal.person {
+                Some(p) => format!("{p} ({})", call.principal.identity),
+                None => call.principal.identity.clone(),
+            };
+            if !services.production {
+                return Ok(Outcome {
+                    replies: vec![format!(
+                        "non-production mode: would silence {} for {duration_text} as {who} — nothing was created.",
+                        shown.join(" ")
+                    )],
+                    audit: Some((
+                        AuditOutcome::Would,
+                        format!("would silence {}", shown.join(" ")),
+                    )),
+                    ..Outcome::default()
+                });
+            }
+            let comment = reason
+                .clone()
+                .unwrap_or_else(|| format!("silenced from chat by {who}"));
+            let silence = am
+                .create_silence(&NewSilence {
+                    matchers: &list,
+                    duration: Duration::from_secs(*duration_secs),
+                    created_by: &who,
+                    comment: &comment,
+                    request_id: call.request_id,
+                })
+                .await
+                .map_err(error)?;
+            Ok(Outcome {
+                replies: vec![format!(
+                    "silenced {} until {} ({duration_text}): silence {} — `unsilence {}` ends it.",
+                    shown.join(" "),
+                    when(silence.ends_at),
+                    silence.id,
+                    silence.id
+                )],
+                audit: Some((
+                    AuditOutcome::Done,
+                    format!("silence {} for {}", silence.id, shown.join(" ")),
+                )),
+                ..Outcome::default()
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Plugin for Unsilence {
+        fn help(&self) -> &'static HelpEntry {
+            &UNSILENCE
+        }
+
+        async fn run(&self, services: &Services, call: &Call<'_>) -> Result<Outcome, PluginError> {
+            let Command::Unsilence { id } = call.command else {
+                return Err(PluginError::Refuse("unsilence: unexpected command".into()));
+            };
+            let am = client(services)?;
+            let silence = am.silence(id).await.map_err(error)?;
+            if silence.status.state == "expired" {
+                return Ok(Outcome::reply(format!(
+                    "silence {id} has already ended ({}).",
+                    when(silence.ends_at)
+                )));
+            }
+            if !services.production {
+                return Ok(Outcome {
+                    replies: vec![format!(
+                        "non-production mode: would end silence {id} (by {}: {}) — nothing was changed.",
+                        silence.created_by, silence.comment
+                    )],
+                    audit: Some((AuditOutcome::Would, format!("would expire silence {id}"))),
+                    ..Outcome::default()
+                });
+            }
+            am.expire_silence(id).await.map_err(error)?;
+            Ok(Outcome {
+                replies: vec![format!(
+                    "silence {id} ended (it was created by {}).",
+                    silence.created_by
+                )],
+                audit: Some((AuditOutcome::Done, format!("expired silence {id}"))),
+                ..Outcome::default()
+            })
+        }
+    }
+}

@@ -60,6 +60,8 @@ pub struct Services {
     pub store: Store,
     pub retrigger: Retrigger,
     pub canary: Canary,
+    /// Alertmanager's API, for `alerts`, `silence` and `unsilence` (when configured).
+    pub alertmanager: Option<shepherd_core::alerts::Alertmanager>,
     pub policy: Arc<Policy>,
     /// The plugins of this build (help and whoami list them).
     pub registry: Arc<Registry>,
@@ -150,6 +152,9 @@ impl Registry {
             Box::new(canary::Test),
             Box::new(canary::CanaryPlugin),
             Box::new(canary::Retest),
+            Box::new(alerts::commands::Alerts),
+            Box::new(alerts::commands::SilencePlugin),
+            Box::new(alerts::commands::Unsilence),
         ];
         let plugins = all.into_iter().map(|p| (p.help().command, p)).collect();
         Self { plugins }

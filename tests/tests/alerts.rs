@@ -258,6 +258,17 @@ async fn routed_alerts_reach_their_channels(backend: Backend) {
             .await,
         Some(1.0)
     );
+    // Delivered means acknowledged by the server (its PONG), which may come after the human
+    // saw the lines.
+    assert!(
+        store
+            .wait_count(
+                "SELECT COUNT(*) FROM outbox WHERE frontend = 'irc' AND delivered_at IS NULL",
+                0,
+                WAIT
+            )
+            .await
+    );
     let delivered = bot
         .metric("shepherd_outbox_delivered_total{frontend=\"irc\"}")
         .await
@@ -680,5 +691,133 @@ async fn a_real_alertmanager_reaches_the_right_channels() {
         lines_in(&human, "#alerts").len(),
         0,
         "nothing fell to the default"
+    );
+}
+
+/// `alerts`, `silence` and `unsilence` from IRC, against the real Alertmanager's API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silences_from_irc_reach_alertmanager() {
+    use shepherd_tests::alertmanager::{AlertSpec, Alertmanager};
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let server = Ngircd::start(Throttle::Off).await;
+    let mut human = human_in_every_channel(&server.addr()).await;
+    let mut config = config(&store, &gitlab, server.port(), "");
+    let am = Alertmanager::start(
+        &format!("http://127.0.0.1:{}/hooks/alertmanager", config.http_port),
+        Some(TOKEN),
+    )
+    .await;
+    // ngIRCd has no services: the human is irc-unidentified:human, so open the commands.
+    config.extra = config.extra.replace(
+        "[alerts]\n",
+        &format!("[alerts]\nalertmanager_url = \"{}\"\n", am.url()),
+    );
+    config
+        .extra
+        .push_str("\n[permissions]\nsilence = [\"*\"]\nunsilence = [\"*\"]\n");
+    let bot = Shepherd::serve(&config).await;
+    bot.wait_http(WAIT).await;
+    wait_bot_joined(&human, &bot).await;
+
+    am.post_alerts(&[
+        AlertSpec::new("DiskFull").label("severity", "critical"),
+        AlertSpec::new("CpuHigh").label("severity", "critical"),
+    ])
+    .await;
+    assert!(
+        human.wait_for(WAIT, |m| lines(m, "#ops").len() == 2).await,
+        "{}",
+        human.transcript()
+    );
+
+    human
+        .privmsg(
+            "#ops",
+            "shepherd: silence alertname=DiskFull for 1h disk swap",
+        )
+        .await;
+    let reply = human
+        .expect_privmsg_from(BOT, "#ops", "silenced alertname=\"DiskFull\" until", WAIT)
+        .await;
+    let id = reply
+        .text()
+        .split("silence ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the silence id")
+        .to_string();
+    let silences = am.silences().await;
+    let s = silences
+        .iter()
+        .find(|s| s.id == id)
+        .expect("listed by Alertmanager");
+    assert_eq!(s.created_by, "irc-unidentified:human");
+    assert!(
+        s.comment.starts_with("disk swap [shepherd:"),
+        "{}",
+        s.comment
+    );
+    assert_eq!(s.status.state, "active");
+    let lasts = s.ends_at - s.starts_at;
+    assert!((3590..=3610).contains(&lasts.num_seconds()), "{lasts:?}");
+
+    human
+        .privmsg("#ops", "shepherd: alerts severity=critical")
+        .await;
+    let listed = human
+        .expect_privmsg_from(BOT, "#ops", "1 alert(s) firing", WAIT)
+        .await;
+    assert!(
+        !listed.text().contains("DiskFull"),
+        "silenced alerts are not listed"
+    );
+    assert!(
+        human
+            .wait_for(WAIT, |m| lines(m, "#ops")
+                .iter()
+                .any(|l| l.contains("[CRITICAL] CpuHigh")))
+            .await,
+        "{}",
+        human.transcript()
+    );
+
+    human
+        .privmsg("#ops", &format!("shepherd: unsilence {id}"))
+        .await;
+    human
+        .expect_privmsg_from(BOT, "#ops", &format!("silence {id} ended"), WAIT)
+        .await;
+    let expired = am.silences().await;
+    assert_eq!(
+        expired
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.status.state.as_str()),
+        Some("expired")
+    );
+
+    // Refusals: a silence that would match everything, an unknown silence.
+    human
+        .privmsg("#ops", "shepherd: silence alertname=~\".*\" for 1h")
+        .await;
+    human
+        .expect_privmsg_from(BOT, "#ops", "would silence everything", WAIT)
+        .await;
+    human
+        .privmsg(
+            "#ops",
+            "shepherd: unsilence 2b3c4d5e-0000-4000-8000-000000000000",
+        )
+        .await;
+    human
+        .expect_privmsg_from(BOT, "#ops", "has no silence 2b3c4d5e", WAIT)
+        .await;
+    assert_eq!(am.silences().await.len(), 1, "no other silence was created");
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM audit WHERE command IN ('silence', 'unsilence') AND outcome = 'done'")
+            .await,
+        2
     );
 }

@@ -358,14 +358,15 @@ impl IrcFrontend {
                     Ok(Ok(())) => {
                         let core = &self.dispatcher.metrics;
                         for (id, created_at) in &sent {
-                            if let Err(e) = self.outbox.mark_delivered(id).await {
-                                tracing::warn!(error = %e, "irc: cannot mark a message delivered");
-                            }
+                            // The server acknowledged it: delivered, whatever the store says next.
                             core.outbox_delivered.with_label_values(&[FRONTEND]).inc();
                             let lag = (shepherd_core::store::now_ms() - created_at).max(0);
                             core.outbox_delivery_lag
                                 .with_label_values(&[FRONTEND])
                                 .observe(lag as f64 / 1000.0);
+                            if let Err(e) = self.outbox.mark_delivered(id).await {
+                                tracing::warn!(error = %e, "irc: cannot mark a message delivered");
+                            }
                         }
                         continue;
                     }

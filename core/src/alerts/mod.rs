@@ -9,6 +9,7 @@
 //! word (plugins own the wording, templates included). Lines reach the rooms through the outbox,
 //! so a chat server that is down only delays them.
 
+pub mod client;
 pub mod matcher;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,9 @@ use sqlx::AnyConnection;
 
 use crate::origin::Origin;
 use crate::store::{StoreError, now_ms};
+pub use client::{
+    ActiveAlert, Alertmanager, AlertmanagerError, AlertmanagerSettings, NewSilence, Silence,
+};
 pub use matcher::{MatchOp, Matcher, MatcherError};
 
 /// One alert of a notification.
