@@ -225,11 +225,28 @@ impl App {
         tasks.spawn(watcher.clone().run(shutdown_rx.clone()));
         {
             let queue = queue.clone();
+            let outbox_for_metrics = outbox.clone();
+            let metrics_for_outbox = metrics.clone();
             let mut rx = shutdown_rx.clone();
             tasks.spawn(async move {
                 loop {
                     if let Err(e) = queue.refresh_metrics().await {
                         tracing::warn!(error = %e, "metrics: cannot read queue counts");
+                    }
+                    match outbox_for_metrics.pending_by_frontend().await {
+                        Ok(counts) => {
+                            for frontend in ["console", "irc", "gitlab", "matrix"] {
+                                let n = counts
+                                    .iter()
+                                    .find(|(f, _)| f == frontend)
+                                    .map_or(0, |(_, n)| *n);
+                                metrics_for_outbox
+                                    .outbox_pending
+                                    .with_label_values(&[frontend])
+                                    .set(n);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "metrics: cannot read outbox counts"),
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}

@@ -159,6 +159,19 @@ impl Outbox {
         Ok(())
     }
 
+    /// Undelivered messages by front end (for the `outbox_pending` gauge).
+    pub async fn pending_by_frontend(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT frontend, COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL GROUP BY frontend",
+        )
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("frontend")?, r.try_get("n")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     pub async fn pending_count(&self, frontend: &str) -> Result<i64, StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM outbox WHERE frontend = $1 AND delivered_at IS NULL",
