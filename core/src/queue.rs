@@ -145,28 +145,41 @@ impl Queue {
         let not_lanes = if lanes.is_empty() {
             String::new()
         } else {
-            let marks: Vec<String> = (0..lanes.len()).map(|i| format!("${}", i + 3)).collect();
+            let marks: Vec<String> = (0..lanes.len()).map(|i| format!("${}", i + 2)).collect();
             format!("AND r.kind NOT IN ({}) ", marks.join(", "))
         };
-        let sql = format!(
+        // Two index-friendly lookups instead of one sorted OR: first a lease that expired (its
+        // worker died; `requests_by_lease`), then the oldest due ready item, read in the order of
+        // `requests_by_state` (state, available_at, id), so done rows are never scanned.
+        let filters = format!(
+            "{not_lanes}AND (r.after_id IS NULL OR NOT EXISTS (SELECT 1 FROM requests p \
+             WHERE p.id = r.after_id AND p.state IN ('ready', 'leased')))"
+        );
+        let expired_sql = format!(
             "SELECT r.id, r.attempts, r.state FROM requests r \
-             WHERE ((r.state = 'ready' AND r.available_at <= $1) \
-                OR (r.state = 'leased' AND r.lease_until <= $2)) \
-               {not_lanes}\
-               AND (r.after_id IS NULL OR NOT EXISTS (SELECT 1 FROM requests p \
-                    WHERE p.id = r.after_id AND p.state IN ('ready', 'leased'))) \
-             ORDER BY r.available_at, r.id LIMIT 1"
+             WHERE r.state = 'leased' AND r.lease_until <= $1 {filters} \
+             ORDER BY r.lease_until LIMIT 1"
+        );
+        let ready_sql = format!(
+            "SELECT r.id, r.attempts, r.state FROM requests r \
+             WHERE r.state = 'ready' AND r.available_at <= $1 {filters} \
+             ORDER BY r.state, r.available_at, r.id LIMIT 1"
         );
         // A lost compare-and-set means another worker took that item: look again.
         for _ in 0..16 {
             let now = now_ms();
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(now)
-                .bind(now);
-            for kind in lanes {
-                query = query.bind(kind.clone());
+            let mut row = None;
+            for sql in [&expired_sql, &ready_sql] {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(now);
+                for kind in lanes {
+                    query = query.bind(kind.clone());
+                }
+                row = query.fetch_optional(pool).await?;
+                if row.is_some() {
+                    break;
+                }
             }
-            let Some(row) = query.fetch_optional(pool).await? else {
+            let Some(row) = row else {
                 return Ok(None);
             };
             let id: String = row.try_get("id")?;
