@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shepherd_config::{AlertsConfig, Config};
+use shepherd_config::{AlertLines, AlertsConfig, Config};
 use shepherd_core::Origin;
 use shepherd_core::alerts::{Alertmanager, AlertmanagerSettings, Matcher, Route, Router};
 use shepherd_core::audit::AuditLog;
@@ -353,6 +353,8 @@ fn alert_relay(a: &AlertsConfig, metrics: Arc<Metrics>) -> anyhow::Result<AlertR
     let formatter = AlertFormatter::new(&AlertWording {
         firing_template: a.firing_template.clone(),
         resolved_template: a.resolved_template.clone(),
+        per_group: a.lines == AlertLines::Group,
+        group_template: a.group_template.clone(),
         storm_threshold: a.storm_threshold,
         storm_shown: a.storm_shown,
     })?;

@@ -21,11 +21,12 @@ use figment::providers::Serialized;
 
 pub use error::ConfigError;
 pub use model::{
-    AccessLevel, AlertRoute, AlertsConfig, BotConfig, CanaryConfig, CanaryProjectConfig,
-    CanaryReference, CommentProjectConfig, Config, ConsoleConfig, DEFAULT_FIRING_TEMPLATE,
-    DEFAULT_RESOLVED_TEMPLATE, GitlabCommentsConfig, GitlabConfig, HttpConfig, IrcConfig,
-    IrcReplyKind, LogConfig, LogFormat, Person, QueueConfig, RateLimitsConfig, RetriggerConfig,
-    StoreConfig, WatcherConfig, parse_channel_keys,
+    AccessLevel, AlertLines, AlertRoute, AlertsConfig, BotConfig, CanaryConfig,
+    CanaryProjectConfig, CanaryReference, CommentProjectConfig, Config, ConsoleConfig,
+    DEFAULT_FIRING_TEMPLATE, DEFAULT_GROUP_TEMPLATE, DEFAULT_RESOLVED_TEMPLATE,
+    GitlabCommentsConfig, GitlabConfig, HttpConfig, IrcConfig, IrcReplyKind, LogConfig, LogFormat,
+    Person, QueueConfig, RateLimitsConfig, RetriggerConfig, StoreConfig, WatcherConfig,
+    parse_channel_keys,
 };
 pub use secret::Secret;
 pub use sources::{CONVENTIONAL_SECRET_VARS, ENV_PREFIX, NOT_KEY_VARS};

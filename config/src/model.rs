@@ -802,6 +802,12 @@ pub struct AlertsConfig {
     pub firing_template: String,
     /// MiniJinja template of one resolved alert's line.
     pub resolved_template: String,
+    /// `alert`: one line per alert; `group`: one line per notification and room, from
+    /// `group_template`.
+    pub lines: AlertLines,
+    /// MiniJinja template of a group's line (`notification`, `alerts`, `count`, `group`,
+    /// `names` are in scope).
+    pub group_template: String,
     /// A group with more alerts than this for one room is shown as one summary line ...
     pub storm_threshold: usize,
     /// ... followed by the first this-many alerts.
@@ -811,6 +817,20 @@ pub struct AlertsConfig {
     /// Webhook bodies larger than this are refused with 413.
     pub max_body_bytes: usize,
 }
+
+/// How many lines a notification becomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertLines {
+    /// One line per alert (a storm becomes a summary and the first few).
+    #[default]
+    Alert,
+    /// One line per notification and room.
+    Group,
+}
+
+/// The default line of a group: severity, state and count, the group, the alert names, a link.
+pub const DEFAULT_GROUP_TEMPLATE: &str = "{{ notification | severity }} {{ count }} alert(s) {{ notification.status }} in {{ group }}: {{ names }} {{ notification.alerts_url }}";
 
 /// The default line of a firing alert: severity, name, summary, where, and links.
 pub const DEFAULT_FIRING_TEMPLATE: &str = "{{ alert | severity }} {{ alert.labels.alertname }}{% if alert.labels.instance %} on {{ alert.labels.instance }}{% endif %}: {{ alert.annotations.summary or alert.annotations.description or '' }} {{ alert.generator_url }} silence: {{ alert.silence_url }}";
@@ -829,6 +849,8 @@ impl Default for AlertsConfig {
             default_targets: Vec::new(),
             firing_template: DEFAULT_FIRING_TEMPLATE.to_string(),
             resolved_template: DEFAULT_RESOLVED_TEMPLATE.to_string(),
+            lines: AlertLines::Alert,
+            group_template: DEFAULT_GROUP_TEMPLATE.to_string(),
             storm_threshold: 10,
             storm_shown: 3,
             dedup_window_minutes: 240,

@@ -391,6 +391,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
         for (key, template) in [
             ("alerts.firing_template", &alerts.firing_template),
             ("alerts.resolved_template", &alerts.resolved_template),
+            ("alerts.group_template", &alerts.group_template),
         ] {
             if let Err(err) = templates.template_from_str(template) {
                 c.fail(key, format!("is not a valid template: {err}"));

@@ -14,6 +14,9 @@ use shepherd_core::alerts::{Alert, Notification};
 pub struct AlertWording {
     pub firing_template: String,
     pub resolved_template: String,
+    /// One line per notification and room (from `group_template`) instead of one per alert.
+    pub per_group: bool,
+    pub group_template: String,
     pub storm_threshold: usize,
     pub storm_shown: usize,
 }
@@ -28,9 +31,13 @@ pub struct TemplateError {
 /// Renders alert lines; built once at start (the templates are compiled then).
 pub struct AlertFormatter {
     env: Environment<'static>,
+    per_group: bool,
     storm_threshold: usize,
     storm_shown: usize,
 }
+
+/// At most this many alert names in a group line.
+const GROUP_NAMES: usize = 5;
 
 /// What a template sees as `alert`.
 #[derive(Serialize)]
@@ -56,6 +63,46 @@ struct NotificationView<'a> {
     group_labels: &'a BTreeMap<String, String>,
     common_labels: &'a BTreeMap<String, String>,
     external_url: &'a str,
+    /// Alertmanager's list of alerts (empty without an external URL).
+    alerts_url: String,
+    /// The highest severity among the room's alerts (for the `severity` filter).
+    severity: &'a str,
+    irc: bool,
+}
+
+impl<'a> NotificationView<'a> {
+    fn new(n: &'a Notification, severity: &'a str, irc: bool) -> Self {
+        Self {
+            status: &n.status,
+            receiver: &n.receiver,
+            group_labels: &n.group_labels,
+            common_labels: &n.common_labels,
+            external_url: &n.external_url,
+            alerts_url: if n.external_url.is_empty() {
+                String::new()
+            } else {
+                format!("{}/#/alerts", n.external_url.trim_end_matches('/'))
+            },
+            severity,
+            irc,
+        }
+    }
+}
+
+/// Severities, most urgent first, for the severity of a group.
+const SEVERITY_ORDER: &[&str] = &["page", "critical", "error", "warning", "info", "notice"];
+
+fn highest_severity<'a>(alerts: &[&'a Alert]) -> &'a str {
+    alerts
+        .iter()
+        .filter_map(|a| a.labels.get("severity").map(String::as_str))
+        .min_by_key(|s| {
+            SEVERITY_ORDER
+                .iter()
+                .position(|o| o == s)
+                .unwrap_or(SEVERITY_ORDER.len())
+        })
+        .unwrap_or("")
 }
 
 const IRC_BOLD: char = '\u{2}';
@@ -147,8 +194,14 @@ impl AlertFormatter {
                 which: "alerts.resolved_template",
                 detail: e.to_string(),
             })?;
+        env.add_template_owned("group", w.group_template.clone())
+            .map_err(|e| TemplateError {
+                which: "alerts.group_template",
+                detail: e.to_string(),
+            })?;
         Ok(Self {
             env,
+            per_group: w.per_group,
             storm_threshold: w.storm_threshold.max(1),
             storm_shown: w.storm_shown,
         })
@@ -168,13 +221,11 @@ impl AlertFormatter {
             irc,
         };
         let alert = Value::from(minijinja::value::Serde(&view));
-        let notification = Value::from(minijinja::value::Serde(NotificationView {
-            status: &n.status,
-            receiver: &n.receiver,
-            group_labels: &n.group_labels,
-            common_labels: &n.common_labels,
-            external_url: &n.external_url,
-        }));
+        let notification = Value::from(minijinja::value::Serde(NotificationView::new(
+            n,
+            view.severity,
+            irc,
+        )));
         let name = if a.status == "resolved" {
             "resolved"
         } else {
@@ -201,9 +252,87 @@ impl AlertFormatter {
         }
     }
 
-    /// The lines for one room: every alert, or a summary line and the first few of a storm.
+    /// One line for the room's alerts of a notification.
+    fn group_line(&self, n: &Notification, alerts: &[&Alert], irc: bool) -> String {
+        let severity = highest_severity(alerts);
+        let mut names: Vec<&str> = Vec::new();
+        for a in alerts {
+            let name = a.labels.get("alertname").map(String::as_str).unwrap_or("?");
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let shown = if names.len() > GROUP_NAMES {
+            format!(
+                "{} and {} more",
+                names[..GROUP_NAMES].join(", "),
+                names.len() - GROUP_NAMES
+            )
+        } else {
+            names.join(", ")
+        };
+        let group = if n.group_labels.is_empty() {
+            "{}".to_string()
+        } else {
+            format!(
+                "{{{}}}",
+                n.group_labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let views: Vec<Value> = alerts
+            .iter()
+            .map(|a| {
+                Value::from(minijinja::value::Serde(AlertView {
+                    status: &a.status,
+                    labels: &a.labels,
+                    annotations: &a.annotations,
+                    starts_at: &a.starts_at,
+                    ends_at: &a.ends_at,
+                    generator_url: &a.generator_url,
+                    fingerprint: &a.fingerprint,
+                    severity: a.labels.get("severity").map(String::as_str).unwrap_or(""),
+                    silence_url: silence_url(&n.external_url, &a.labels),
+                    irc,
+                }))
+            })
+            .collect();
+        let notification = Value::from(minijinja::value::Serde(NotificationView::new(
+            n, severity, irc,
+        )));
+        let rendered = self.env.get_template("group").and_then(|t| {
+            t.render(context! {
+                notification => notification,
+                alerts => views,
+                count => alerts.len(),
+                group => group.clone(),
+                names => shown.clone(),
+            })
+        });
+        match rendered {
+            Ok(text) => one_line(&text),
+            Err(e) => {
+                tracing::warn!(error = %e, "alert group template failed; using the plain line");
+                format!(
+                    "{} {} alert(s) {} in {group}: {shown}",
+                    severity_tag(&n.status, severity, irc),
+                    alerts.len(),
+                    n.status
+                )
+            }
+        }
+    }
+
+    /// The lines for one room: one per alert (a storm: a summary line and the first few), or
+    /// one for the group.
     pub fn lines(&self, room: &Origin, n: &Notification, alerts: &[&Alert]) -> Vec<String> {
         let irc = room.frontend == "irc";
+        if self.per_group {
+            return vec![self.group_line(n, alerts, irc)];
+        }
         if alerts.len() <= self.storm_threshold && n.truncated_alerts == 0 {
             return alerts.iter().map(|a| self.alert_line(n, a, irc)).collect();
         }
@@ -261,6 +390,8 @@ mod tests {
         AlertWording {
             firing_template: shepherd_config::DEFAULT_FIRING_TEMPLATE.to_string(),
             resolved_template: shepherd_config::DEFAULT_RESOLVED_TEMPLATE.to_string(),
+            per_group: false,
+            group_template: shepherd_config::DEFAULT_GROUP_TEMPLATE.to_string(),
             storm_threshold: threshold,
             storm_shown: 2,
         }
@@ -336,6 +467,26 @@ mod tests {
         assert_eq!(lines.len(), 3, "{lines:#?}");
         assert!(lines[0].contains("alert storm in {alertname=DiskFull}: 50 firing, 0 resolved; the first 2 follow. all: http://am:9093/#/alerts"), "{}", lines[0]);
         assert!(lines[1].contains("A0") && lines[2].contains("A1"));
+    }
+
+    #[test]
+    fn a_group_is_one_line_with_its_highest_severity() {
+        let mut w = wording(3);
+        w.per_group = true;
+        let f = AlertFormatter::new(&w).expect("templates");
+        let mut alerts: Vec<Alert> = (0..8)
+            .map(|i| alert(&format!("A{i}"), "firing", "warning"))
+            .collect();
+        alerts.push(alert("A0", "firing", "critical"));
+        let n = notification(alerts);
+        let refs: Vec<&Alert> = n.alerts.iter().collect();
+        let irc = f.lines(&Origin::new("irc", "#ops"), &n, &refs);
+        assert_eq!(
+            irc,
+            [
+                "\u{2}\u{3}04[CRITICAL]\u{f} 9 alert(s) firing in {alertname=DiskFull}: A0, A1, A2, A3, A4 and 3 more http://am:9093/#/alerts"
+            ]
+        );
     }
 
     #[test]

@@ -821,3 +821,54 @@ async fn silences_from_irc_reach_alertmanager() {
         2
     );
 }
+
+/// `lines = "group"`: one line per notification and room, however many alerts it carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_lines_say_a_notification_once_per_room() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let server = Ngircd::start(Throttle::Off).await;
+    let human = human_in_every_channel(&server.addr()).await;
+    let bot = Shepherd::serve(&config(&store, &gitlab, server.port(), "lines = \"group\"")).await;
+    bot.wait_http(WAIT).await;
+    wait_bot_joined(&human, &bot).await;
+    let n = notification(
+        "firing",
+        "Disk",
+        vec![
+            alert(
+                "DiskFull",
+                "firing",
+                &[("severity", "warning"), ("team", "db")],
+            ),
+            alert(
+                "DiskSlow",
+                "firing",
+                &[("severity", "critical"), ("team", "db")],
+            ),
+            alert(
+                "DiskGone",
+                "firing",
+                &[("severity", "warning"), ("team", "db")],
+            ),
+        ],
+    );
+    assert_eq!(notify(&bot, &n).await.0, 200);
+    assert!(
+        human
+            .wait_for(WAIT, |m| lines(m, "#db").len() == 1
+                && lines(m, "#ops").len() == 1)
+            .await,
+        "{}",
+        human.transcript()
+    );
+    assert_eq!(
+        lines_in(&human, "#db"),
+        [
+            "\u{2}\u{3}04[CRITICAL]\u{f} 3 alert(s) firing in {alertname=Disk}: DiskFull, DiskSlow, DiskGone http://127.0.0.1:19093/#/alerts"
+        ]
+    );
+    assert!(
+        lines_in(&human, "#ops")[0].contains("1 alert(s) firing in {alertname=Disk}: DiskSlow")
+    );
+}
