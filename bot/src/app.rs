@@ -256,6 +256,30 @@ impl App {
             });
         }
 
+        {
+            // Retention: what is finished and old is deleted, hourly.
+            let store = store.clone();
+            let keep = Duration::from_secs(config.queue.retention_days.saturating_mul(86_400));
+            let mut rx = shutdown_rx.clone();
+            tasks.spawn(async move {
+                loop {
+                    let before = shepherd_core::store::now_ms()
+                        - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2);
+                    match shepherd_core::store::prune(&store, before).await {
+                        Ok(p) if p != shepherd_core::store::Pruned::default() => {
+                            tracing::info!(requests = p.requests, outbox = p.outbox, watches = p.watches, effects = p.effects, alert_notices = p.alert_notices, "retention: old finished rows deleted");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "retention: cannot prune the store"),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                        _ = rx.changed() => return,
+                    }
+                }
+            });
+        }
+
         if !config.production {
             tracing::info!("non-production mode: writes to GitLab are described, not made");
         }

@@ -110,6 +110,9 @@ pub struct QueueConfig {
     pub workers: u32,
     /// How often an idle worker looks for work (embedded queue).
     pub poll_interval_ms: u64,
+    /// Finished requests, delivered messages and ended watches older than this are deleted
+    /// (dead requests are kept until someone looks at them).
+    pub retention_days: u64,
 }
 
 impl Default for QueueConfig {
@@ -122,6 +125,7 @@ impl Default for QueueConfig {
             retry_max_ms: 300_000,
             workers: 4,
             poll_interval_ms: 250,
+            retention_days: 14,
         }
     }
 }

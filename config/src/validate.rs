@@ -157,6 +157,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     c.at_least("queue.workers", queue.workers.into(), 1);
     c.at_least("queue.lease_seconds", queue.lease_seconds, 1);
     c.at_least("queue.poll_interval_ms", queue.poll_interval_ms, 1);
+    c.at_least("queue.retention_days", queue.retention_days, 1);
     c.at_least("queue.retry_base_ms", queue.retry_base_ms, 1);
     c.ordered(
         "queue.retry_base_ms",

@@ -101,6 +101,68 @@ impl Store {
 }
 
 /// Current time in Unix milliseconds.
+/// Rows deleted by [`prune`], by table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub requests: u64,
+    pub effects: u64,
+    pub outbox: u64,
+    pub watches: u64,
+    pub alert_notices: u64,
+}
+
+/// Deletes what is finished and older than `before` (Unix ms): done requests and their
+/// idempotency records, delivered messages, ended watches, alert notices. Dead requests, the
+/// audit log, pipelines started and canary runs stay. Slot messages whose slot is still in use
+/// are not needed once delivered: the slot row keeps the note id.
+pub async fn prune(store: &Store, before: i64) -> Result<Pruned, StoreError> {
+    let pool = store.pool();
+    let mut tx = pool.begin().await?;
+    // Commands from merge-request comments stay: their keys are what keeps an edited comment
+    // from running them again.
+    let effects = sqlx::query(
+        "DELETE FROM effects WHERE request_id IN \
+         (SELECT id FROM requests WHERE state = 'done' AND updated_at < $1 \
+          AND (dedup_key IS NULL OR dedup_key NOT LIKE 'note:%'))",
+    )
+    .bind(before)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let requests = sqlx::query(
+        "DELETE FROM requests WHERE state = 'done' AND updated_at < $1 \
+         AND (dedup_key IS NULL OR dedup_key NOT LIKE 'note:%')",
+    )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let outbox =
+        sqlx::query("DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    let watches = sqlx::query("DELETE FROM watches WHERE state = 'done' AND finished_at < $1")
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let alert_notices = sqlx::query("DELETE FROM alert_notices WHERE shown_at < $1")
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(Pruned {
+        requests,
+        effects,
+        outbox,
+        watches,
+        alert_notices,
+    })
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

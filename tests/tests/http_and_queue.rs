@@ -450,6 +450,37 @@ async fn queue_contract(backend: Backend) {
         "{total} leases, {} distinct",
         seen.len()
     );
-    store.close().await;
+
+    // Retention: finished work older than the cut is deleted; dead items and comment commands stay.
+    let mut from_comment = request(999, Some("note:1:2:abc:1"));
+    from_comment.kind = "command".into();
+    let kept = queue.enqueue(from_comment).await.expect("enqueue");
+    let item = lease_soon(&queue, "w1").await;
+    assert_eq!(item.id, kept.id());
+    let mut conn = store.pool().acquire().await.expect("conn");
+    assert!(queue.complete_in(&mut conn, &item).await.expect("complete"));
+    drop(conn);
+    let done_before: i64 = test_store
+        .count("SELECT COUNT(*) FROM requests WHERE state = 'done'")
+        .await;
+    let pruned = shepherd_core::store::prune(&store, shepherd_core::store::now_ms() + 1)
+        .await
+        .expect("prune");
+    assert_eq!(
+        pruned.requests as i64,
+        done_before - 1,
+        "all done but the comment's"
+    );
+    assert_eq!(
+        test_store
+            .count("SELECT COUNT(*) FROM requests WHERE state = 'done'")
+            .await,
+        1
+    );
+    assert_eq!(
+        queue.counts().await.expect("counts").dead,
+        1,
+        "dead items stay"
+    );
 }
 on_both_stores!(queue_leases_redelivers_delays_and_parks, queue_contract);
