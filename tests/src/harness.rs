@@ -332,6 +332,8 @@ impl Shepherd {
             .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("SHEPHERD_LOG", "info,shepherd_core=debug")
             .env_remove("SHEPHERD_CONFIG")
+            // The harness's own variable; shepherd would refuse it as an unknown SHEPHERD_* key.
+            .env_remove("SHEPHERD_BIN")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))

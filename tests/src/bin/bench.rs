@@ -13,8 +13,25 @@
 //!   flood limits, the delivery rate of a long reply at several configured pacing rates, and
 //!   whether the bot was disconnected.
 //!
-//! Run: `./target/release/bench [commands]` and `./target/release/bench irc [commands]`
-//! (default 1000), after `cargo build --release -p shepherd-bot -p shepherd-tests --bins`.
+//! - GitLab webhooks (`bench hooks [deliveries]`, default 5000): Note Hooks POSTed by 16
+//!   concurrent keep-alive clients, answered 202 once stored, per second, with p50/p99 of the
+//!   POST and the time until the workers processed every stored event; on SQLite and
+//!   PostgreSQL, comments with and without a command; the floor is a minimal axum server that
+//!   reads the body and answers 200 (`bench/hooks.rs`).
+//! - Canary (`bench canary [refs]`, default 20): `@shepherd test` -> all reference pipelines
+//!   created, first summary note, verdict, and the API calls spent watching the pipelines with
+//!   Pipeline Hooks and with polling only (`bench/canary.rs`).
+//!
+//! Run: `./target/release/bench [commands]`, `./target/release/bench irc [commands]` (default
+//! 1000), `./target/release/bench hooks [deliveries]` and `./target/release/bench canary [refs]`,
+//! after `cargo build --release -p shepherd-bot -p shepherd-tests`. `hooks` and `canary` run
+//! shepherd with the shipped `[queue]` settings; `BENCH_WORKERS=<n>` changes its worker count.
+
+// A binary's root resolves modules beside itself; these live in `bench/`.
+#[path = "bench/canary.rs"]
+mod canary;
+#[path = "bench/hooks.rs"]
+mod hooks;
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +42,70 @@ use shepherd_tests::ircd::{Ngircd, Throttle};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const PROJECT: &str = "cki-project/pipeline-definition";
+
+/// The store's name in tables.
+fn backend_label(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "SQLite",
+        Backend::Postgres => "PostgreSQL",
+    }
+}
+
+/// The shipped `[queue]` settings (`config/shepherd.toml`) as `SHEPHERD_*` overrides of the
+/// harness's test settings (2 workers, 2 s leases, 50 ms retries), for benchmarks of load.
+/// `BENCH_WORKERS` replaces the shipped 4 workers (to see what the workers' contention costs).
+fn shipped_queue_env() -> Vec<(String, String)> {
+    let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "4".into());
+    [
+        ("SHEPHERD_QUEUE__WORKERS", workers.as_str()),
+        ("SHEPHERD_QUEUE__LEASE_SECONDS", "60"),
+        ("SHEPHERD_QUEUE__RETRY_BASE_MS", "1000"),
+        ("SHEPHERD_QUEUE__RETRY_MAX_MS", "300000"),
+        ("SHEPHERD_QUEUE__POLL_INTERVAL_MS", "250"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Counts shepherd's WARN and ERROR log lines, and prints each distinct message (without its
+/// timestamp and fields) once to stderr, with how often it came.
+fn log_problems(run: &str, stderr: &str) -> (usize, usize) {
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    let (mut warnings, mut errors) = (0, 0);
+    for line in stderr.lines() {
+        let level = if line.contains(" WARN ") {
+            warnings += 1;
+            "WARN"
+        } else if line.contains(" ERROR ") {
+            errors += 1;
+            "ERROR"
+        } else {
+            continue;
+        };
+        let message = line
+            .split_once(level)
+            .map(|(_, m)| m.trim())
+            .unwrap_or(line);
+        // `target: message key=value ...`: keep the target and the message.
+        let short: String = message
+            .split(" error=")
+            .next()
+            .unwrap_or(message)
+            .chars()
+            .take(160)
+            .collect();
+        let short = format!("{level} {short}");
+        match seen.iter_mut().find(|(m, _)| *m == short) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((short, 1)),
+        }
+    }
+    for (m, n) in &seen {
+        eprintln!("[{run}] {n}x {m}");
+    }
+    (warnings, errors)
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -121,10 +202,7 @@ async fn command_latency(backend: Backend, n: usize) -> (Row, Row) {
     }
     bot.close_stdin();
     bot.kill9().await;
-    let label = match backend {
-        Backend::Sqlite => "SQLite",
-        Backend::Postgres => "PostgreSQL",
-    };
+    let label = backend_label(backend);
     (
         row(
             &format!("console line -> GitLab request ({label})"),
@@ -346,12 +424,18 @@ async fn irc_main(n: usize) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("irc") {
-        args.remove(0);
-        let n = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
-        irc_main(n).await;
-        return;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().cloned().unwrap_or_default();
+    let count = |args: &[String], default: usize| {
+        args.get(1).and_then(|a| a.parse().ok()).unwrap_or(default)
+    };
+    match mode.as_str() {
+        "irc" => return irc_main(count(&args, 1000)).await,
+        "hooks" => return hooks::main(count(&args, 5000)).await,
+        "canary" => return canary::main(count(&args, 20)).await,
+        // The floor server of `bench hooks`, run as a child process.
+        "hook-floor" => return hooks::floor_server().await,
+        _ => {}
     }
     let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let floor = pipe_floor(n).await;
