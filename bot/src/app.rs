@@ -267,7 +267,14 @@ impl App {
                         - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2);
                     match shepherd_core::store::prune(&store, before).await {
                         Ok(p) if p != shepherd_core::store::Pruned::default() => {
-                            tracing::info!(requests = p.requests, outbox = p.outbox, watches = p.watches, effects = p.effects, alert_notices = p.alert_notices, "retention: old finished rows deleted");
+                            tracing::info!(
+                                requests = p.requests,
+                                outbox = p.outbox,
+                                watches = p.watches,
+                                effects = p.effects,
+                                alert_notices = p.alert_notices,
+                                "retention: old finished rows deleted"
+                            );
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "retention: cannot prune the store"),

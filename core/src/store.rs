@@ -133,10 +133,10 @@ pub async fn prune(store: &Store, before: i64) -> Result<Pruned, StoreError> {
         "DELETE FROM requests WHERE state = 'done' AND updated_at < $1 \
          AND (dedup_key IS NULL OR dedup_key NOT LIKE 'note:%')",
     )
-        .bind(before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    .bind(before)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     let outbox =
         sqlx::query("DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < $1")
             .bind(before)
