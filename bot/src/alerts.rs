@@ -32,26 +32,13 @@ use shepherd_core::outbox::{self, Outbox};
 use shepherd_core::queue::{Enqueued, Leased, NewRequest, Queue};
 use shepherd_core::store::{AnyConnection, StoreError};
 use shepherd_plugins::alerts::AlertFormatter;
-use subtle::ConstantTimeEq;
+
+use crate::http::{answer, same_secret, secret_digest};
 
 /// The queue kind of a stored Alertmanager notification.
 pub const NOTIFICATION_KIND: &str = "alert-notification";
 /// The longest message `POST /api/v1/say` accepts.
 const SAY_MAX_CHARS: usize = 4000;
-
-fn answer(status: StatusCode, body: Value) -> Response {
-    (status, Json(body)).into_response()
-}
-
-fn digest(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
-}
-
-/// Constant-time comparison of a presented secret with the expected one's digest.
-fn same_secret(given: &[u8], expected: &[u8; 32]) -> bool {
-    let given: [u8; 32] = Sha256::digest(given).into();
-    given.ct_eq(expected).into()
-}
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -80,7 +67,7 @@ impl AlertHookState {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            token: token.map(digest),
+            token: token.map(secret_digest),
             username,
             max_body_bytes,
             queue,
@@ -286,7 +273,7 @@ pub struct SayState {
 impl SayState {
     pub fn new(token: Option<&str>, outbox: Outbox, frontends: Vec<String>) -> Self {
         Self {
-            token: token.map(digest),
+            token: token.map(secret_digest),
             outbox,
             frontends: Arc::new(frontends),
         }
@@ -386,7 +373,7 @@ mod tests {
 
     #[test]
     fn secrets_compare_by_digest() {
-        let expected = digest("token");
+        let expected = secret_digest("token");
         assert!(same_secret(b"token", &expected));
         assert!(!same_secret(b"tokem", &expected));
         assert!(!same_secret(b"", &expected));

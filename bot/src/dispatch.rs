@@ -107,14 +107,7 @@ impl Dispatcher {
 
     /// Handles every command in one incoming message, in order.
     pub async fn handle(&self, inbound: &Inbound) -> Result<(), StoreError> {
-        let addressing = Addressing {
-            bot_name: &self.services.bot_name,
-            prefix: &self.services.prefix,
-        };
-        let texts: Vec<String> = addressed(inbound.frontend, &inbound.text, &addressing)
-            .into_iter()
-            .map(|t| t.to_string())
-            .collect();
+        let texts = self.commands_of(inbound);
         let keys: Vec<Option<String>> = match inbound.dedup.as_deref() {
             Some(base) => command_keys(base, &texts).into_iter().map(Some).collect(),
             None => vec![None; texts.len()],

@@ -12,8 +12,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use sha2::{Digest, Sha256};
 use shepherd_core::metrics::Metrics;
 use shepherd_core::store::Store;
+use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use crate::alerts::{self, AlertHookState, SayState};
@@ -91,6 +93,23 @@ async fn help(State(s): State<HttpState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
         s.reference.as_str().to_owned(),
     )
+}
+
+/// A configured secret as it is kept in memory: its SHA-256.
+pub fn secret_digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Compares a presented secret with a kept digest in constant time; hashing first means not
+/// even the length leaks.
+pub fn same_secret(given: &[u8], expected: &[u8; 32]) -> bool {
+    let given: [u8; 32] = Sha256::digest(given).into();
+    given.ct_eq(expected).into()
+}
+
+/// A JSON answer with a status.
+pub fn answer(status: StatusCode, body: serde_json::Value) -> axum::response::Response {
+    (status, axum::Json(body)).into_response()
 }
 
 /// Binds and serves until `shutdown` turns true.

@@ -222,9 +222,7 @@ impl Worker {
             }
             Err(EventError::Retry(why)) => {
                 if self.queue.is_last_attempt(&item) {
-                    let mut tx = self.services.store.pool().begin().await?;
-                    self.queue.park_in(&mut tx, &item, &why).await?;
-                    tx.commit().await?;
+                    self.park(&item, &why).await?;
                     tracing::error!(request = %item.id, error = %why, "gitlab event: given up after the last attempt; parked");
                 } else {
                     let out = self.queue.fail(&item, &why).await?;
@@ -234,10 +232,7 @@ impl Worker {
             }
             Err(EventError::Unreadable(why)) => {
                 tracing::error!(request = %item.id, error = %why, "gitlab event: unreadable; parked");
-                let mut tx = self.services.store.pool().begin().await?;
-                self.queue.park_in(&mut tx, &item, &why).await?;
-                tx.commit().await?;
-                Ok(())
+                self.park(&item, &why).await
             }
         }
     }
@@ -246,9 +241,7 @@ impl Worker {
     async fn process_alert(&self, item: Leased) -> Result<(), StoreError> {
         let Some(relay) = &self.alerts else {
             let why = "alerts are not configured any more; the notification cannot be relayed";
-            let mut tx = self.services.store.pool().begin().await?;
-            self.queue.park_in(&mut tx, &item, why).await?;
-            tx.commit().await?;
+            self.park(&item, why).await?;
             tracing::error!(request = %item.id, "{why}; parked");
             return Ok(());
         };
@@ -265,9 +258,7 @@ impl Worker {
             }
             Err(RelayError::Unreadable(why)) => {
                 tx.rollback().await?;
-                let mut tx = self.services.store.pool().begin().await?;
-                self.queue.park_in(&mut tx, &item, &why).await?;
-                tx.commit().await?;
+                self.park(&item, &why).await?;
                 tracing::error!(request = %item.id, error = %why, "alert notification unreadable; parked");
                 Ok(())
             }
@@ -278,6 +269,14 @@ impl Worker {
                 Ok(())
             }
         }
+    }
+
+    /// Parks an item that has no one to tell (a webhook event, a notification).
+    async fn park(&self, item: &Leased, why: &str) -> Result<(), StoreError> {
+        let mut tx = self.services.store.pool().begin().await?;
+        self.queue.park_in(&mut tx, item, why).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Commits replies, started pipelines, watches and completion together.

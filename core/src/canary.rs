@@ -729,14 +729,7 @@ pub async fn apply_in(
         CanaryChange::Retest(retest) => {
             lock_run(conn, &retest.run_id, now).await?;
             for row in &retest.rows {
-                let (pipeline_id, web_url, status) = match &row.pipeline {
-                    Some(p) => (
-                        Some(to_i64(p.id)),
-                        Some(p.web_url.clone()),
-                        p.status.as_str().to_string(),
-                    ),
-                    None => (None, None, "error".to_string()),
-                };
+                let (pipeline_id, web_url, status) = row_columns(row);
                 // Only rows that still hold a finished pipeline are replaced, so a redelivered
                 // retest does not bump the attempt twice.
                 sqlx::query(
@@ -768,20 +761,25 @@ pub async fn apply_in(
     }
 }
 
-async fn insert_row(
-    conn: &mut AnyConnection,
-    run_id: &str,
-    row: &StartedRow,
-    now: i64,
-) -> Result<(), StoreError> {
-    let (pipeline_id, web_url, status) = match &row.pipeline {
+/// A row's pipeline columns: id, link and status, or no pipeline and `error`.
+fn row_columns(row: &StartedRow) -> (Option<i64>, Option<String>, String) {
+    match &row.pipeline {
         Some(p) => (
             Some(to_i64(p.id)),
             Some(p.web_url.clone()),
             p.status.as_str().to_string(),
         ),
         None => (None, None, "error".to_string()),
-    };
+    }
+}
+
+async fn insert_row(
+    conn: &mut AnyConnection,
+    run_id: &str,
+    row: &StartedRow,
+    now: i64,
+) -> Result<(), StoreError> {
+    let (pipeline_id, web_url, status) = row_columns(row);
     sqlx::query(
         "INSERT INTO canary_pipelines (run_id, idx, tree, ref_project, ref_pipeline_id, ref_web_url, \
          pipeline_id, web_url, status, error, attempt, updated_at) \

@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod backoff;
 pub mod canary;
 pub mod effects;
 pub mod gitlab;

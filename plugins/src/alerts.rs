@@ -55,6 +55,35 @@ struct AlertView<'a> {
     irc: bool,
 }
 
+impl<'a> AlertView<'a> {
+    fn new(n: &Notification, a: &'a Alert, irc: bool) -> Self {
+        Self {
+            status: &a.status,
+            labels: &a.labels,
+            annotations: &a.annotations,
+            starts_at: &a.starts_at,
+            ends_at: &a.ends_at,
+            generator_url: &a.generator_url,
+            fingerprint: &a.fingerprint,
+            severity: a.labels.get("severity").map(String::as_str).unwrap_or(""),
+            silence_url: silence_url(&n.external_url, &a.labels),
+            irc,
+        }
+    }
+}
+
+/// `{alertname=DiskFull, team=db}`: a notification's group labels, for lines.
+fn group_label(n: &Notification) -> String {
+    format!(
+        "{{{}}}",
+        n.group_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 /// What a template sees as `notification`.
 #[derive(Serialize)]
 struct NotificationView<'a> {
@@ -208,18 +237,7 @@ impl AlertFormatter {
     }
 
     fn alert_line(&self, n: &Notification, a: &Alert, irc: bool) -> String {
-        let view = AlertView {
-            status: &a.status,
-            labels: &a.labels,
-            annotations: &a.annotations,
-            starts_at: &a.starts_at,
-            ends_at: &a.ends_at,
-            generator_url: &a.generator_url,
-            fingerprint: &a.fingerprint,
-            severity: a.labels.get("severity").map(String::as_str).unwrap_or(""),
-            silence_url: silence_url(&n.external_url, &a.labels),
-            irc,
-        };
+        let view = AlertView::new(n, a, irc);
         let alert = Value::from(minijinja::value::Serde(&view));
         let notification = Value::from(minijinja::value::Serde(NotificationView::new(
             n,
@@ -271,34 +289,10 @@ impl AlertFormatter {
         } else {
             names.join(", ")
         };
-        let group = if n.group_labels.is_empty() {
-            "{}".to_string()
-        } else {
-            format!(
-                "{{{}}}",
-                n.group_labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
+        let group = group_label(n);
         let views: Vec<Value> = alerts
             .iter()
-            .map(|a| {
-                Value::from(minijinja::value::Serde(AlertView {
-                    status: &a.status,
-                    labels: &a.labels,
-                    annotations: &a.annotations,
-                    starts_at: &a.starts_at,
-                    ends_at: &a.ends_at,
-                    generator_url: &a.generator_url,
-                    fingerprint: &a.fingerprint,
-                    severity: a.labels.get("severity").map(String::as_str).unwrap_or(""),
-                    silence_url: silence_url(&n.external_url, &a.labels),
-                    irc,
-                }))
-            })
+            .map(|a| Value::from(minijinja::value::Serde(AlertView::new(n, a, irc))))
             .collect();
         let notification = Value::from(minijinja::value::Serde(NotificationView::new(
             n, severity, irc,
@@ -341,14 +335,7 @@ impl AlertFormatter {
         let group = if n.group_labels.is_empty() {
             String::new()
         } else {
-            format!(
-                " in {{{}}}",
-                n.group_labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!(" in {}", group_label(n))
         };
         let truncated = if n.truncated_alerts > 0 {
             format!(" (+{} Alertmanager left out)", n.truncated_alerts)

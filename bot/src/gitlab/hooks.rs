@@ -11,19 +11,18 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use shepherd_core::Origin;
 use shepherd_core::metrics::Metrics;
 use shepherd_core::queue::{Enqueued, NewRequest, Queue};
-use subtle::ConstantTimeEq;
 
 use super::payload::{self, HookKind};
+use crate::http::{answer, same_secret, secret_digest};
 
 /// The queue kind of a stored GitLab event.
 pub const EVENT_KIND: &str = "gitlab-event";
@@ -45,7 +44,7 @@ impl HookState {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            secret: secret.map(|s| Sha256::digest(s.as_bytes()).into()),
+            secret: secret.map(secret_digest),
             max_body_bytes,
             queue,
             metrics,
@@ -60,8 +59,7 @@ impl HookState {
             .get("x-gitlab-token")
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        let given: [u8; 32] = Sha256::digest(given).into();
-        given.ct_eq(expected).into()
+        same_secret(given, expected)
     }
 
     fn count(&self, event: &str, outcome: &str) {
@@ -70,10 +68,6 @@ impl HookState {
             .with_label_values(&[event, outcome])
             .inc();
     }
-}
-
-fn answer(status: StatusCode, body: Value) -> Response {
-    (status, Json(body)).into_response()
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -33,7 +33,6 @@ use irc::client::prelude::{
 };
 use irc::proto::CapSubCommand;
 use prometheus::{Counter, IntCounter, IntGauge, Registry};
-use rand::Rng;
 use shepherd_commands::{Addressing, Frontend, addressed};
 use shepherd_config::{IrcConfig, IrcReplyKind};
 use shepherd_core::Origin;
@@ -160,9 +159,13 @@ impl IrcFrontend {
             }
             failures = failures.saturating_add(1);
             let cap = Duration::from_secs(this.cfg.reconnect_max_secs);
-            let exp = Duration::from_secs(1u64 << failures.min(16)).min(cap);
-            let delay = Duration::from_millis(rand::rng().random_range(0..=exp.as_millis() as u64))
-                .max(Duration::from_millis(100));
+            // 2^failures seconds, capped, full jitter (at least 100 ms).
+            let delay = shepherd_core::backoff::full_jitter(
+                Duration::from_secs(1),
+                cap,
+                failures.min(16) + 1,
+            )
+            .max(Duration::from_millis(100));
             this.metrics.reconnects.inc();
             tracing::info!(?delay, attempt = failures, "irc: reconnecting");
             tokio::select! {

@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -175,10 +174,7 @@ impl Alertmanager {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.settings.retry_base.as_millis() as f64;
-        let cap = (base * 2f64.powi(i32::try_from(attempt).unwrap_or(30).min(30)))
-            .min(self.settings.retry_max.as_millis() as f64);
-        Duration::from_millis(rand::rng().random_range(0.0..=cap.max(1.0)) as u64)
+        crate::backoff::full_jitter(self.settings.retry_base, self.settings.retry_max, attempt)
     }
 
     /// A call that is safe to repeat, retried until it answers or the retries are spent.

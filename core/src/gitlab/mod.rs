@@ -37,7 +37,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use rand::Rng;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER, USER_AGENT};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -701,16 +700,7 @@ impl GitLab {
 
     /// Full jitter: uniform in `[0, min(retry_max, retry_base * 2^(retry-1))]`.
     fn backoff(&self, retry: u32) -> Duration {
-        let exp = 1u32
-            .checked_shl(retry.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        let ceiling = self
-            .inner
-            .retry_base
-            .saturating_mul(exp)
-            .min(self.inner.retry_max);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rand::rng().random_range(0..=nanos))
+        crate::backoff::full_jitter(self.inner.retry_base, self.inner.retry_max, retry)
     }
 
     /// One HTTP attempt, and the status label for metrics.
