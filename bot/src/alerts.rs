@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -33,12 +33,14 @@ use shepherd_core::queue::{Enqueued, Leased, NewRequest, Queue};
 use shepherd_core::store::{AnyConnection, StoreError};
 use shepherd_plugins::alerts::AlertFormatter;
 
-use crate::http::{answer, same_secret, secret_digest};
+use crate::http::{answer, read_body, same_secret, secret_digest};
 
 /// The queue kind of a stored Alertmanager notification.
 pub const NOTIFICATION_KIND: &str = "alert-notification";
 /// The longest message `POST /api/v1/say` accepts.
 const SAY_MAX_CHARS: usize = 4000;
+/// Largest `POST /api/v1/say` body.
+const SAY_MAX_BODY: usize = 64 * 1024;
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -111,8 +113,7 @@ impl AlertHookState {
 }
 
 pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>) -> Response {
-    let (parts, body) = request.into_parts();
-    if !state.authorized(&parts.headers) {
+    if !state.authorized(request.headers()) {
         state.count("unauthorized");
         tracing::warn!("alertmanager webhook: wrong or missing credentials");
         return (
@@ -122,14 +123,11 @@ pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>
         )
             .into_response();
     }
-    let bytes = match to_bytes(body, state.max_body_bytes).await {
+    let bytes = match read_body(request, state.max_body_bytes).await {
         Ok(b) => b,
-        Err(_) => {
-            state.count("too_large");
-            return answer(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": format!("the body is larger than {} bytes", state.max_body_bytes)}),
-            );
+        Err(e) => {
+            state.count(e.label());
+            return e.response(state.max_body_bytes);
         }
     };
     let value: Value = match serde_json::from_slice(&bytes) {
@@ -290,11 +288,8 @@ struct SayBody {
     text: String,
 }
 
-pub async fn say(
-    State(state): State<SayState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+pub async fn say(State(state): State<SayState>, request: Request<Body>) -> Response {
+    let headers = request.headers().clone();
     let ok = match (&state.token, bearer(&headers)) {
         (Some(expected), Some(given)) => same_secret(given.as_bytes(), expected),
         _ => false,
@@ -307,6 +302,10 @@ pub async fn say(
         )
             .into_response();
     }
+    let body = match read_body(request, SAY_MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return e.response(SAY_MAX_BODY),
+    };
     let req: SayBody = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

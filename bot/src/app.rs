@@ -76,7 +76,7 @@ impl App {
             );
         }
         let metrics = Arc::new(Metrics::new().context("creating metrics")?);
-        let store = Store::connect(&config.store.url).await?;
+        let store = Store::connect(config.store.url.expose()).await?;
         tracing::info!(backend = ?store.backend(), "store ready (migrations applied)");
 
         let gitlab = GitLab::new(
@@ -257,6 +257,20 @@ impl App {
         }
 
         {
+            // Rate-limit state of senders not heard from lately, pruned every minute.
+            let dispatcher = dispatcher.clone();
+            let mut rx = shutdown_rx.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(crate::limits::WARN_WINDOW) => dispatcher.prune_limits(),
+                        _ = rx.changed() => return,
+                    }
+                }
+            });
+        }
+
+        {
             // Retention: what is finished and old is deleted, hourly.
             let store = store.clone();
             let keep = Duration::from_secs(config.queue.retention_days.saturating_mul(86_400));
@@ -339,7 +353,32 @@ pub async fn dead_items(store: &Store, limit: i64) -> anyhow::Result<String> {
             d.origin,
             d.identity,
             d.attempts,
-            d.last_error.unwrap_or_default()
+            crate::safe_text::plain(&d.last_error.unwrap_or_default())
+        ));
+    }
+    Ok(out)
+}
+
+/// The parked outbox messages as a table, for `shepherd outbox parked`. Bodies are shown on one
+/// line, made safe for a terminal.
+pub async fn parked_messages(store: &Store, limit: i64) -> anyhow::Result<String> {
+    let parked = Outbox::new(store.clone()).parked(limit).await?;
+    let mut out = format!("{} parked message(s)\n", parked.len());
+    let when = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default()
+    };
+    for p in parked {
+        let body = crate::safe_text::plain(&p.body).replace('\n', " / ");
+        out.push_str(&format!(
+            "{}  {}  {}  attempts={}  {}\n    {}\n",
+            p.id,
+            when(p.parked_at),
+            p.origin,
+            p.attempts,
+            crate::safe_text::plain(&p.reason),
+            body
         ));
     }
     Ok(out)

@@ -76,7 +76,7 @@ impl Console {
             match self.outbox.pending(FRONTEND, 100).await {
                 Ok(batch) if !batch.is_empty() => {
                     for m in batch {
-                        let line = format!("{}\n", m.body);
+                        let line = format!("{}\n", crate::safe_text::plain(&m.body));
                         if let Err(e) = stdout.write_all(line.as_bytes()).await {
                             tracing::error!(error = %e, "console: stdout is gone");
                             return;

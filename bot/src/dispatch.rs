@@ -1,17 +1,15 @@
 //! The dispatcher: from a front end's text to a stored request or an inline reply.
 //!
-//! For every command addressed to the bot: parse (commands crate), rate-limit per identity
-//! and per room (governor), resolve the identity and check the permission (core policy),
+//! For every command addressed to the bot: rate-limit per identity and per room (`limits`: a
+//! typo or an unknown command counts like any other line, and over the limit the sender is told
+//! once, not per line), parse (commands crate), resolve the identity and check the permission (core policy),
 //! then either run it inline (help, ping, ...) or store it in the durable queue — the
 //! request is committed before anything acknowledges it. Every reply goes to the outbox of
 //! the origin. Refusals and every command that changes something are audited.
 
-use std::num::NonZeroU32;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-
-use governor::{DefaultKeyedRateLimiter, Quota};
-use std::collections::HashMap;
 
 use shepherd_commands::{Addressing, Frontend, MrRef, ParseContext, addressed, parse};
 use shepherd_core::Origin;
@@ -21,6 +19,8 @@ use shepherd_core::outbox::Outbox;
 use shepherd_core::queue::{Enqueued, NewRequest, Queue};
 use shepherd_core::store::{StoreError, new_id, now_ms};
 use shepherd_plugins::{Call, Outcome, PluginError, Registry, Services};
+
+use crate::limits::{Limits, Scope, Verdict};
 
 /// A message received by a front end.
 #[derive(Debug, Clone)]
@@ -76,8 +76,9 @@ pub struct Dispatcher {
     pub outbox: Outbox,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
-    per_identity: DefaultKeyedRateLimiter<String>,
-    per_room: DefaultKeyedRateLimiter<String>,
+    pub limits: Limits,
+    per_identity_per_minute: u32,
+    per_room_per_minute: u32,
 }
 
 impl Dispatcher {
@@ -92,7 +93,6 @@ impl Dispatcher {
         per_identity_per_minute: u32,
         per_room_per_minute: u32,
     ) -> Self {
-        let quota = |n: u32| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
         Self {
             registry,
             services,
@@ -100,8 +100,9 @@ impl Dispatcher {
             outbox,
             audit,
             metrics,
-            per_identity: DefaultKeyedRateLimiter::keyed(quota(per_identity_per_minute)),
-            per_room: DefaultKeyedRateLimiter::keyed(quota(per_room_per_minute)),
+            limits: Limits::new(per_identity_per_minute, per_room_per_minute),
+            per_identity_per_minute,
+            per_room_per_minute,
         }
     }
 
@@ -163,7 +164,32 @@ impl Dispatcher {
         let context = ParseContext {
             implicit_mr: inbound.mr.clone(),
         };
-        let command = match parse(text, &context) {
+        let parsed = parse(text, &context);
+        let name = parsed.as_ref().map(|c| c.name()).unwrap_or("unknown");
+        // Every addressed line counts, junk included: what anyone can make the bot say is limited.
+        match self.limits.check(&inbound.identity, &origin.to_string()) {
+            Verdict::Go => {}
+            Verdict::Warn(scope) => {
+                self.count(name, "rate_limited");
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&[scope.label()])
+                    .inc();
+                tracing::warn!(identity = %inbound.identity, origin = %origin, scope = scope.label(), "rate limit reached; told to slow down once, ignoring more for a minute");
+                self.reply(origin, &self.slow_down(scope, name), key)
+                    .await?;
+                return Ok(None);
+            }
+            Verdict::Drop(scope) => {
+                self.count(name, "rate_limited");
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&[scope.label()])
+                    .inc();
+                return Ok(None);
+            }
+        }
+        let command = match parsed {
             Ok(c) => c,
             Err(e) => {
                 self.count("unknown", "parse_error");
@@ -171,20 +197,6 @@ impl Dispatcher {
                 return Ok(None);
             }
         };
-        let name = command.name();
-
-        if self.per_identity.check_key(&inbound.identity).is_err()
-            || self.per_room.check_key(&origin.to_string()).is_err()
-        {
-            self.count(name, "rate_limited");
-            self.reply(
-                origin,
-                &format!("slow down: too many commands from you or this room; `{name}` was not run. Try again in a minute."),
-                key,
-            )
-            .await?;
-            return Ok(None);
-        }
 
         let Some(plugin) = self.registry.get(name) else {
             self.count(name, "not_enabled");
@@ -295,6 +307,28 @@ impl Dispatcher {
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
         Ok(None)
+    }
+
+    /// The one warning a sender (or room) over its limit gets in a minute.
+    fn slow_down(&self, scope: Scope, name: &str) -> String {
+        match scope {
+            Scope::Identity => format!(
+                "slow down: more than {} commands a minute from you. `{name}` was not run, and I'll ignore what you send until you are under the limit.",
+                self.per_identity_per_minute
+            ),
+            Scope::Room => format!(
+                "slow down: more than {} commands a minute in this room. `{name}` was not run, and I'll ignore commands here until it is under the limit.",
+                self.per_room_per_minute
+            ),
+        }
+    }
+
+    /// Forgets rate-limit state that no longer matters (see [`Limits::prune`]).
+    pub fn prune_limits(&self) {
+        let kept = self.limits.prune();
+        self.metrics
+            .rate_limiter_keys
+            .set(i64::try_from(kept).unwrap_or(i64::MAX));
     }
 
     fn count(&self, command: &str, outcome: &str) {

@@ -3,20 +3,31 @@
 //!
 //! `POST /hooks/alertmanager` (when `[alerts]` is configured) and `POST /api/v1/say` are in
 //! `alerts.rs`.
+//!
+//! Slow and idle clients cannot hold the server: a connection must send each request's
+//! headers within `http.header_timeout_secs` (which also bounds the idle time between
+//! kept-alive requests) and its body within `http.body_timeout_secs` (408 beyond), and at most
+//! `http.max_connections` are served at once — the rest wait in the listen backlog until a
+//! slot frees, which the timeouts guarantee.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use prometheus::{IntCounterVec, IntGauge, Opts};
 use sha2::{Digest, Sha256};
 use shepherd_core::metrics::Metrics;
 use shepherd_core::store::Store;
 use subtle::ConstantTimeEq;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 
 use crate::alerts::{self, AlertHookState, SayState};
 use crate::gitlab::hooks::{self as gitlab_hooks, HookState};
@@ -48,7 +59,6 @@ pub fn router(state: HttpState) -> Router {
         .merge(
             Router::new()
                 .route("/api/v1/say", post(alerts::say))
-                .layer(DefaultBodyLimit::max(64 * 1024))
                 .with_state(say),
         );
     if let Some(hooks) = hooks {
@@ -112,17 +122,190 @@ pub fn answer(status: StatusCode, body: serde_json::Value) -> axum::response::Re
     (status, axum::Json(body)).into_response()
 }
 
-/// Binds and serves until `shutdown` turns true.
+/// When a request's body must have arrived (set per request by the server; see [`read_body`]).
+#[derive(Debug, Clone, Copy)]
+struct BodyDeadline(Instant);
+
+/// Why a request body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Longer than the endpoint's limit: 413.
+    TooLarge,
+    /// Not all there by the body deadline: 408.
+    TimedOut,
+    /// The connection broke while reading: 400.
+    Broken,
+}
+
+impl BodyError {
+    /// The answer to a request whose body could not be read.
+    pub fn response(self, limit: usize) -> Response {
+        let (status, text) = match self {
+            BodyError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {limit} bytes"),
+            ),
+            BodyError::TimedOut => (
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive in time".to_string(),
+            ),
+            BodyError::Broken => (
+                StatusCode::BAD_REQUEST,
+                "the body could not be read".to_string(),
+            ),
+        };
+        let mut r = answer(status, serde_json::json!({ "error": text }));
+        if self != BodyError::TooLarge {
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        r
+    }
+
+    /// The `outcome` label of webhook metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            BodyError::TooLarge => "too_large",
+            BodyError::TimedOut => "timed_out",
+            BodyError::Broken => "malformed",
+        }
+    }
+}
+
+/// Reads a request's whole body, at most `limit` bytes, by the deadline the server gave it.
+pub async fn read_body(request: Request<Body>, limit: usize) -> Result<Bytes, BodyError> {
+    let deadline = request
+        .extensions()
+        .get::<BodyDeadline>()
+        .map(|d| d.0)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
+    match tokio::time::timeout_at(deadline, axum::body::to_bytes(request.into_body(), limit)).await
+    {
+        Err(_) => Err(BodyError::TimedOut),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            Err(if too_large {
+                BodyError::TooLarge
+            } else {
+                BodyError::Broken
+            })
+        }
+    }
+}
+
+/// The HTTP server's own limits and metrics.
+#[derive(Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Clone)]
+struct ServerMetrics {
+    open: IntGauge,
+    closed: IntCounterVec,
+}
+
+impl ServerMetrics {
+    fn register(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            open: IntGauge::new("http_connections", "HTTP connections open now")?,
+            closed: IntCounterVec::new(
+                Opts::new(
+                    "http_connections_closed_total",
+                    "HTTP connections closed, by reason (done, header_timeout, error)",
+                ),
+                &["reason"],
+            )?,
+        };
+        registry.register(Box::new(m.open.clone()))?;
+        registry.register(Box::new(m.closed.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Resolves once `shutdown` is true (holding no borrow of it).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Binds and serves until `shutdown` turns true, then lets open requests finish (a few seconds).
 pub async fn serve(
-    listen: SocketAddr,
+    settings: ServerSettings,
     state: HttpState,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "http: listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
+    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, max_connections = settings.max_connections, "http: listening");
+    let metrics =
+        ServerMetrics::register(state.metrics.registry()).map_err(std::io::Error::other)?;
+    let body_timeout = settings.body_timeout;
+    let app = router(state).layer(axum::middleware::from_fn(
+        move |mut request: Request, next: Next| async move {
+            request
+                .extensions_mut()
+                .insert(BodyDeadline(Instant::now() + body_timeout));
+            next.run(request).await
+        },
+    ));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(settings.header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait for some to close.
+                    tracing::warn!(error = %e, "http: cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection =
+            graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        let metrics = metrics.clone();
+        metrics.open.inc();
+        tokio::spawn(async move {
+            let reason = match connection.await {
+                Ok(()) => "done",
+                Err(e) if e.is_timeout() => "header_timeout",
+                Err(e) => {
+                    tracing::debug!(error = %e, "http: connection ended with an error");
+                    "error"
+                }
+            };
+            metrics.closed.with_label_values(&[reason]).inc();
+            metrics.open.dec();
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(5)) => {
+            tracing::warn!("http: some connections were still open at shutdown");
+        }
+    }
+    Ok(())
 }

@@ -12,6 +12,8 @@ mod dispatch;
 mod gitlab;
 mod http;
 mod irc;
+mod limits;
+mod safe_text;
 mod worker;
 
 use std::path::PathBuf;
@@ -62,6 +64,23 @@ enum Cmd {
     Queue {
         #[command(subcommand)]
         command: QueueCmd,
+    },
+    /// Replies and notifications waiting for (or given up on by) the front ends.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCmd {
+    /// List messages a front end gave up on after their last send attempt, newest first.
+    Parked {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
     },
 }
 
@@ -124,7 +143,14 @@ fn init_logging(config: &Config) {
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&config.log.filter).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new("info"))
+        // The IRC library traces every raw line it sends, PASS, AUTHENTICATE and NickServ
+        // IDENTIFY included: never let those reach the log, whatever the filter asks.
+        .add_directive(
+            "irc::client=debug"
+                .parse()
+                .unwrap_or_else(|_| unreachable!("a constant directive")),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -155,9 +181,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: QueueCmd::Dead { config, limit },
         } => {
             let config = load(config)?;
-            let store = shepherd_core::store::Store::connect(&config.store.url).await?;
+            let store = shepherd_core::store::Store::connect(config.store.url.expose()).await?;
             let counts = app::dead_items(&store, limit).await?;
             print!("{counts}");
+            store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Outbox {
+            command: OutboxCmd::Parked { config, limit },
+        } => {
+            let config = load(config)?;
+            let store = shepherd_core::store::Store::connect(config.store.url.expose()).await?;
+            let listed = app::parked_messages(&store, limit).await?;
+            print!("{listed}");
             store.close().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -229,11 +265,17 @@ fn spawn_http(app: &mut App) {
             )
         }),
     };
-    let listen = app.config.http.listen;
+    let settings = http::ServerSettings {
+        listen: app.config.http.listen,
+        header_timeout: app.config.http.header_timeout(),
+        body_timeout: app.config.http.body_timeout(),
+        max_connections: usize::try_from(app.config.http.max_connections).unwrap_or(usize::MAX),
+    };
+    let listen = settings.listen;
     let rx = app.shutdown_rx();
     let stop = app.shutdown.clone();
     app.tasks.spawn(async move {
-        if let Err(e) = http::serve(listen, state, rx).await {
+        if let Err(e) = http::serve(settings, state, rx).await {
             tracing::error!(error = %e, %listen, "http: server failed; shutting down");
             let _ = stop.send(true);
         }

@@ -35,6 +35,7 @@ fn bench(c: &mut Criterion) {
         prefix: "!",
     };
     let ctx = ParseContext::in_mr(MrRef {
+        instance: None,
         project: Some("group/project".into()),
         iid: 12,
     });

@@ -14,7 +14,7 @@
 //! assert_eq!(texts, ["retrigger group/project/pipelines/42 DEBUG=1"]);
 //! let command = parse(texts[0], &ParseContext::default()).unwrap();
 //! assert_eq!(command, Command::Retrigger {
-//!     pipeline: PipelineRef { project: Some("group/project".into()), id: 42 },
+//!     pipeline: PipelineRef { instance: None, project: Some("group/project".into()), id: 42 },
 //!     overrides: vec![Var { key: "DEBUG".into(), value: "1".into() }],
 //! });
 //! ```

@@ -518,6 +518,7 @@ mod tests {
     #[test]
     fn every_command_name_has_a_grammar_and_a_usage() {
         let ctx = ParseContext::in_mr(MrRef {
+            instance: None,
             project: None,
             iid: 1,
         });

@@ -9,7 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use nom::branch::alt;
-use nom::bytes::complete::{tag, take_while, take_while1};
+use nom::bytes::complete::{tag, tag_no_case, take_while, take_while1};
 use nom::character::complete::{char, digit1, one_of, satisfy};
 use nom::combinator::{all_consuming, map_res, opt, recognize, rest};
 use nom::multi::separated_list1;
@@ -21,6 +21,12 @@ use crate::error::{ParseError, ParseErrorKind};
 /// A pipeline: a web URL, `group/project/pipelines/123`, or a bare id for the default project.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PipelineRef {
+    /// The GitLab instance a pasted web URL names (`https://gitlab.example.org`, scheme and
+    /// authority as written, lower case); `None` for the forms without a host. Whoever acts on the
+    /// reference checks it against the configured instance: a URL of another GitLab never acts on
+    /// the same path of ours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// Full project path (`group/sub/project`); `None` for a bare id (the plugin uses the default project).
     pub project: Option<String>,
     pub id: u64,
@@ -29,9 +35,34 @@ pub struct PipelineRef {
 /// A merge request: a web URL, `group/project!12`, or `!12` (project from context).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MrRef {
+    /// The GitLab instance of a pasted web URL (see [`PipelineRef::instance`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// Full project path; `None` for `!12`.
     pub project: Option<String>,
     pub iid: u64,
+}
+
+impl PipelineRef {
+    /// A reference by project path (no instance) or, without a project, by bare id.
+    pub fn new(project: Option<&str>, id: u64) -> Self {
+        PipelineRef {
+            instance: None,
+            project: project.map(str::to_owned),
+            id,
+        }
+    }
+}
+
+impl MrRef {
+    /// A reference by project path (no instance) or, without a project, `!iid`.
+    pub fn new(project: Option<&str>, iid: u64) -> Self {
+        MrRef {
+            instance: None,
+            project: project.map(str::to_owned),
+            iid,
+        }
+    }
 }
 
 /// A CI variable override, `KEY=value`.
@@ -90,12 +121,15 @@ fn number(i: &str) -> R<'_, u64> {
     map_res(digit1, str::parse::<u64>).parse(i)
 }
 
-/// `https://host/` (or `http://`); returns the host.
-fn url_origin(i: &str) -> R<'_, &str> {
-    let (i, _) = alt((tag("https://"), tag("http://"))).parse(i)?;
-    let (i, host) = take_while1(|c: char| !matches!(c, '/' | '?' | '#')).parse(i)?;
+/// `https://host/` (or `http://`); returns the instance, `https://host`, in lower case.
+fn url_origin(i: &str) -> R<'_, String> {
+    let (i, origin) = recognize((
+        alt((tag_no_case("https://"), tag_no_case("http://"))),
+        take_while1(|c: char| !matches!(c, '/' | '?' | '#' | '\\') && !c.is_whitespace()),
+    ))
+    .parse(i)?;
     let (i, _) = char('/').parse(i)?;
-    Ok((i, host))
+    Ok((i, origin.to_ascii_lowercase()))
 }
 
 /// What may follow a path in a pasted URL: a trailing `/`, then `?query` or `#fragment`.
@@ -105,12 +139,13 @@ fn url_end(i: &str) -> R<'_, ()> {
     Ok((i, ()))
 }
 
-/// A URL's path segments, e.g. `["group", "project", "-", "pipelines", "1"]`.
-fn url_segments(i: &str) -> Option<Vec<&str>> {
+/// A URL's instance and path segments, e.g. `("https://gitlab.com", ["group", "project", "-",
+/// "pipelines", "1"])`.
+fn url_segments(i: &str) -> Option<(String, Vec<&str>)> {
     all_consuming((url_origin, path, url_end))
         .parse(i)
         .ok()
-        .map(|(_, (_, segs, _))| segs)
+        .map(|(_, (origin, segs, _))| (origin, segs))
 }
 
 /// A path without host, optionally ending in `/`.
@@ -159,11 +194,15 @@ impl PipelineRef {
     /// Reads a pipeline reference; `None` if `text` is not one.
     pub fn parse(text: &str) -> Option<PipelineRef> {
         if let Some(id) = positive(text) {
-            return Some(PipelineRef { project: None, id });
+            return Some(PipelineRef::new(None, id));
         }
-        let segs = url_segments(text).or_else(|| plain_segments(text))?;
+        let (instance, segs) = match url_segments(text) {
+            Some((instance, segs)) => (Some(instance), segs),
+            None => (None, plain_segments(text)?),
+        };
         let (project, id) = split_resource(&segs, "pipelines")?;
         Some(PipelineRef {
+            instance,
             project: Some(project),
             id,
         })
@@ -179,9 +218,16 @@ impl MrRef {
                 Some(p) => Some(project_path(&p.split('/').collect::<Vec<_>>())?),
                 None => None,
             };
-            return (iid > 0).then_some(MrRef { project, iid });
+            return (iid > 0).then_some(MrRef {
+                instance: None,
+                project,
+                iid,
+            });
         }
-        let mut segs = url_segments(text).or_else(|| plain_segments(text))?;
+        let (instance, mut segs) = match url_segments(text) {
+            Some((instance, segs)) => (Some(instance), segs),
+            None => (None, plain_segments(text)?),
+        };
         // A pasted URL may point at a tab of the merge request.
         if segs
             .last()
@@ -191,6 +237,7 @@ impl MrRef {
         }
         let (project, iid) = split_resource(&segs, "merge_requests")?;
         Some(MrRef {
+            instance,
             project: Some(project),
             iid,
         })
@@ -281,18 +328,20 @@ fn write_quoted(f: &mut fmt::Formatter<'_>, value: &str) -> fmt::Result {
 
 impl fmt::Display for PipelineRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.project {
-            Some(p) => write!(f, "{p}/pipelines/{}", self.id),
-            None => write!(f, "{}", self.id),
+        match (&self.instance, &self.project) {
+            (Some(i), Some(p)) => write!(f, "{i}/{p}/-/pipelines/{}", self.id),
+            (None, Some(p)) => write!(f, "{p}/pipelines/{}", self.id),
+            (_, None) => write!(f, "{}", self.id),
         }
     }
 }
 
 impl fmt::Display for MrRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.project {
-            Some(p) => write!(f, "{p}!{}", self.iid),
-            None => write!(f, "!{}", self.iid),
+        match (&self.instance, &self.project) {
+            (Some(i), Some(p)) => write!(f, "{i}/{p}/-/merge_requests/{}", self.iid),
+            (None, Some(p)) => write!(f, "{p}!{}", self.iid),
+            (_, None) => write!(f, "!{}", self.iid),
         }
     }
 }

@@ -11,6 +11,7 @@ fn plain(text: &str) -> Command {
 
 fn mr_ctx() -> ParseContext {
     ParseContext::in_mr(MrRef {
+        instance: None,
         project: Some("kernel/ark".into()),
         iid: 7,
     })
@@ -29,6 +30,7 @@ fn var(k: &str, v: &str) -> Var {
 
 fn pipe(project: Option<&str>, id: u64) -> PipelineRef {
     PipelineRef {
+        instance: None,
         project: project.map(Into::into),
         id,
     }
@@ -36,9 +38,21 @@ fn pipe(project: Option<&str>, id: u64) -> PipelineRef {
 
 fn mr(project: Option<&str>, iid: u64) -> MrRef {
     MrRef {
+        instance: None,
         project: project.map(Into::into),
         iid,
     }
+}
+
+/// A reference pasted as a web URL keeps the instance it names.
+fn on(instance: &str, mut p: PipelineRef) -> PipelineRef {
+    p.instance = Some(instance.into());
+    p
+}
+
+fn mr_on(instance: &str, mut m: MrRef) -> MrRef {
+    m.instance = Some(instance.into());
+    m
 }
 
 fn m(name: &str, op: MatchOp, value: &str) -> Matcher {
@@ -91,11 +105,14 @@ fn retrigger_forms() {
             "retrigger https://gitlab.com/redhat/red-hat-ci-tools/kernel/cki-internal-pipelines/cki-trusted-contributors/-/pipelines/1234567 DEBUG=1 msg=\"a b\" [ARCH=x86_64 NAME=\"v 2\"]"
         ),
         Command::Retrigger {
-            pipeline: pipe(
-                Some(
-                    "redhat/red-hat-ci-tools/kernel/cki-internal-pipelines/cki-trusted-contributors"
-                ),
-                1234567
+            pipeline: on(
+                "https://gitlab.com",
+                pipe(
+                    Some(
+                        "redhat/red-hat-ci-tools/kernel/cki-internal-pipelines/cki-trusted-contributors"
+                    ),
+                    1234567
+                )
             ),
             overrides: vec![
                 var("DEBUG", "1"),
@@ -163,7 +180,7 @@ fn test_canary_retest() {
     assert_eq!(
         plain("retest https://gitlab.com/a/b/-/merge_requests/5"),
         Command::Retest {
-            mr: mr(Some("a/b"), 5)
+            mr: mr_on("https://gitlab.com", mr(Some("a/b"), 5))
         }
     );
     assert_eq!(
@@ -197,7 +214,7 @@ fn status_and_cancel() {
     assert_eq!(
         plain("cancel https://gitlab.example.com/g/p/-/pipelines/8"),
         Command::Cancel {
-            target: Target::Pipeline(pipe(Some("g/p"), 8))
+            target: Target::Pipeline(on("https://gitlab.example.com", pipe(Some("g/p"), 8)))
         }
     );
     assert_eq!(
@@ -238,7 +255,7 @@ fn deploy_forms() {
         plain("deploy web https://gitlab.com/g/p/-/merge_requests/3/diffs"),
         Command::Deploy {
             service: "web".into(),
-            source: DeploySource::Mr(mr(Some("g/p"), 3)),
+            source: DeploySource::Mr(mr_on("https://gitlab.com", mr(Some("g/p"), 3))),
             env: None,
         }
     );
@@ -398,13 +415,18 @@ fn display_is_canonical_and_parses_back() {
     let ctx = mr_ctx();
     let cases = [
         (
-            "please retrigger https://h/g/p/-/pipelines/3 B=\"x y\" [A=1]",
-            "retrigger g/p/pipelines/3 B=\"x y\" A=1",
+            "please retrigger HTTPS://H/g/p/-/pipelines/3 B=\"x y\" [A=1]",
+            "retrigger https://h/g/p/-/pipelines/3 B=\"x y\" A=1",
         ),
         (
-            "canary https://h/g/p/-/merge_requests/2 K=\"\"",
-            "canary g/p!2 K=\"\"",
+            "canary http://h:8080/g/p/-/merge_requests/2/diffs K=\"\"",
+            "canary http://h:8080/g/p/-/merge_requests/2 K=\"\"",
         ),
+        (
+            "retrigger g/p/-/pipelines/3 please",
+            "retrigger g/p/pipelines/3",
+        ),
+        ("canary g/p!2", "canary g/p!2"),
         ("test", "test"),
         ("status", "status kernel/ark!7"),
         ("deploy web v1 to prod", "deploy web v1 to prod"),

@@ -14,6 +14,7 @@ fn err_in_mr(text: &str) -> ParseError {
     parse(
         text,
         &ParseContext::in_mr(MrRef {
+            instance: None,
             project: None,
             iid: 1,
         }),

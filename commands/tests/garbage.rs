@@ -150,6 +150,7 @@ fn generated_input_never_panics_and_round_trips() {
     let contexts = [
         ParseContext::default(),
         ParseContext::in_mr(MrRef {
+            instance: None,
             project: Some("g/p".into()),
             iid: 3,
         }),

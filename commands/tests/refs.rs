@@ -5,6 +5,7 @@ use shepherd_commands::{MatchOp, Matcher, MrRef, PipelineRef, Var};
 
 fn pipe(project: Option<&str>, id: u64) -> Option<PipelineRef> {
     Some(PipelineRef {
+        instance: None,
         project: project.map(Into::into),
         id,
     })
@@ -12,9 +13,68 @@ fn pipe(project: Option<&str>, id: u64) -> Option<PipelineRef> {
 
 fn mr(project: Option<&str>, iid: u64) -> Option<MrRef> {
     Some(MrRef {
+        instance: None,
         project: project.map(Into::into),
         iid,
     })
+}
+
+/// What a pasted URL's instance is: its scheme and authority, in lower case.
+fn instance_of(text: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let after = lower
+        .strip_prefix("https://")
+        .or(lower.strip_prefix("http://"))?;
+    let host = after.split('/').next()?;
+    Some(format!("{}{host}", &lower[..lower.len() - after.len()]))
+}
+
+#[test]
+fn a_pasted_url_keeps_its_instance_and_prints_back_as_a_url() {
+    let cases = [
+        ("https://gitlab.com/g/p/-/pipelines/1", "https://gitlab.com"),
+        (
+            "HTTPS://GitLab.Example.COM/g/p/pipelines/1",
+            "https://gitlab.example.com",
+        ),
+        (
+            "http://127.0.0.1:8080/g/p/-/pipelines/1/",
+            "http://127.0.0.1:8080",
+        ),
+        (
+            "https://evil.example/g/p/-/pipelines/1?x=y",
+            "https://evil.example",
+        ),
+        (
+            "https://user@evil.example/g/p/-/pipelines/1",
+            "https://user@evil.example",
+        ),
+    ];
+    for (text, instance) in cases {
+        let p = PipelineRef::parse(text).expect(text);
+        assert_eq!(p.instance.as_deref(), Some(instance), "{text}");
+        assert_eq!(p.to_string(), format!("{instance}/g/p/-/pipelines/1"));
+        assert_eq!(
+            PipelineRef::parse(&p.to_string()),
+            Some(p.clone()),
+            "{text}"
+        );
+    }
+    let m = MrRef::parse("https://other.example/g/p/-/merge_requests/4/diffs").expect("mr");
+    assert_eq!(m.instance.as_deref(), Some("https://other.example"));
+    assert_eq!(
+        m.to_string(),
+        "https://other.example/g/p/-/merge_requests/4"
+    );
+    assert_eq!(MrRef::parse(&m.to_string()), Some(m));
+    // The forms without a host name no instance.
+    assert_eq!(
+        PipelineRef::parse("g/p/pipelines/1").and_then(|p| p.instance),
+        None
+    );
+    assert_eq!(MrRef::parse("g/p!1").and_then(|m| m.instance), None);
+    // A host with a backslash is not a URL of any instance.
+    assert_eq!(PipelineRef::parse("https://a\\b/g/p/-/pipelines/1"), None);
 }
 
 #[test]
@@ -56,6 +116,10 @@ fn pipeline_forms() {
         ("18446744073709551615", pipe(None, u64::MAX)),
     ];
     for (text, expected) in cases {
+        let expected = expected.map(|mut p| {
+            p.instance = instance_of(text);
+            p
+        });
         assert_eq!(PipelineRef::parse(text), expected, "{text}");
     }
 }
@@ -112,6 +176,10 @@ fn mr_forms() {
         ("g/p/-/merge_requests/3", mr(Some("g/p"), 3)),
     ];
     for (text, expected) in cases {
+        let expected = expected.map(|mut m| {
+            m.instance = instance_of(text);
+            m
+        });
         assert_eq!(MrRef::parse(text), expected, "{text}");
     }
     for text in [

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use figment::error::Kind;
 
+use crate::secret::redact_url;
 use crate::sources::Origins;
 
 /// Why a configuration could not be loaded.
@@ -115,7 +116,9 @@ pub(crate) fn from_figment(
                 .find_value(&path.join("."))
                 .ok()
                 .and_then(|v| v.into_string())
-                .filter(|found| !message.contains(&format!("{found:?}")));
+                .filter(|found| !message.contains(&format!("{found:?}")))
+                .map(|found| redact_url(&found));
+            let message = redact_url(&message);
             let message = match (found, expectation(&path)) {
                 (Some(found), Some(expected)) => {
                     format!("{found:?} is not valid: {message} (expected {expected})")
@@ -133,7 +136,8 @@ pub(crate) fn from_figment(
         kind => ConfigError::Invalid {
             origin: origins.of(&path),
             key: dotted(&path),
-            message: kind.to_string(),
+            // A value quoted in the message may be a URL with a password.
+            message: redact_url(&kind.to_string()),
         },
     }
 }

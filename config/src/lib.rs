@@ -28,7 +28,7 @@ pub use model::{
     Person, QueueConfig, RateLimitsConfig, RetriggerConfig, StoreConfig, WatcherConfig,
     parse_channel_keys,
 };
-pub use secret::Secret;
+pub use secret::{Secret, SecretUrl, redact_url};
 pub use sources::{CONVENTIONAL_SECRET_VARS, ENV_PREFIX, NOT_KEY_VARS};
 pub use validate::FRONT_ENDS;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::secret::{Secret, SecretSlot};
+use crate::secret::{Secret, SecretSlot, SecretUrl};
 
 /// The whole configuration of one shepherd process.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -73,14 +73,15 @@ impl Default for BotConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite:PATH` / `sqlite://PATH` or `postgres://...` / `postgresql://...`.
-    pub url: String,
+    /// `sqlite:PATH` / `sqlite://PATH` or `postgres://...` / `postgresql://...`; a password in it is
+    /// never printed.
+    pub url: SecretUrl,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            url: "sqlite://shepherd.db".to_owned(),
+            url: SecretUrl::new("sqlite://shepherd.db"),
         }
     }
 }
@@ -88,7 +89,7 @@ impl Default for StoreConfig {
 impl StoreConfig {
     /// Whether the store is SQLite (else PostgreSQL).
     pub fn is_sqlite(&self) -> bool {
-        self.url.starts_with("sqlite:")
+        self.url.expose().starts_with("sqlite:")
     }
 }
 
@@ -96,8 +97,8 @@ impl StoreConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
-    /// `store` (embedded in the store) or `amqp://...` (RabbitMQ).
-    pub url: String,
+    /// `store` (embedded in the store) or `amqp://...` (RabbitMQ); a password in it is never printed.
+    pub url: SecretUrl,
     /// Attempts before an item is parked as dead (>= 1).
     pub max_attempts: u32,
     /// How long a worker holds an item before another may take it.
@@ -118,7 +119,7 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
-            url: "store".to_owned(),
+            url: SecretUrl::new("store"),
             max_attempts: 8,
             lease_seconds: 60,
             retry_base_ms: 1000,
@@ -133,7 +134,7 @@ impl Default for QueueConfig {
 impl QueueConfig {
     /// Whether the queue lives in the store (else it is AMQP at `url`).
     pub fn is_store(&self) -> bool {
-        self.url == "store"
+        self.url.expose() == "store"
     }
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_seconds)
@@ -165,6 +166,13 @@ pub struct HttpConfig {
         skip_serializing_if = "SecretSlot::is_not_configured"
     )]
     pub(crate) api_token: SecretSlot,
+    /// A client must send a request's headers within this time (also the idle time allowed
+    /// between requests on a kept-alive connection); else the connection is closed.
+    pub header_timeout_secs: u64,
+    /// A request's whole body must arrive within this time; else 408.
+    pub body_timeout_secs: u64,
+    /// Connections served at once; more wait to be accepted until one closes.
+    pub max_connections: u32,
 }
 
 impl Default for HttpConfig {
@@ -174,11 +182,20 @@ impl Default for HttpConfig {
             api_token_env: None,
             api_token_file: None,
             api_token: SecretSlot::NotConfigured,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            max_connections: 512,
         }
     }
 }
 
 impl HttpConfig {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
+    }
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
+    }
     /// Bearer token for `POST /api/v1/say`; `None` means the endpoint refuses every request.
     pub fn api_token(&self) -> Option<&Secret> {
         self.api_token.get()
@@ -484,6 +501,14 @@ pub struct IrcConfig {
     /// How long SASL may take before registration goes on without it.
     #[serde(default = "default_sasl_timeout")]
     pub sasl_timeout_secs: u64,
+    /// Sends of one message that the server refused or never acknowledged before it is parked
+    /// (kept and listed by `shepherd outbox parked`) so the messages behind it go on.
+    #[serde(default = "default_max_send_attempts")]
+    pub max_send_attempts: u32,
+    /// CTCP requests (VERSION, PING, TIME, ...) answered per minute, from everyone together;
+    /// the rest are ignored. Answers go through the same flood pacing as every other line.
+    #[serde(default = "default_ctcp_per_minute")]
+    pub ctcp_per_minute: u32,
 }
 
 /// How the IRC front end sends replies.
@@ -515,6 +540,12 @@ fn default_whois_timeout() -> u64 {
 }
 fn default_sasl_timeout() -> u64 {
     10
+}
+fn default_max_send_attempts() -> u32 {
+    3
+}
+fn default_ctcp_per_minute() -> u32 {
+    6
 }
 
 fn default_irc_port() -> u16 {
@@ -563,6 +594,8 @@ impl Default for IrcConfig {
             regain_interval_secs: default_regain_interval(),
             whois_timeout_ms: default_whois_timeout(),
             sasl_timeout_secs: default_sasl_timeout(),
+            max_send_attempts: default_max_send_attempts(),
+            ctcp_per_minute: default_ctcp_per_minute(),
         }
     }
 }

@@ -88,6 +88,125 @@ impl Serialize for SecretSlot {
     }
 }
 
+/// A connection URL that may carry a password (`postgres://user:pw@host/db`, `amqp://guest:pw@host`,
+/// `smtp://user:pw@host`, or `?password=` in its query). Only [`SecretUrl::expose`] gives it whole;
+/// `Debug`, `Display` and `Serialize` show it with every credential replaced by `<redacted>`, so the
+/// URL can go into `config check`, logs and error messages as it is.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        SecretUrl(url.into())
+    }
+
+    /// The URL with its credentials. Call it where the connection is made, nowhere else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its credentials redacted (what `Display` writes).
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+/// Query parameters that carry a credential in the connection URLs of sqlx, lapin and lettre.
+const SECRET_PARAMS: &[&str] = &[
+    "password",
+    "pass",
+    "passwd",
+    "pwd",
+    "token",
+    "secret",
+    "sslpassword",
+    "auth",
+];
+
+/// `text` with the password of its user info and the values of credential query parameters
+/// replaced by `<redacted>`. Text that is not a URL is searched for a `scheme://user:password@`
+/// part all the same, so a half-valid URL in an error message does not leak either.
+pub fn redact_url(text: &str) -> String {
+    if let Ok(mut url) = url::Url::parse(text)
+        && url.has_authority()
+    {
+        let mut changed = false;
+        if url.password().is_some() {
+            changed |= url.set_password(Some(REDACTED)).is_ok();
+        }
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let secret = SECRET_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p));
+                    (
+                        k.into_owned(),
+                        if secret {
+                            REDACTED.to_owned()
+                        } else {
+                            v.into_owned()
+                        },
+                    )
+                })
+                .collect();
+            if pairs.iter().any(|(_, v)| v == REDACTED) {
+                url.query_pairs_mut().clear().extend_pairs(pairs);
+                changed = true;
+            }
+        }
+        return if changed {
+            url.to_string().replace("%3Credacted%3E", REDACTED)
+        } else {
+            text.to_owned()
+        };
+    }
+    redact_userinfo(text)
+}
+
+/// The `user:password@` of every `scheme://user:password@host` in free text, password redacted.
+fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(['/', '?', '#', ' ', '"', '\'', '\n'])
+            .unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon + 1]);
+                out.push_str(REDACTED);
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +223,56 @@ mod tests {
         assert_eq!(secret.expose(), "hunter2");
         let slot = SecretSlot::Set(secret);
         assert_eq!(format!("{slot:?}"), "<redacted>");
+    }
+
+    #[test]
+    fn urls_never_print_their_credentials() {
+        let cases = [
+            (
+                "postgres://shepherd:hunter2@db:5432/shepherd",
+                "postgres://shepherd:<redacted>@db:5432/shepherd",
+            ),
+            (
+                "amqp://guest:hunter2@127.0.0.1:5672/%2f",
+                "amqp://guest:<redacted>@127.0.0.1:5672/%2f",
+            ),
+            (
+                "smtps://mail:hunter2@smtp.example.org",
+                "smtps://mail:<redacted>@smtp.example.org",
+            ),
+            (
+                "postgres://db/shepherd?user=s&password=hunter2",
+                "postgres://db/shepherd?user=s&password=<redacted>",
+            ),
+            (
+                "postgres://u:hunter2@db/x?sslpassword=hunter2",
+                "postgres://u:<redacted>@db/x?sslpassword=<redacted>",
+            ),
+            ("sqlite://shepherd.db", "sqlite://shepherd.db"),
+            ("store", "store"),
+            (
+                "postgres://shepherd@db/shepherd",
+                "postgres://shepherd@db/shepherd",
+            ),
+            // Not a valid URL (a space in the host), still redacted.
+            (
+                "postgres://u:hunter2@bad host/x",
+                "postgres://u:<redacted>@bad host/x",
+            ),
+        ];
+        for (url, shown) in cases {
+            let u = SecretUrl::new(url);
+            assert_eq!(u.to_string(), shown, "{url}");
+            assert_eq!(format!("{u:?}"), format!("{shown:?}"), "{url}");
+            assert_eq!(
+                serde_json::to_string(&u).expect("json"),
+                format!("{shown:?}")
+            );
+            assert_eq!(u.expose(), url);
+        }
+        assert_eq!(
+            redact_url("error: cannot reach amqp://guest:hunter2@mq/ (refused)"),
+            "error: cannot reach amqp://guest:<redacted>@mq/ (refused)"
+        );
     }
 }

@@ -43,9 +43,9 @@ fn empty_file_gives_every_default() {
     assert!(!c.production);
     assert_eq!(c.bot.name, "shepherd");
     assert_eq!(c.bot.prefix, "!");
-    assert_eq!(c.store.url, "sqlite://shepherd.db");
+    assert_eq!(c.store.url.expose(), "sqlite://shepherd.db");
     assert!(c.store.is_sqlite());
-    assert_eq!(c.queue.url, "store");
+    assert_eq!(c.queue.url.expose(), "store");
     assert!(c.queue.is_store());
     assert_eq!(
         (
@@ -104,8 +104,8 @@ fn shipped_file_loads_with_the_documented_values() {
     )
     .expect("the shipped config loads");
     assert!(!c.production);
-    assert_eq!(c.store.url, "sqlite://shepherd.db");
-    assert_eq!(c.queue.url, "store");
+    assert_eq!(c.store.url.expose(), "sqlite://shepherd.db");
+    assert_eq!(c.queue.url.expose(), "store");
     assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(c.gitlab.url.as_str(), "https://gitlab.com/");
     assert_eq!(c.gitlab.token().map(Secret::expose), Some("glpat-x"));
@@ -217,7 +217,7 @@ fn env_overrides_every_kind() {
     .expect("load");
     assert!(c.production);
     assert_eq!(c.gitlab.url.as_str(), "https://env.example/");
-    assert_eq!(c.store.url, "postgres://u@127.0.0.1/db");
+    assert_eq!(c.store.url.expose(), "postgres://u@127.0.0.1/db");
     assert!(!c.store.is_sqlite());
     assert_eq!(c.queue.max_attempts, 3);
     let irc = c.irc.expect("irc from env");
@@ -588,6 +588,62 @@ fn secrets_never_appear_in_redacted_toml_or_debug() {
     assert!(
         shown.contains("nick = \"shepherd\""),
         "effective values are shown: {shown}"
+    );
+}
+
+#[test]
+fn passwords_inside_urls_never_appear_in_redacted_toml_debug_or_errors() {
+    let c = load_text(
+        "[store]\nurl = \"postgres://shepherd:store-pw-1@127.0.0.1/db?sslpassword=store-pw-2\"\n\
+         [queue]\nurl = \"amqp://guest:queue-pw-3@127.0.0.1:5672/%2f\"\n",
+        &[],
+    )
+    .expect("load");
+    assert_eq!(
+        c.store.url.expose(),
+        "postgres://shepherd:store-pw-1@127.0.0.1/db?sslpassword=store-pw-2"
+    );
+    let shown = c.redacted_toml();
+    let debug = format!("{c:?}");
+    for value in ["store-pw-1", "store-pw-2", "queue-pw-3"] {
+        assert!(!shown.contains(value), "{value} in {shown}");
+        assert!(!debug.contains(value), "{value} in {debug}");
+    }
+    assert!(
+        shown.contains("url = \"amqp://guest:<redacted>@127.0.0.1:5672/%2f\""),
+        "{shown}"
+    );
+
+    // Refused values are quoted in errors: redacted there too.
+    let e = err("[store]\nurl = \"mysql://root:store-pw-4@db/x\"\n", &[]);
+    assert!(
+        e.contains("\"mysql://root:<redacted>@db/x\" is not supported"),
+        "{e}"
+    );
+    let e = err("[queue]\nurl = \"redis://u:queue-pw-5@mq\"\n", &[]);
+    assert!(!e.contains("queue-pw-5") && e.contains("queue.url"), "{e}");
+    let e = err("[gitlab]\nurl = \"https://u:gitlab-pw-6@bad host/\"\n", &[]);
+    assert!(
+        !e.contains("gitlab-pw-6") && e.contains("gitlab.url"),
+        "{e}"
+    );
+    // An API URL with credentials in it is refused, without repeating them.
+    let e = err(
+        "[gitlab]\nurl = \"https://root:gitlab-pw-7@gitlab.example/\"\n",
+        &[],
+    );
+    assert!(
+        e.contains("gitlab.url: must not contain a user name or password"),
+        "{e}"
+    );
+    assert!(!e.contains("gitlab-pw-7"), "{e}");
+    let e = err(
+        "[alerts]\nalertmanager_url = \"http://am:am-pw-8@127.0.0.1:9093\"\n",
+        &[],
+    );
+    assert!(
+        !e.contains("am-pw-8") && e.contains("alerts.alertmanager_url"),
+        "{e}"
     );
 }
 

@@ -80,8 +80,16 @@ impl Checker {
         }
     }
 
+    /// An API's base URL. Its credentials have keys of their own (`token_env`, ...): a password in
+    /// the URL would be sent with every request and shown wherever the URL is, so it is refused
+    /// (and not repeated in the message).
     fn http_url(&mut self, key: &str, url: &Url) {
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        if url.password().is_some() || !url.username().is_empty() {
+            self.fail(
+                key,
+                "must not contain a user name or password (they would be shown wherever the URL is; credentials have keys of their own)".to_owned(),
+            );
+        } else if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             self.fail(
                 key,
                 format!(
@@ -102,9 +110,11 @@ impl Checker {
     }
 
     fn room(&mut self, key: &str, room: &str) {
-        let ok = room
-            .split_once(':')
-            .is_some_and(|(front, rest)| FRONT_ENDS.contains(&front) && !rest.is_empty());
+        let ok = room.split_once(':').is_some_and(|(front, rest)| {
+            FRONT_ENDS.contains(&front)
+                && !rest.is_empty()
+                && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
+        });
         if !ok {
             self.fail(
                 key,
@@ -126,7 +136,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     c.word("bot.name", &config.bot.name);
     c.word("bot.prefix", &config.bot.prefix);
 
-    let store = &config.store.url;
+    let store = config.store.url.expose();
     let store_ok = store.strip_prefix("sqlite:").is_some_and(|rest| {
         !rest.is_empty() && rest != "//" && rest != "///" && !rest.contains(char::is_whitespace)
     }) || ["postgres://", "postgresql://"]
@@ -135,21 +145,25 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     if !store_ok {
         c.fail(
             "store.url",
-            format!("{store:?} is not supported (expected sqlite:PATH or postgres://...)"),
+            format!(
+                "{:?} is not supported (expected sqlite:PATH or postgres://...)",
+                config.store.url.redacted()
+            ),
         );
     }
 
     let queue = &config.queue;
-    let queue_ok = queue.url == "store"
+    let queue_url = queue.url.expose();
+    let queue_ok = queue_url == "store"
         || ["amqp://", "amqps://"]
             .iter()
-            .any(|scheme| queue.url.len() > scheme.len() && queue.url.starts_with(scheme));
+            .any(|scheme| queue_url.len() > scheme.len() && queue_url.starts_with(scheme));
     if !queue_ok {
         c.fail(
             "queue.url",
             format!(
                 "{:?} is not supported (expected \"store\" or amqp://...)",
-                queue.url
+                queue.url.redacted()
             ),
         );
     }
@@ -164,6 +178,18 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
         queue.retry_base_ms,
         "queue.retry_max_ms",
         queue.retry_max_ms,
+    );
+
+    c.at_least(
+        "http.header_timeout_secs",
+        config.http.header_timeout_secs,
+        1,
+    );
+    c.at_least("http.body_timeout_secs", config.http.body_timeout_secs, 1);
+    c.at_least(
+        "http.max_connections",
+        config.http.max_connections.into(),
+        1,
     );
 
     let gitlab = &config.gitlab;
@@ -294,6 +320,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
         c.at_least("irc.regain_interval_secs", irc.regain_interval_secs, 1);
         c.at_least("irc.whois_timeout_ms", irc.whois_timeout_ms, 100);
         c.at_least("irc.sasl_timeout_secs", irc.sasl_timeout_secs, 1);
+        c.at_least("irc.max_send_attempts", irc.max_send_attempts.into(), 1);
         c.at_least("irc.flood_burst", irc.flood_burst.into(), 1);
         if !(irc.flood_rate.is_finite() && irc.flood_rate > 0.0) {
             c.fail(

@@ -61,6 +61,14 @@ pub struct Metrics {
     pub outbox_delivered: IntCounterVec,
     /// From a message entering the outbox to its delivery being acknowledged, by front end.
     pub outbox_delivery_lag: HistogramVec,
+    /// Sends of a message the network refused or never acknowledged, by front end.
+    pub outbox_send_failures: IntCounterVec,
+    /// Messages a front end gave up on after `max_send_attempts` (kept; `shepherd outbox parked`).
+    pub outbox_parked: IntCounterVec,
+    /// Messages (commands, junk and all) dropped by the rate limits, by scope (`identity`, `room`).
+    pub rate_limited: IntCounterVec,
+    /// Senders and rooms the rate limiters currently keep state for (pruned every minute).
+    pub rate_limiter_keys: IntGauge,
 }
 
 impl Metrics {
@@ -183,6 +191,35 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["frontend"],
         )?;
+        let outbox_send_failures = IntCounterVec::new(
+            Opts::new(
+                "outbox_send_failures_total",
+                "Sends of a message the network refused or never acknowledged, by front end",
+            ),
+            &["frontend"],
+        )?;
+        let outbox_parked = IntCounterVec::new(
+            Opts::new(
+                "outbox_parked_total",
+                "Messages given up on after their last send attempt (kept), by front end",
+            ),
+            &["frontend"],
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Messages to the bot dropped by the rate limits, by scope",
+            ),
+            &["scope"],
+        )?;
+        let rate_limiter_keys = IntGauge::new(
+            "rate_limiter_keys",
+            "Senders and rooms the rate limiters keep state for",
+        )?;
+        registry.register(Box::new(outbox_send_failures.clone()))?;
+        registry.register(Box::new(outbox_parked.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(rate_limiter_keys.clone()))?;
         registry.register(Box::new(alert_notifications.clone()))?;
         registry.register(Box::new(alerts.clone()))?;
         registry.register(Box::new(alert_lines.clone()))?;
@@ -221,6 +258,10 @@ impl Metrics {
             alert_lines,
             outbox_delivered,
             outbox_delivery_lag,
+            outbox_send_failures,
+            outbox_parked,
+            rate_limited,
+            rate_limiter_keys,
         })
     }
 

@@ -62,13 +62,21 @@ impl Origin {
         self.frontend == "gitlab"
     }
 
-    /// Parses `frontend:room`; the room may itself contain colons (`matrix:!a:b`).
+    /// Parses `frontend:room`; the room may itself contain colons (`matrix:!a:b`). No network
+    /// names a room with white space or control characters in it, and a room is written into
+    /// protocol lines (`PRIVMSG <room> :...`), so such a target is refused here, where targets
+    /// come in from configuration and from `POST /api/v1/say`.
     pub fn parse(target: &str) -> Option<Self> {
         let (frontend, room) = target.split_once(':')?;
-        if frontend.is_empty() || room.is_empty() {
-            return None;
-        }
-        Some(Self::new(frontend, room))
+        let frontend_ok = !frontend.is_empty()
+            && frontend
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let room_ok = !room.is_empty()
+            && !room
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '\u{feff}');
+        (frontend_ok && room_ok).then(|| Self::new(frontend, room))
     }
 }
 
@@ -90,6 +98,21 @@ mod tests {
         assert_eq!(o.to_string(), "matrix:!abc:example.org");
         assert_eq!(Origin::parse("irc:"), None);
         assert_eq!(Origin::parse("nocolon"), None);
+        // Nothing that would end or extend a protocol line.
+        for bad in [
+            "irc:#ops\r\nQUIT :bye",
+            "irc:#ops\nJOIN #x",
+            "irc:#ops :text",
+            "irc:#o\u{0}ps",
+            "irc:#o\u{7}ps",
+            "irc:#o\u{85}ps",
+            "IRC:#ops",
+            "i rc:#ops",
+        ] {
+            assert_eq!(Origin::parse(bad), None, "{bad:?}");
+        }
+        assert!(Origin::parse("email:ops@example.org").is_some());
+        assert!(Origin::parse("matrix:#ops:example.org").is_some());
     }
 
     #[test]

@@ -24,6 +24,20 @@ pub struct OutboxMessage {
     pub slot: Option<String>,
     /// A front end began a non-idempotent send of it before (see [`Outbox::mark_sending`]).
     pub send_started: bool,
+    /// Sends tried so far that were not acknowledged (see [`Outbox::note_attempts`]).
+    pub attempts: u32,
+}
+
+/// A message a front end gave up on (see [`Outbox::park`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedMessage {
+    pub id: String,
+    pub origin: Origin,
+    pub body: String,
+    pub created_at: i64,
+    pub parked_at: i64,
+    pub attempts: u32,
+    pub reason: String,
 }
 
 #[derive(Clone)]
@@ -64,15 +78,16 @@ impl Outbox {
         Ok(added)
     }
 
-    /// Undelivered messages for a front end, oldest first.
+    /// Undelivered messages for a front end that are not parked, oldest first.
     pub async fn pending(
         &self,
         frontend: &str,
         limit: i64,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, frontend, room, addressee, body, request_id, created_at, slot, send_started_at \
-             FROM outbox WHERE frontend = $1 AND delivered_at IS NULL ORDER BY created_at, id LIMIT $2",
+            "SELECT id, frontend, room, addressee, body, request_id, created_at, slot, send_started_at, attempts \
+             FROM outbox WHERE frontend = $1 AND delivered_at IS NULL AND parked_at IS NULL \
+             ORDER BY created_at, id LIMIT $2",
         )
         .bind(frontend)
         .bind(limit)
@@ -92,6 +107,7 @@ impl Outbox {
                     created_at: row.try_get("created_at")?,
                     slot: row.try_get("slot")?,
                     send_started: row.try_get::<Option<i64>, _>("send_started_at")?.is_some(),
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -99,12 +115,97 @@ impl Outbox {
     }
 
     pub async fn mark_delivered(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET delivered_at = $1 WHERE id = $2")
-            .bind(now_ms())
+        self.mark_all_delivered(&[id]).await
+    }
+
+    /// Marks several messages delivered in one statement.
+    pub async fn mark_all_delivered(&self, ids: &[&str]) -> Result<(), StoreError> {
+        for chunk in ids.chunks(ID_CHUNK) {
+            let sql = format!(
+                "UPDATE outbox SET delivered_at = $1 WHERE id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(self.store.pool()).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts a send of each message before it is tried, so that a message after which the
+    /// connection always dies is known as such after a restart too.
+    pub async fn note_attempts(&self, ids: &[&str]) -> Result<(), StoreError> {
+        for chunk in ids.chunks(ID_CHUNK) {
+            let sql = format!(
+                "UPDATE outbox SET attempts = attempts + 1 WHERE id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(self.store.pool()).await?;
+        }
+        Ok(())
+    }
+
+    /// Remembers why the last send of a message failed (shown when it is parked).
+    pub async fn note_failure(&self, id: &str, reason: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET last_error = $1 WHERE id = $2")
+            .bind(reason)
             .bind(id)
             .execute(self.store.pool())
             .await?;
         Ok(())
+    }
+
+    /// Gives up on a message: it stays in the store with `reason`, but is no longer pending,
+    /// so the messages behind it go on. `shepherd outbox parked` lists parked messages.
+    pub async fn park(&self, id: &str, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET parked_at = $1, \
+             last_error = CASE WHEN last_error IS NULL THEN $2 ELSE $2 || ': ' || last_error END \
+             WHERE id = $3 AND delivered_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(reason)
+        .bind(id)
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Parked messages, newest first.
+    pub async fn parked(&self, limit: i64) -> Result<Vec<ParkedMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, frontend, room, addressee, body, created_at, parked_at, attempts, last_error \
+             FROM outbox WHERE parked_at IS NOT NULL ORDER BY parked_at DESC, id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ParkedMessage {
+                    id: row.try_get("id")?,
+                    origin: Origin::from_columns(
+                        row.try_get("frontend")?,
+                        row.try_get("room")?,
+                        row.try_get("addressee")?,
+                    ),
+                    body: row.try_get("body")?,
+                    created_at: row.try_get("created_at")?,
+                    parked_at: row.try_get("parked_at")?,
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    reason: row
+                        .try_get::<Option<String>, _>("last_error")?
+                        .unwrap_or_default(),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
     }
 
     /// Records that a non-idempotent send (a GitLab note create) is about to start, so a
@@ -162,7 +263,8 @@ impl Outbox {
     /// Undelivered messages by front end (for the `outbox_pending` gauge).
     pub async fn pending_by_frontend(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT frontend, COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL GROUP BY frontend",
+            "SELECT frontend, COUNT(*) AS n FROM outbox \
+             WHERE delivered_at IS NULL AND parked_at IS NULL GROUP BY frontend",
         )
         .fetch_all(self.store.pool())
         .await?;
@@ -174,7 +276,8 @@ impl Outbox {
 
     pub async fn pending_count(&self, frontend: &str) -> Result<i64, StoreError> {
         let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM outbox WHERE frontend = $1 AND delivered_at IS NULL",
+            "SELECT COUNT(*) AS n FROM outbox \
+             WHERE frontend = $1 AND delivered_at IS NULL AND parked_at IS NULL",
         )
         .bind(frontend)
         .fetch_one(self.store.pool())
@@ -196,6 +299,17 @@ impl Outbox {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+}
+
+/// Ids per statement in the `IN (...)` of bulk updates (well below every backend's limit).
+const ID_CHUNK: usize = 200;
+
+/// `$first, $first+1, ...`: `n` numbered placeholders.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Adds a message of a slot (see [`OutboxMessage::slot`]) inside the caller's transaction.

@@ -18,8 +18,9 @@ use sqlx::{AnyPool, Executor};
 pub enum StoreError {
     #[error("store URL `{url}` is not supported (expected sqlite:PATH or postgres://...)")]
     UnsupportedUrl { url: String },
-    #[error("cannot open the store at {url}: {source}")]
-    Connect { url: String, source: sqlx::Error },
+    /// `url` is redacted; so is `detail` (the driver's words, which may quote the URL).
+    #[error("cannot open the store at {url}: {detail}")]
+    Connect { url: String, detail: String },
     #[error("store migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store: {0}")]
@@ -50,7 +51,7 @@ impl Store {
         let (backend, url) = normalise(url)?;
         let options = AnyConnectOptions::from_str(&url).map_err(|source| StoreError::Connect {
             url: redact_url(&url),
-            source,
+            detail: redact_url(&source.to_string()),
         })?;
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
@@ -75,7 +76,7 @@ impl Store {
             .await
             .map_err(|source| StoreError::Connect {
                 url: redact_url(&url),
-                source,
+                detail: redact_url(&source.to_string()),
             })?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool, backend })
@@ -194,11 +195,5 @@ fn normalise(url: &str) -> Result<(Backend, String), StoreError> {
 
 /// Hides a password in a database URL before it reaches a log or an error.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("<redacted>"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
+    shepherd_config::redact_url(url)
 }

@@ -72,27 +72,23 @@ fn vars(overrides: &[Var]) -> Vec<(String, String)> {
 }
 
 /// The MR a command is about: its explicit reference, else the MR whose comment it came from.
-fn mr_of(call: &Call<'_>, mr: Option<&MrRef>, command: &str) -> Result<(String, u64), PluginError> {
-    let from_room = call
-        .origin
-        .as_merge_request()
-        .map(|(p, iid)| (p.to_string(), iid));
+fn mr_of(
+    services: &Services,
+    call: &Call<'_>,
+    mr: Option<&MrRef>,
+    command: &str,
+) -> Result<(String, u64), PluginError> {
     match mr {
-        Some(MrRef {
-            project: Some(p),
-            iid,
-        }) => Ok((p.clone(), *iid)),
-        Some(MrRef { project: None, iid }) => match from_room {
-            Some((p, _)) => Ok((p, *iid)),
-            None => Err(PluginError::Refuse(format!(
-                "`{command}` needs the merge request's project: give it as group/project!{iid} or its URL"
-            ))),
-        },
-        None => from_room.ok_or_else(|| {
-            PluginError::Refuse(format!(
-                "`{command}` works in a merge request comment; from chat use `canary <mr>` with group/project!12 or the MR's URL"
-            ))
-        }),
+        Some(mr) => crate::util::mr_target(services, call, mr, command),
+        None => call
+            .origin
+            .as_merge_request()
+            .map(|(p, iid)| (p.to_string(), iid))
+            .ok_or_else(|| {
+                PluginError::Refuse(format!(
+                    "`{command}` works in a merge request comment; from chat use `canary <mr>` with group/project!12 or the MR's URL"
+                ))
+            }),
     }
 }
 
@@ -212,7 +208,7 @@ impl Plugin for Test {
         let Command::Test { overrides } = call.command else {
             return Err(PluginError::Refuse("test: unexpected command".into()));
         };
-        let (project, iid) = mr_of(call, None, "test")?;
+        let (project, iid) = mr_of(services, call, None, "test")?;
         start(services, call, project, iid, overrides).await
     }
 }
@@ -227,7 +223,7 @@ impl Plugin for CanaryPlugin {
         let Command::Canary { mr, overrides } = call.command else {
             return Err(PluginError::Refuse("canary: unexpected command".into()));
         };
-        let (project, iid) = mr_of(call, Some(mr), "canary")?;
+        let (project, iid) = mr_of(services, call, Some(mr), "canary")?;
         start(services, call, project, iid, overrides).await
     }
 }
@@ -242,7 +238,7 @@ impl Plugin for Retest {
         let Command::Retest { mr } = call.command else {
             return Err(PluginError::Refuse("retest: unexpected command".into()));
         };
-        let (project, iid) = mr_of(call, Some(mr), "retest")?;
+        let (project, iid) = mr_of(services, call, Some(mr), "retest")?;
         let req = CanaryRequest {
             request_id: call.request_id.to_string(),
             requested_at: call.requested_at,

@@ -92,7 +92,7 @@ async fn cancel_canaries(
     call: &Call<'_>,
     mr: &MrRef,
 ) -> Result<Outcome, PluginError> {
-    let (project, iid) = mr_target(call, mr, "cancel")?;
+    let (project, iid) = mr_target(services, call, mr, "cancel")?;
     let running = canary::running_pipelines(&services.store, &project, iid)
         .await
         .map_err(|e| PluginError::Retry(e.to_string()))?;

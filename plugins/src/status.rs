@@ -37,7 +37,7 @@ impl Plugin for Status {
         let pipeline = match target {
             Target::Pipeline(p) => p,
             Target::Mr(mr) => {
-                let (project, iid) = mr_target(call, mr, "status")?;
+                let (project, iid) = mr_target(services, call, mr, "status")?;
                 let run = canary::latest_run(&services.store, &project, iid)
                     .await
                     .map_err(|e| PluginError::Retry(e.to_string()))?;

@@ -6,9 +6,14 @@ use shepherd_core::gitlab::GitLabError;
 use crate::{Call, PluginError, Services};
 
 /// The project and iid of an MR reference; `!12` takes its project from the MR comment it is in.
-pub fn mr_target(call: &Call<'_>, mr: &MrRef, command: &str) -> Result<(String, u64), PluginError> {
+pub fn mr_target(
+    services: &Services,
+    call: &Call<'_>,
+    mr: &MrRef,
+    command: &str,
+) -> Result<(String, u64), PluginError> {
     match (&mr.project, call.origin.as_merge_request()) {
-        (Some(p), _) => Ok((p.clone(), mr.iid)),
+        (Some(p), _) => Ok((local_project(services, mr.instance.as_deref(), p)?, mr.iid)),
         (None, Some((p, _))) => Ok((p.to_string(), mr.iid)),
         (None, None) => Err(PluginError::Refuse(format!(
             "`{command}` needs the merge request's project: give it as group/project!{} or its URL",
@@ -20,13 +25,34 @@ pub fn mr_target(call: &Call<'_>, mr: &MrRef, command: &str) -> Result<(String, 
 /// The project a pipeline reference points to, using the configured default for bare ids.
 pub fn project_of(services: &Services, r: &PipelineRef) -> Result<String, PluginError> {
     match (&r.project, &services.default_project) {
-        (Some(p), _) => Ok(p.clone()),
+        (Some(p), _) => local_project(services, r.instance.as_deref(), p),
         (None, Some(d)) => Ok(d.clone()),
         (None, None) => Err(PluginError::Refuse(format!(
             "pipeline {} has no project and no gitlab.default_project is configured: give its URL or group/project/pipelines/{}",
             r.id, r.id
         ))),
     }
+}
+
+/// The project path of a reference on the configured GitLab. A web URL of another instance is
+/// refused: acting on the same path of ours would touch a different project.
+pub fn local_project(
+    services: &Services,
+    instance: Option<&str>,
+    path: &str,
+) -> Result<String, PluginError> {
+    let Some(instance) = instance else {
+        return Ok(path.to_string());
+    };
+    services
+        .gitlab
+        .local_project_path(instance, path)
+        .ok_or_else(|| {
+            let ours = services.gitlab.web_url().as_str().trim_end_matches('/');
+            PluginError::Refuse(format!(
+                "that URL is on {instance}, but I work with the GitLab at {ours}: give a URL of {ours}, or group/project"
+            ))
+        })
 }
 
 /// A GitLab failure as the plugin reports it: retried when it may pass, explained when not.

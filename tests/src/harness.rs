@@ -188,6 +188,8 @@ pub struct ShepherdConfig {
     pub queue: String,
     pub gitlab: String,
     pub rate_limits: String,
+    /// Extra key lines for [http].
+    pub http: String,
     /// The watcher's base poll interval (its maximum is four times this).
     pub watcher_poll_ms: u64,
     /// Extra environment for the process (secrets named by `*_env` keys).
@@ -209,6 +211,7 @@ impl ShepherdConfig {
             queue: String::new(),
             gitlab: String::new(),
             rate_limits: String::new(),
+            http: String::new(),
             watcher_poll_ms: 100,
             env: Vec::new(),
         }
@@ -230,6 +233,7 @@ workers = 2
 {queue}
 [http]
 listen = "127.0.0.1:{port}"
+{http}
 [gitlab]
 url = "{gitlab}"
 token_env = "TEST_GITLAB_TOKEN"
@@ -257,6 +261,7 @@ groups = [{groups}]
             store = self.store_url,
             queue = self.queue,
             port = self.http_port,
+            http = self.http,
             gitlab = self.gitlab_url,
             project = self.default_project,
             gitlab_extra = self.gitlab,
@@ -272,6 +277,28 @@ groups = [{groups}]
                 .join(", "),
             extra = self.extra,
         )
+    }
+}
+
+impl ShepherdConfig {
+    /// The secrets this configuration gives shepherd: the GitLab token, the values of the
+    /// variables it passes (secrets come from `*_env` variables; names of `SHEPHERD_*` overrides
+    /// and short values are not secrets) and a password in the store URL.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = vec![self.gitlab_token.clone()];
+        secrets.extend(
+            self.env
+                .iter()
+                .filter(|(k, _)| !k.starts_with("SHEPHERD_"))
+                .map(|(_, v)| v.clone()),
+        );
+        if let Ok(url) = url::Url::parse(&self.store_url)
+            && let Some(pw) = url.password()
+        {
+            secrets.push(pw.to_string());
+        }
+        secrets.retain(|s| s.len() >= 8);
+        secrets
     }
 }
 
@@ -488,6 +515,26 @@ impl Shepherd {
             .await
             .ok()?;
         metric_value(&text, series)
+    }
+}
+
+/// Every test's shepherd log is checked for the secrets its configuration gave it: none may
+/// appear, whatever the test did (see [`ShepherdConfig::secrets`]).
+impl Drop for Shepherd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let log = self.stderr();
+        let stdout = self.lines().join("\n");
+        for secret in self.config.secrets() {
+            if log.contains(&secret) || stdout.contains(&secret) {
+                panic!(
+                    "a configured secret ({} bytes) appears in shepherd's output:\n{log}",
+                    secret.len()
+                );
+            }
+        }
     }
 }
 

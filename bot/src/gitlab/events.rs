@@ -107,6 +107,7 @@ impl GitLabEvents {
             identity: format!("gitlab:{username}"),
             text: attrs.note.clone(),
             mr: Some(MrRef {
+                instance: None,
                 project: Some(project.clone()),
                 iid: mr.iid,
             }),

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -22,7 +22,7 @@ use shepherd_core::metrics::Metrics;
 use shepherd_core::queue::{Enqueued, NewRequest, Queue};
 
 use super::payload::{self, HookKind};
-use crate::http::{answer, same_secret, secret_digest};
+use crate::http::{answer, read_body, same_secret, secret_digest};
 
 /// The queue kind of a stored GitLab event.
 pub const EVENT_KIND: &str = "gitlab-event";
@@ -96,8 +96,7 @@ fn delivery_key(headers: &HeaderMap, event: &str, body: &[u8]) -> String {
 }
 
 pub async fn receive(State(state): State<HookState>, request: Request<Body>) -> Response {
-    let (parts, body) = request.into_parts();
-    let headers = &parts.headers;
+    let headers = &request.headers().clone();
     let event = header(headers, "x-gitlab-event").unwrap_or("").to_string();
     let kind = HookKind::from_header(&event);
     let label = kind.map(HookKind::label).unwrap_or("other");
@@ -110,15 +109,12 @@ pub async fn receive(State(state): State<HookState>, request: Request<Body>) -> 
             json!({"error": "invalid X-Gitlab-Token"}),
         );
     }
-    let bytes = match to_bytes(body, state.max_body_bytes).await {
+    let bytes = match read_body(request, state.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => {
-            state.count(label, "too_large");
-            tracing::warn!(event, limit = state.max_body_bytes, error = %e, "gitlab webhook: body too large or unreadable");
-            return answer(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": format!("the body is larger than {} bytes", state.max_body_bytes)}),
-            );
+            state.count(label, e.label());
+            tracing::warn!(event, limit = state.max_body_bytes, error = ?e, "gitlab webhook: body too large, too slow or unreadable");
+            return e.response(state.max_body_bytes);
         }
     };
     let Some(kind) = kind else {

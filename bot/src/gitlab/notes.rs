@@ -92,7 +92,11 @@ fn note_body(m: &OutboxMessage) -> String {
         Some(user) if m.slot.is_none() => format!("@{user} "),
         _ => String::new(),
     };
-    format!("{mention}{}\n\n{}", m.body, marker(m))
+    format!(
+        "{mention}{}\n\n{}",
+        crate::safe_text::markdown(&m.body),
+        marker(m)
+    )
 }
 
 impl NotesFrontend {
@@ -272,6 +276,7 @@ mod tests {
             created_at: 0,
             slot: slot.map(str::to_string),
             send_started: false,
+            attempts: 0,
         }
     }
 

@@ -10,14 +10,22 @@
 //! becomes an `Inbound` for the dispatcher, with the sender's services account as identity
 //! (never the nick; see `accounts`). NOTICEs, CTCP and our own lines are never commands.
 //!
-//! Writing: a delivery task takes the `irc` outbox in order, splits messages into lines that
-//! fit IRC's 512 bytes, paces them through a token bucket tuned to the server's flood limits,
-//! and marks a batch delivered only after the server answered a PING sent behind it — lines
-//! the server never processed are sent again after a reconnect, and nothing is lost while
-//! the bot is away. Messages for a channel wait while the bot is not in it (kicked, not yet
-//! joined); others go on.
+//! Writing: a delivery task takes the `irc` outbox in small, fair rounds (see `plan`), makes
+//! every message safe for IRC (`safe_text::irc`: no NUL, CR or other control byte reaches the
+//! wire) and splits it into lines that fit IRC's 512 bytes, paces them through a token bucket
+//! tuned to the server's flood limits, and marks a round delivered only after the server
+//! answered a PING sent behind it — lines the server never processed are sent again after a
+//! reconnect, and nothing is lost while the bot is away. A message the server refuses (a
+//! 4xx numeric naming its target) or after which the acknowledgement never comes is tried
+//! again on its own, up to `max_send_attempts`, then parked; the messages behind it go on.
+//! Messages for a channel wait while the bot is not in it (kicked, not yet joined); others go on.
+//!
+//! CTCP requests are answered here, not by the client library: a few per minute in all
+//! (`ctcp_per_minute`), through the same pacing as every other line, so a CTCP flood can neither
+//! get the bot disconnected for flooding nor hold back the lines people wait for.
 
 mod accounts;
+mod plan;
 mod split;
 
 use std::collections::{HashMap, HashSet};
@@ -32,12 +40,13 @@ use irc::client::prelude::{
     Capability, Client, Command, Config as IrcClientConfig, Message, Response,
 };
 use irc::proto::CapSubCommand;
+use prometheus::IntCounterVec;
 use prometheus::{Counter, IntCounter, IntGauge, Registry};
 use shepherd_commands::{Addressing, Frontend, addressed};
 use shepherd_config::{IrcConfig, IrcReplyKind};
 use shepherd_core::Origin;
 use shepherd_core::outbox::{Outbox, OutboxMessage};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::dispatch::{Dispatcher, Inbound};
 use accounts::{Account, AccountCache};
@@ -53,6 +62,8 @@ pub struct IrcMetrics {
     lines_queued: IntGauge,
     send_errors: IntCounter,
     flood_delay: Counter,
+    refused: IntCounter,
+    ctcp: IntCounterVec,
 }
 
 impl IrcMetrics {
@@ -73,6 +84,17 @@ impl IrcMetrics {
                 "irc_flood_delay_seconds_total",
                 "Time spent waiting for the flood-control token bucket",
             )?,
+            refused: IntCounter::new(
+                "irc_messages_refused_total",
+                "Messages the IRC server refused (a 4xx numeric for their target)",
+            )?,
+            ctcp: IntCounterVec::new(
+                prometheus::Opts::new(
+                    "irc_ctcp_total",
+                    "CTCP requests received, by outcome (answered, limited, ignored)",
+                ),
+                &["outcome"],
+            )?,
         };
         registry.register(Box::new(m.connected.clone()))?;
         registry.register(Box::new(m.reconnects.clone()))?;
@@ -80,6 +102,8 @@ impl IrcMetrics {
         registry.register(Box::new(m.lines_queued.clone()))?;
         registry.register(Box::new(m.send_errors.clone()))?;
         registry.register(Box::new(m.flood_delay.clone()))?;
+        registry.register(Box::new(m.refused.clone()))?;
+        registry.register(Box::new(m.ctcp.clone()))?;
         Ok(m)
     }
 }
@@ -100,6 +124,9 @@ struct Shared {
     nick: Mutex<String>,
     pongs: Mutex<HashMap<String, oneshot::Sender<()>>>,
     changed: Notify,
+    /// Refusals the server sent since the delivery task last looked: the target they name
+    /// (lower case; `None` for a refusal without one, such as 417 input too long) and why.
+    refusals: Mutex<Vec<(Option<String>, String)>>,
 }
 
 impl Shared {
@@ -244,8 +271,20 @@ impl IrcFrontend {
             nick: Mutex::new(self.cfg.nick().to_string()),
             pongs: Mutex::new(HashMap::new()),
             changed: Notify::new(),
+            refusals: Mutex::new(Vec::new()),
         });
-        let mut delivery = tokio::spawn(self.clone().deliver(sender.clone(), shared.clone()));
+        let (ctcp_tx, ctcp_rx) = mpsc::channel(CTCP_QUEUE);
+        let mut delivery = tokio::spawn(self.clone().deliver(
+            sender.clone(),
+            shared.clone(),
+            ctcp_rx,
+        ));
+        let ctcp_quota = NonZeroU32::new(self.cfg.ctcp_per_minute).map(|n| {
+            DefaultDirectRateLimiter::direct(
+                Quota::per_minute(n)
+                    .allow_burst(n.min(NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN))),
+            )
+        });
         let mut reader = Reader {
             fe: self.clone(),
             sender: sender.clone(),
@@ -258,6 +297,8 @@ impl IrcFrontend {
             whois_waiting: HashMap::new(),
             rejoin: HashMap::new(),
             next_regain: None,
+            ctcp: ctcp_tx,
+            ctcp_quota,
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         // Until registration ends the client library sends no PINGs: a server that accepted
@@ -294,11 +335,12 @@ impl IrcFrontend {
         result
     }
 
-    /// Sends the `irc` outbox in order, paced, and marks what the server acknowledged.
+    /// Sends the `irc` outbox in fair rounds, paced, and marks what the server acknowledged.
     async fn deliver(
         self: Arc<Self>,
         sender: irc::client::Sender,
         shared: Arc<Shared>,
+        mut ctcp: mpsc::Receiver<CtcpAnswer>,
     ) -> Result<(), SessionError> {
         let mut registered = shared.registered.subscribe();
         let _ = registered.wait_for(|r| *r).await;
@@ -310,7 +352,22 @@ impl IrcFrontend {
                 .allow_burst(burst),
         );
         let ack_timeout = Duration::from_secs(u64::from(self.cfg.ping_interval_secs) * 2);
+        // A round is what the bucket lets out in about two seconds (at least one burst), so a
+        // line that comes in meanwhile waits for one short round, not for a long backlog.
+        let round_lines = (self.cfg.flood_rate * 2.0)
+            .ceil()
+            .clamp(1.0, 1000.0)
+            .max(f64::from(self.cfg.flood_burst)) as usize;
+        let core = self.dispatcher.metrics.clone();
+        // Rooms that refused a message wait until then before it is tried again.
+        let mut retry_at: HashMap<String, Instant> = HashMap::new();
         loop {
+            // CTCP answers are few (limited when asked); they take their turn in the bucket.
+            while let Ok(answer) = ctcp.try_recv() {
+                self.paced(&bucket).await;
+                sender.send_notice(&answer.to, answer.text)?;
+                self.metrics.lines_sent.inc();
+            }
             let waiter = self.outbox.notified().notified();
             let changed = shared.changed.notified();
             let pending = match self.outbox.pending(FRONTEND, 50).await {
@@ -323,23 +380,68 @@ impl IrcFrontend {
             if let Ok(n) = self.outbox.pending_count(FRONTEND).await {
                 self.metrics.lines_queued.set(n);
             }
-            let mut blocked: HashSet<String> = HashSet::new();
-            let mut sent: Vec<(String, i64)> = Vec::new();
-            for m in &pending {
-                let room = m.origin.room.to_ascii_lowercase();
-                if blocked.contains(&room) || (is_channel(&room) && !shared.is_joined(&room)) {
-                    blocked.insert(room);
+            let now = Instant::now();
+            retry_at.retain(|_, at| *at > now);
+            let nick = shared.nick();
+            let round = plan::plan(
+                &pending,
+                |room| {
+                    !retry_at.contains_key(room) && (!is_channel(room) || shared.is_joined(room))
+                },
+                |m| self.lines_of(m, &nick),
+                round_lines,
+                self.cfg.max_send_attempts,
+            );
+            for (m, reason) in &round.park {
+                tracing::error!(message = %m.id, room = %m.origin, attempts = m.attempts, %reason, "irc: giving up on a message; it is kept (`shepherd outbox parked`) and the ones behind it go on");
+                core.outbox_parked.with_label_values(&[FRONTEND]).inc();
+                if let Err(e) = self.outbox.park(&m.id, reason).await {
+                    tracing::warn!(error = %e, "irc: cannot park a message");
+                }
+            }
+            if round.send.is_empty() {
+                if !round.park.is_empty() {
                     continue;
                 }
-                for line in self.lines_of(m, &shared.nick()) {
-                    let waited = Instant::now();
-                    bucket.until_ready().await;
-                    self.metrics
-                        .flood_delay
-                        .inc_by(waited.elapsed().as_secs_f64());
+                let next_retry = retry_at
+                    .values()
+                    .min()
+                    .map(|at| at.saturating_duration_since(now))
+                    .unwrap_or(Duration::from_millis(500))
+                    .min(Duration::from_millis(500));
+                tokio::select! {
+                    _ = waiter => {}
+                    _ = changed => {}
+                    Some(answer) = ctcp.recv() => {
+                        self.paced(&bucket).await;
+                        sender.send_notice(&answer.to, answer.text)?;
+                        self.metrics.lines_sent.inc();
+                    }
+                    _ = tokio::time::sleep(next_retry) => {}
+                }
+                continue;
+            }
+
+            // Counted before it is tried: a message after which the connection always dies is
+            // known as a suspect after a reconnect or a restart too.
+            let ids: Vec<&str> = round.send.iter().map(|o| o.message.id.as_str()).collect();
+            if let Err(e) = self.outbox.note_attempts(&ids).await {
+                tracing::warn!(error = %e, "irc: cannot count send attempts");
+            }
+            if let Ok(mut r) = shared.refusals.lock() {
+                r.clear();
+            }
+            for out in &round.send {
+                let m = out.message;
+                for line in &out.lines {
+                    self.paced(&bucket).await;
                     let cmd = match self.cfg.reply_with {
-                        IrcReplyKind::Privmsg => Command::PRIVMSG(m.origin.room.clone(), line),
-                        IrcReplyKind::Notice => Command::NOTICE(m.origin.room.clone(), line),
+                        IrcReplyKind::Privmsg => {
+                            Command::PRIVMSG(m.origin.room.clone(), line.clone())
+                        }
+                        IrcReplyKind::Notice => {
+                            Command::NOTICE(m.origin.room.clone(), line.clone())
+                        }
                     };
                     if let Err(e) = sender.send(cmd) {
                         self.metrics.send_errors.inc();
@@ -347,52 +449,134 @@ impl IrcFrontend {
                     }
                     self.metrics.lines_sent.inc();
                 }
-                sent.push((m.id.clone(), m.created_at));
             }
-            if !sent.is_empty() {
-                // The server answers in order: its PONG means it has processed every line above.
-                let token = format!("shepherd-{}", uuid::Uuid::now_v7().simple());
-                let (tx, rx) = oneshot::channel();
-                if let Ok(mut p) = shared.pongs.lock() {
-                    p.insert(token.clone(), tx);
-                }
-                sender.send(Command::PING(token, None))?;
-                match tokio::time::timeout(ack_timeout, rx).await {
-                    Ok(Ok(())) => {
-                        let core = &self.dispatcher.metrics;
-                        for (id, created_at) in &sent {
-                            // The server acknowledged it: delivered, whatever the store says next.
-                            core.outbox_delivered.with_label_values(&[FRONTEND]).inc();
-                            let lag = (shepherd_core::store::now_ms() - created_at).max(0);
-                            core.outbox_delivery_lag
-                                .with_label_values(&[FRONTEND])
-                                .observe(lag as f64 / 1000.0);
-                            if let Err(e) = self.outbox.mark_delivered(id).await {
-                                tracing::warn!(error = %e, "irc: cannot mark a message delivered");
-                            }
-                        }
-                        continue;
+
+            // The server answers in order: its PONG means it has processed every line above,
+            // and any refusal of them came before it.
+            let token = format!("shepherd-{}", uuid::Uuid::now_v7().simple());
+            let (tx, rx) = oneshot::channel();
+            if let Ok(mut p) = shared.pongs.lock() {
+                p.insert(token.clone(), tx);
+            }
+            sender.send(Command::PING(token, None))?;
+            match tokio::time::timeout(ack_timeout, rx).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(SessionError::Closed),
+                Err(_) => {
+                    for out in &round.send {
+                        core.outbox_send_failures
+                            .with_label_values(&[FRONTEND])
+                            .inc();
+                        let _ = self
+                            .outbox
+                            .note_failure(&out.message.id, "the server did not acknowledge it")
+                            .await;
                     }
-                    Ok(Err(_)) => return Err(SessionError::Closed),
-                    Err(_) => return Err(SessionError::NoPong(ack_timeout)),
+                    return Err(SessionError::NoPong(ack_timeout));
                 }
             }
-            tokio::select! {
-                _ = waiter => {}
-                _ = changed => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            let refusals = shared
+                .refusals
+                .lock()
+                .map(|mut r| std::mem::take(&mut *r))
+                .unwrap_or_default();
+            let mut delivered: Vec<&str> = Vec::new();
+            for out in &round.send {
+                let m = out.message;
+                let room = m.origin.room.to_ascii_lowercase();
+                let refusal = refusals
+                    .iter()
+                    .find(|(target, _)| target.as_deref().is_none_or(|t| t == room));
+                match refusal {
+                    Some((_, why)) => {
+                        // Tried again on its own after a growing pause; the room waits for it.
+                        self.metrics.refused.inc();
+                        core.outbox_send_failures
+                            .with_label_values(&[FRONTEND])
+                            .inc();
+                        let pause = Duration::from_secs(1u64 << m.attempts.min(5));
+                        retry_at.insert(room, Instant::now() + pause);
+                        tracing::warn!(message = %m.id, room = %m.origin, attempt = m.attempts + 1, reason = %why, "irc: the server refused a message; it will be tried again");
+                        if let Err(e) = self
+                            .outbox
+                            .note_failure(&m.id, &format!("refused: {why}"))
+                            .await
+                        {
+                            tracing::warn!(error = %e, "irc: cannot record a refusal");
+                        }
+                    }
+                    None => {
+                        // The server acknowledged it: delivered, whatever the store says next.
+                        core.outbox_delivered.with_label_values(&[FRONTEND]).inc();
+                        let lag = (shepherd_core::store::now_ms() - m.created_at).max(0);
+                        core.outbox_delivery_lag
+                            .with_label_values(&[FRONTEND])
+                            .observe(lag as f64 / 1000.0);
+                        delivered.push(&m.id);
+                    }
+                }
+            }
+            if let Err(e) = self.outbox.mark_all_delivered(&delivered).await {
+                tracing::warn!(error = %e, "irc: cannot mark messages delivered");
             }
         }
     }
 
-    /// The IRC lines of one message: split to fit, the first addressed to the asker.
+    /// Waits for the flood-control bucket, counting the wait.
+    async fn paced(&self, bucket: &DefaultDirectRateLimiter) {
+        let waited = Instant::now();
+        bucket.until_ready().await;
+        self.metrics
+            .flood_delay
+            .inc_by(waited.elapsed().as_secs_f64());
+    }
+
+    /// The IRC lines of one message: made safe for IRC, split to fit, the first addressed to
+    /// the asker.
     fn lines_of(&self, m: &OutboxMessage, nick: &str) -> Vec<String> {
         let body = match &m.origin.addressee {
             Some(who) => format!("{who}: {}", m.body),
             None => m.body.clone(),
         };
-        split::split_lines(&body, split::text_budget(nick, &m.origin.room))
+        split::split_lines(
+            &crate::safe_text::irc(&body),
+            split::text_budget(nick, &m.origin.room),
+        )
     }
+}
+
+/// CTCP answers waiting for the delivery task; more are dropped (and counted as limited).
+const CTCP_QUEUE: usize = 8;
+
+/// Commands of one sender kept while a WHOIS says who they are; more are dropped (whoever
+/// sends this many lines before one WHOIS answer is flooding, and would be rate-limited).
+const WHOIS_WAITING_MAX: usize = 16;
+
+/// A CTCP reply to send (as a NOTICE).
+struct CtcpAnswer {
+    to: String,
+    text: String,
+}
+
+/// The answer to a CTCP request (the text between the \x01 delimiters), if it is one we answer.
+fn ctcp_answer(request: &str) -> Option<String> {
+    let (command, arg) = request.split_once(' ').unwrap_or((request, ""));
+    let reply = match command.to_ascii_uppercase().as_str() {
+        "VERSION" => format!("VERSION shepherd {}", env!("CARGO_PKG_VERSION")),
+        "PING" => {
+            // Echo the token, but only a short, printable one.
+            let token: String = arg
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(32)
+                .collect();
+            format!("PING {token}")
+        }
+        "TIME" => format!("TIME {}", chrono::Utc::now().to_rfc2822()),
+        "CLIENTINFO" => "CLIENTINFO CLIENTINFO PING TIME VERSION".to_string(),
+        _ => return None,
+    };
+    Some(format!("\u{1}{}\u{1}", reply.trim_end()))
 }
 
 /// A command waiting for a WHOIS to say who sent it.
@@ -416,6 +600,9 @@ struct Reader {
     whois_waiting: HashMap<String, (Vec<Waiting>, Option<String>)>,
     rejoin: HashMap<String, (u32, Instant)>,
     next_regain: Option<Instant>,
+    ctcp: mpsc::Sender<CtcpAnswer>,
+    /// All CTCP answers together, per minute; `None` answers none.
+    ctcp_quota: Option<DefaultDirectRateLimiter>,
 }
 
 const WANTED_CAPS: &[&str] = &["account-tag", "account-notify", "extended-join"];
@@ -586,9 +773,31 @@ impl Reader {
                     self.whois_done(nick).await;
                 }
             }
-            Command::Response(Response::ERR_NOSUCHNICK, args) => {
-                // IRC keeps nothing for someone who is gone: say so rather than lose it quietly.
-                tracing::warn!(target_nick = ?args.get(1), "irc: a message could not be delivered: no such nick (they left)");
+            Command::Response(
+                r @ (Response::ERR_NOSUCHNICK
+                | Response::ERR_NOSUCHCHANNEL
+                | Response::ERR_CANNOTSENDTOCHAN
+                | Response::ERR_TOOMANYTARGETS
+                | Response::ERR_NORECIPIENT
+                | Response::ERR_NOTEXTTOSEND),
+                args,
+            ) => {
+                // `<me> <target> :reason`; the delivery task matches it to what it sent.
+                let target = match r {
+                    Response::ERR_NORECIPIENT | Response::ERR_NOTEXTTOSEND => None,
+                    _ => args.get(1).map(|t| t.to_ascii_lowercase()),
+                };
+                let why = format!(
+                    "{} {}",
+                    *r as u16,
+                    args.last().map(String::as_str).unwrap_or("")
+                );
+                self.refused(target, why);
+            }
+            Command::Raw(code, args) if code == "417" => {
+                // ERR_INPUTTOOLONG names no target.
+                let why = format!("417 {}", args.last().map(String::as_str).unwrap_or(""));
+                self.refused(None, why);
             }
             Command::Response(Response::RPL_ISON, args) => {
                 let online = args.last().map(String::as_str).unwrap_or("");
@@ -607,6 +816,36 @@ impl Reader {
             }
             _ => {}
         }
+    }
+
+    fn refused(&self, target: Option<String>, why: String) {
+        if let Ok(mut r) = self.shared.refusals.lock() {
+            // Bounded: a server that keeps refusing must not make this grow without end.
+            if r.len() < 256 {
+                r.push((target, why));
+            }
+        }
+    }
+
+    /// Answers a CTCP request through the delivery task, within `ctcp_per_minute`. A request
+    /// in a channel is answered to the sender, privately.
+    fn on_ctcp(&self, nick: &str, text: &str) {
+        let request = text.trim_matches('\u{1}');
+        let Some(answer) = ctcp_answer(request) else {
+            self.fe.metrics.ctcp.with_label_values(&["ignored"]).inc();
+            return;
+        };
+        let allowed = self.ctcp_quota.as_ref().is_some_and(|q| q.check().is_ok());
+        let queued = allowed
+            && self
+                .ctcp
+                .try_send(CtcpAnswer {
+                    to: nick.to_string(),
+                    text: answer,
+                })
+                .is_ok();
+        let outcome = if queued { "answered" } else { "limited" };
+        self.fe.metrics.ctcp.with_label_values(&[outcome]).inc();
     }
 
     fn on_cap(&mut self, sub: &CapSubCommand, a: Option<&str>, b: Option<&str>) {
@@ -669,8 +908,13 @@ impl Reader {
 
     async fn on_privmsg(&mut self, msg: &Message, nick: String, target: &str, text: &str) {
         let me = self.shared.nick();
-        if nick.eq_ignore_ascii_case(&me) || text.starts_with('\u{1}') {
-            return; // our own echo, or CTCP (the client library answers VERSION, PING, ...)
+        if nick.eq_ignore_ascii_case(&me) {
+            return; // our own echo
+        }
+        if text.starts_with('\u{1}') {
+            // CTCP (ACTION, VERSION, PING, ...): never a command.
+            self.on_ctcp(&nick, text);
+            return;
         }
         let direct = !is_channel(target);
         let addressing = Addressing {
@@ -713,16 +957,26 @@ impl Reader {
                 let key = nick.to_ascii_lowercase();
                 let first = !self.whois_waiting.contains_key(&key);
                 let deadline = Instant::now() + Duration::from_millis(self.fe.cfg.whois_timeout_ms);
-                self.whois_waiting
+                let waiting = &mut self
+                    .whois_waiting
                     .entry(key)
                     .or_insert_with(|| (Vec::new(), None))
-                    .0
-                    .push(Waiting {
-                        inbound_text: text.to_string(),
-                        origin,
-                        direct,
-                        deadline,
-                    });
+                    .0;
+                if waiting.len() >= WHOIS_WAITING_MAX {
+                    let metrics = &self.fe.dispatcher.metrics;
+                    metrics.rate_limited.with_label_values(&["identity"]).inc();
+                    metrics
+                        .commands
+                        .with_label_values(&["unknown", "rate_limited"])
+                        .inc();
+                    return;
+                }
+                waiting.push(Waiting {
+                    inbound_text: text.to_string(),
+                    origin,
+                    direct,
+                    deadline,
+                });
                 if first {
                     let _ = self.sender.send(Command::WHOIS(None, nick.clone()));
                 }

@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let contexts = [
         ParseContext::default(),
         ParseContext::in_mr(MrRef {
+            instance: None,
             project: Some("group/project".into()),
             iid: 1,
         }),

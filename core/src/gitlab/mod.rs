@@ -172,6 +172,36 @@ enum Attempt {
 }
 
 impl GitLab {
+    /// The instance's web address as configured (`gitlab.url`).
+    pub fn web_url(&self) -> &Url {
+        &self.inner.base_url
+    }
+
+    /// The project path a pasted web URL names on this instance, or `None` when the URL is of
+    /// another GitLab. `instance` is the URL's `scheme://host[:port]` and `path` the project path
+    /// that followed it; an instance served under a relative root (`https://host/gitlab`) has
+    /// that root removed from the path. `http://` and `https://` of the same host and default
+    /// port are the same instance.
+    pub fn local_project_path(&self, instance: &str, path: &str) -> Option<String> {
+        let ours = &self.inner.base_url;
+        let theirs = Url::parse(instance).ok()?;
+        let same_host = match (theirs.host_str(), ours.host_str()) {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            _ => false,
+        };
+        let same_port = theirs.port_or_known_default() == ours.port_or_known_default()
+            || (theirs.port().is_none() && ours.port().is_none());
+        if !same_host || !same_port {
+            return None;
+        }
+        let root = ours.path().trim_matches('/');
+        if root.is_empty() {
+            return Some(path.to_string());
+        }
+        let rest = path.strip_prefix(root)?.strip_prefix('/')?;
+        (!rest.is_empty()).then(|| rest.to_string())
+    }
+
     pub fn new(settings: GitLabSettings, metrics: Arc<Metrics>) -> Result<Self, GitLabError> {
         let base_url = settings.base_url;
         if !matches!(base_url.scheme(), "http" | "https") || base_url.cannot_be_a_base() {

@@ -1426,3 +1426,52 @@ fn access_levels_map_numbers_and_names() {
         );
     }
 }
+
+#[test]
+fn web_urls_of_other_instances_are_not_ours() {
+    let url = |s: &str| Url::parse(s).expect("url");
+    let (ours, _) = client(settings(url("https://gitlab.example.org")));
+    let path = |instance: &str| ours.local_project_path(instance, "g/p");
+    assert_eq!(path("https://gitlab.example.org").as_deref(), Some("g/p"));
+    assert_eq!(path("https://GITLAB.example.org").as_deref(), Some("g/p"));
+    assert_eq!(path("http://gitlab.example.org").as_deref(), Some("g/p"));
+    assert_eq!(
+        path("https://gitlab.example.org:443").as_deref(),
+        Some("g/p")
+    );
+    assert_eq!(path("https://gitlab.example.org:8443"), None);
+    assert_eq!(path("https://gitlab.com"), None);
+    assert_eq!(path("https://gitlab.example.org.evil.example"), None);
+    assert_eq!(path("https://user@evil.example"), None);
+    assert_eq!(path("not a url"), None);
+
+    let (local, _) = client(settings(url("http://127.0.0.1:8080")));
+    assert_eq!(
+        local
+            .local_project_path("http://127.0.0.1:8080", "g/p")
+            .as_deref(),
+        Some("g/p")
+    );
+    assert_eq!(
+        local.local_project_path("http://127.0.0.1:9090", "g/p"),
+        None
+    );
+    assert_eq!(local.local_project_path("http://127.0.0.1", "g/p"), None);
+
+    // An instance under a relative root: the root is not part of the project's path.
+    let (rooted, _) = client(settings(url("https://example.org/gitlab/")));
+    assert_eq!(
+        rooted
+            .local_project_path("https://example.org", "gitlab/g/p")
+            .as_deref(),
+        Some("g/p")
+    );
+    assert_eq!(
+        rooted.local_project_path("https://example.org", "other/g/p"),
+        None
+    );
+    assert_eq!(
+        rooted.local_project_path("https://example.org", "gitlab"),
+        None
+    );
+}

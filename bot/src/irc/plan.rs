@@ -1,0 +1,194 @@
+//! What one delivery round sends: which outbox messages, in which order, and which to park.
+//!
+//! - **Fair**: messages are taken round-robin across conversations (a room, and the person a
+//!   message is addressed to in it), each conversation in its own order. Someone with a long
+//!   list of replies waiting — or a storm of alert lines — holds a bystander's answer back by
+//!   one line per turn, not by the whole list.
+//! - **Small rounds**: a round ends after `max_lines` lines, so what arrives meanwhile gets its
+//!   turn soon, since every round is acknowledged before the next is planned.
+//! - **Suspects alone**: a message whose earlier send was refused or never acknowledged goes in
+//!   a round of its own, so a bad one cannot fail the good ones beside it again; one that has
+//!   used up its attempts is parked, and the messages behind it go on.
+//! - **Closed rooms wait**: a room that cannot take messages now (not joined, waiting after a
+//!   refusal) is skipped with everything in it, so its order holds.
+
+use std::collections::{HashMap, HashSet};
+
+use shepherd_core::outbox::OutboxMessage;
+
+use crate::safe_text::is_irc_target;
+
+/// One message of a round with the IRC lines it becomes.
+pub struct Outgoing<'a> {
+    pub message: &'a OutboxMessage,
+    pub lines: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct Plan<'a> {
+    pub send: Vec<Outgoing<'a>>,
+    /// Messages to give up on, with the reason.
+    pub park: Vec<(&'a OutboxMessage, String)>,
+}
+
+/// The conversation a message belongs to: its room and its addressee, case-insensitively.
+fn conversation(m: &OutboxMessage) -> (String, String) {
+    (
+        m.origin.room.to_ascii_lowercase(),
+        m.origin
+            .addressee
+            .as_deref()
+            .unwrap_or("")
+            .to_ascii_lowercase(),
+    )
+}
+
+/// `pending` (oldest first) reordered round-robin across conversations, each in its own order.
+pub fn fair_order(pending: &[OutboxMessage]) -> Vec<&OutboxMessage> {
+    let mut queues: Vec<Vec<&OutboxMessage>> = Vec::new();
+    let mut index: HashMap<(String, String), usize> = HashMap::new();
+    for m in pending {
+        let i = *index.entry(conversation(m)).or_insert_with(|| {
+            queues.push(Vec::new());
+            queues.len() - 1
+        });
+        queues[i].push(m);
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    let longest = queues.iter().map(Vec::len).max().unwrap_or(0);
+    for turn in 0..longest {
+        out.extend(queues.iter().filter_map(|q| q.get(turn).copied()));
+    }
+    out
+}
+
+/// Plans one round. `open(room)` says whether a room takes messages now; `lines(m)` gives a
+/// message's IRC lines.
+pub fn plan<'a>(
+    pending: &'a [OutboxMessage],
+    open: impl Fn(&str) -> bool,
+    lines: impl Fn(&OutboxMessage) -> Vec<String>,
+    max_lines: usize,
+    max_attempts: u32,
+) -> Plan<'a> {
+    let mut plan = Plan::default();
+    let mut closed: HashSet<String> = HashSet::new();
+    let mut line_count = 0;
+    for m in fair_order(pending) {
+        let room = m.origin.room.to_ascii_lowercase();
+        if closed.contains(&room) || !open(&room) {
+            closed.insert(room);
+            continue;
+        }
+        let addressee_ok = m.origin.addressee.as_deref().is_none_or(is_irc_target);
+        if !is_irc_target(&m.origin.room) || !addressee_ok {
+            plan.park
+                .push((m, "not a valid IRC target (room or addressee)".to_string()));
+            continue;
+        }
+        if m.attempts >= max_attempts {
+            plan.park.push((
+                m,
+                format!("refused or not acknowledged {} times", m.attempts),
+            ));
+            continue;
+        }
+        let suspect = m.attempts > 0;
+        if suspect && !plan.send.is_empty() {
+            break;
+        }
+        let lines = lines(m);
+        line_count += lines.len();
+        plan.send.push(Outgoing { message: m, lines });
+        if suspect || line_count >= max_lines {
+            break;
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shepherd_core::Origin;
+
+    fn msg(id: &str, room: &str, to: Option<&str>, attempts: u32) -> OutboxMessage {
+        let origin = Origin::new("irc", room);
+        OutboxMessage {
+            id: id.into(),
+            origin: match to {
+                Some(n) => origin.addressed_to(n),
+                None => origin,
+            },
+            body: format!("body {id}"),
+            request_id: None,
+            created_at: 0,
+            slot: None,
+            send_started: false,
+            attempts,
+        }
+    }
+
+    fn ids(plan: &Plan<'_>) -> Vec<String> {
+        plan.send.iter().map(|o| o.message.id.clone()).collect()
+    }
+
+    fn one_line(m: &OutboxMessage) -> Vec<String> {
+        vec![m.body.clone()]
+    }
+
+    #[test]
+    fn a_long_conversation_does_not_hold_a_bystander_back() {
+        let mut pending: Vec<OutboxMessage> = (0..10)
+            .map(|i| msg(&format!("flood{i}"), "#ops", Some("flooder"), 0))
+            .collect();
+        pending.push(msg("pong", "#ops", Some("bystander"), 0));
+        pending.push(msg("alert", "#ops", None, 0));
+        let order: Vec<&str> = fair_order(&pending).iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(&order[..4], ["flood0", "pong", "alert", "flood1"]);
+        // Each conversation keeps its own order.
+        let floods: Vec<&&str> = order.iter().filter(|i| i.starts_with("flood")).collect();
+        assert!(floods.windows(2).all(|w| w[0] < w[1]), "{floods:?}");
+    }
+
+    #[test]
+    fn a_round_ends_after_max_lines() {
+        let pending: Vec<OutboxMessage> = (0..10)
+            .map(|i| msg(&format!("m{i}"), &format!("#r{i}"), None, 0))
+            .collect();
+        let p = plan(&pending, |_| true, one_line, 4, 3);
+        assert_eq!(ids(&p), ["m0", "m1", "m2", "m3"]);
+    }
+
+    #[test]
+    fn a_suspect_goes_alone_and_a_spent_one_is_parked() {
+        let pending = vec![
+            msg("a", "#a", None, 0),
+            msg("suspect", "#b", None, 1),
+            msg("c", "#c", None, 0),
+        ];
+        assert_eq!(ids(&plan(&pending, |_| true, one_line, 10, 3)), ["a"]);
+        let pending = vec![msg("suspect", "#b", None, 2), msg("c", "#c", None, 0)];
+        assert_eq!(ids(&plan(&pending, |_| true, one_line, 10, 3)), ["suspect"]);
+        let pending = vec![msg("spent", "#b", None, 3), msg("c", "#c", None, 0)];
+        let p = plan(&pending, |_| true, one_line, 10, 3);
+        assert_eq!(ids(&p), ["c"]);
+        assert_eq!(p.park.len(), 1);
+        assert_eq!(p.park[0].0.id, "spent");
+    }
+
+    #[test]
+    fn closed_rooms_wait_whole_and_bad_targets_are_parked() {
+        let pending = vec![
+            msg("x1", "#closed", None, 0),
+            msg("y", "#open", None, 0),
+            msg("x2", "#closed", Some("n"), 0),
+            msg("bad", "#a b", None, 0),
+            msg("badnick", "#open", Some("a\r\nQUIT"), 0),
+        ];
+        let p = plan(&pending, |room| room != "#closed", one_line, 10, 3);
+        assert_eq!(ids(&p), ["y"]);
+        let parked: Vec<&str> = p.park.iter().map(|(m, _)| m.id.as_str()).collect();
+        assert_eq!(parked, ["bad", "badnick"]);
+    }
+}
