@@ -23,10 +23,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use shepherd_core::Origin;
-use shepherd_core::alerts::{self, Notification, Router};
+use shepherd_core::alerts::{self, Notification, Router, decode_notification};
 use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::{self, Outbox};
 use shepherd_core::queue::{Enqueued, Leased, NewRequest, Queue};
@@ -130,32 +130,11 @@ pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>
             return e.response(state.max_body_bytes);
         }
     };
-    let value: Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
+    let (value, notification) = match decode_notification(&bytes) {
+        Ok(decoded) => decoded,
         Err(e) => {
             state.count("malformed");
-            return answer(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("the body is not JSON: {e}")}),
-            );
-        }
-    };
-    let version = value.get("version").and_then(Value::as_str).unwrap_or("");
-    if version != "4" {
-        state.count("malformed");
-        return answer(
-            StatusCode::BAD_REQUEST,
-            json!({"error": format!("unsupported notification version {version:?} (expected \"4\")")}),
-        );
-    }
-    let notification: Notification = match serde_json::from_value(value.clone()) {
-        Ok(n) => n,
-        Err(e) => {
-            state.count("malformed");
-            return answer(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("not an Alertmanager notification: {e}")}),
-            );
+            return answer(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}));
         }
     };
     let key = format!(

@@ -25,8 +25,10 @@ use shepherd_core::store::StoreError;
 use shepherd_core::watcher::{Observed, Watcher};
 use shepherd_plugins::{Services, welcome_text};
 
-use super::payload::{HookKind, JobEvent, MergeRequestEvent, NoteEvent, PipelineEvent};
 use crate::dispatch::{Dispatcher, Inbound, command_key, command_keys};
+use shepherd_core::gitlab::webhook::{
+    Event, HookKind, MergeRequestEvent, NoteEvent, PipelineEvent,
+};
 
 /// The marker every note shepherd writes carries (see `notes.rs`).
 pub const MARKER_PREFIX: &str = "<!-- shepherd:";
@@ -71,12 +73,13 @@ impl GitLabEvents {
         let stored: Stored = decode(item.payload.clone())?;
         let kind = HookKind::from_label(&stored.event)
             .ok_or_else(|| EventError::Unreadable(format!("unknown event {:?}", stored.event)))?;
-        match kind {
-            HookKind::Note => self.note(decode(stored.body)?).await,
-            HookKind::MergeRequest => self.merge_request(decode(stored.body)?).await,
-            HookKind::Pipeline => self.pipeline(decode(stored.body)?).await,
-            HookKind::Job => {
-                let job: JobEvent = decode(stored.body)?;
+        let event = Event::from_value(kind, stored.body)
+            .map_err(|e| EventError::Unreadable(e.to_string()))?;
+        match event {
+            Event::Note(note) => self.note(note).await,
+            Event::MergeRequest(mr) => self.merge_request(mr).await,
+            Event::Pipeline(pipeline) => self.pipeline(pipeline).await,
+            Event::Job(job) => {
                 tracing::debug!(job = job.build_id, name = %job.build_name, status = %job.build_status, pipeline = job.pipeline_id, project = job.project_id, "gitlab: job event");
                 Ok(())
             }

@@ -15,14 +15,14 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use shepherd_core::Origin;
 use shepherd_core::metrics::Metrics;
 use shepherd_core::queue::{Enqueued, NewRequest, Queue};
 
-use super::payload::{self, HookKind};
 use crate::http::{answer, read_body, same_secret, secret_digest};
+use shepherd_core::gitlab::webhook::{self, HookKind, WebhookError};
 
 /// The queue kind of a stored GitLab event.
 pub const EVENT_KIND: &str = "gitlab-event";
@@ -117,35 +117,26 @@ pub async fn receive(State(state): State<HookState>, request: Request<Body>) -> 
             return e.response(state.max_body_bytes);
         }
     };
-    let Some(kind) = kind else {
-        state.count(label, "ignored");
-        tracing::debug!(event, "gitlab webhook: event not used; ignored");
-        return answer(
-            StatusCode::OK,
-            json!({"status": "ignored", "reason": format!("shepherd does not use {event:?} events")}),
-        );
-    };
-    let value: Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            state.count(label, "malformed");
+    let delivery = match webhook::decode(&event, &bytes) {
+        Ok(d) => d,
+        Err(WebhookError::Ignored(_)) => {
+            state.count(label, "ignored");
+            tracing::debug!(event, "gitlab webhook: event not used; ignored");
             return answer(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("the body is not JSON: {e}")}),
+                StatusCode::OK,
+                json!({"status": "ignored", "reason": format!("shepherd does not use {event:?} events")}),
             );
         }
+        Err(WebhookError::Malformed(problem)) => {
+            state.count(label, "malformed");
+            return answer(StatusCode::BAD_REQUEST, json!({"error": problem}));
+        }
     };
-    if let Err(problem) = payload::check(kind, &value) {
-        state.count(label, "malformed");
-        return answer(StatusCode::BAD_REQUEST, json!({"error": problem}));
-    }
-
-    let (room, identity) = payload::origin_and_identity(kind, &value);
     let request = NewRequest {
         kind: EVENT_KIND.to_string(),
-        origin: Origin::new("gitlab", room),
-        identity,
-        payload: json!({"event": kind.label(), "body": value}),
+        origin: Origin::new("gitlab", delivery.room),
+        identity: delivery.identity,
+        payload: json!({"event": delivery.kind.label(), "body": delivery.body}),
         dedup_key: Some(delivery_key(headers, &event, &bytes)),
         after: None,
     };

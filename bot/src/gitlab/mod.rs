@@ -6,4 +6,3 @@
 pub mod events;
 pub mod hooks;
 pub mod notes;
-pub mod payload;

@@ -64,6 +64,37 @@ pub struct Notification {
     pub alerts: Vec<Alert>,
 }
 
+/// Why a webhook body is not a notification shepherd stores (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotificationError {
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    #[error("unsupported notification version {0:?} (expected \"4\")")]
+    Version(String),
+    #[error("not an Alertmanager notification: {0}")]
+    Shape(String),
+}
+
+/// Decodes a webhook body: JSON, version 4, the payload's shape. Returns the JSON as it came
+/// (what is stored) and the typed notification. `POST /hooks/alertmanager` calls it before it
+/// stores anything; the fuzz target `alertmanager_webhook` feeds it arbitrary input.
+pub fn decode_notification(
+    body: &[u8],
+) -> Result<(serde_json::Value, Notification), NotificationError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| NotificationError::NotJson(e.to_string()))?;
+    let version = value
+        .get("version")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("");
+    if version != "4" {
+        return Err(NotificationError::Version(version.to_string()));
+    }
+    let notification =
+        Notification::deserialize(&value).map_err(|e| NotificationError::Shape(e.to_string()))?;
+    Ok((value, notification))
+}
+
 impl Notification {
     /// Names this notification's content: the same group with the same alerts in the same
     /// states is the same notification, however often Alertmanager sends it.

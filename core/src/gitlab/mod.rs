@@ -21,6 +21,7 @@
 
 mod error;
 mod types;
+pub mod webhook;
 
 #[cfg(test)]
 mod tests;

@@ -1,11 +1,15 @@
 //! The GitLab webhook payloads shepherd reads (GitLab's "Webhook events" documentation), as far
 //! as it reads them: serde ignores every other field, so what GitLab adds never breaks decoding.
 //! A payload that lacks a field read here is malformed and answered 400 before it is stored.
+//!
+//! [`decode`] is the one door for a delivery's bytes: `POST /hooks/gitlab` calls it before it
+//! stores anything, and the fuzz target `gitlab_webhook` feeds it arbitrary input.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
-use shepherd_core::gitlab::{Job, JobStatus, Pipeline, PipelineStatus};
+
+use super::{Job, JobStatus, Pipeline, PipelineStatus};
 
 /// The events `POST /hooks/gitlab` stores, by their `X-Gitlab-Event` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +239,66 @@ impl PipelineEvent {
     }
 }
 
+/// A delivery `POST /hooks/gitlab` will store: the raw JSON (stored as it came), its kind, and
+/// where replies about it go and who caused it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub kind: HookKind,
+    pub body: Value,
+    /// `group/project!iid` for notes and merge requests, else the project path.
+    pub room: String,
+    /// `gitlab:<username>`.
+    pub identity: String,
+}
+
+/// Why a delivery is not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    /// An event shepherd does not use (200, not stored).
+    #[error("shepherd does not use {0:?} events")]
+    Ignored(String),
+    /// Not JSON, or not the payload its header names (400).
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// A typed event, as the workers read a stored delivery.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Note(NoteEvent),
+    MergeRequest(MergeRequestEvent),
+    Pipeline(PipelineEvent),
+    Job(JobEvent),
+}
+
+impl Event {
+    /// Reads a delivery's JSON as the event of `kind`.
+    pub fn from_value(kind: HookKind, body: Value) -> Result<Event, serde_json::Error> {
+        Ok(match kind {
+            HookKind::Note => Event::Note(serde_json::from_value(body)?),
+            HookKind::MergeRequest => Event::MergeRequest(serde_json::from_value(body)?),
+            HookKind::Pipeline => Event::Pipeline(serde_json::from_value(body)?),
+            HookKind::Job => Event::Job(serde_json::from_value(body)?),
+        })
+    }
+}
+
+/// Decodes one delivery: its `X-Gitlab-Event` header and its body.
+pub fn decode(event_header: &str, body: &[u8]) -> Result<Delivery, WebhookError> {
+    let kind = HookKind::from_header(event_header)
+        .ok_or_else(|| WebhookError::Ignored(event_header.to_string()))?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| WebhookError::Malformed(format!("the body is not JSON: {e}")))?;
+    check(kind, &value).map_err(WebhookError::Malformed)?;
+    let (room, identity) = origin_and_identity(kind, &value);
+    Ok(Delivery {
+        kind,
+        body: value,
+        room,
+        identity,
+    })
+}
+
 /// A payload decoded for its kind, or why it cannot be.
 pub fn check(kind: HookKind, body: &Value) -> Result<(), String> {
     let object_kind = body
@@ -292,6 +356,29 @@ mod tests {
         let b = parse_time("2025-01-02T03:04:05Z").expect("rfc 3339");
         assert_eq!(a, b);
         assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn decode_sorts_deliveries() {
+        assert_eq!(
+            decode("Push Hook", b"{}").map(|_| ()),
+            Err(WebhookError::Ignored("Push Hook".into()))
+        );
+        assert!(matches!(
+            decode("Job Hook", b"not json"),
+            Err(WebhookError::Malformed(_))
+        ));
+        let job = br#"{"object_kind":"build","build_id":1,"build_name":"test","build_status":"failed",
+            "pipeline_id":2,"project_id":3,"project":{"id":3,"path_with_namespace":"g/p"},"user":{"username":"u"}}"#;
+        let d = decode("Job Hook", job).expect("a job event");
+        assert_eq!(
+            (d.kind, d.room.as_str(), d.identity.as_str()),
+            (HookKind::Job, "g/p", "gitlab:u")
+        );
+        assert!(matches!(
+            Event::from_value(d.kind, d.body),
+            Ok(Event::Job(_))
+        ));
     }
 
     #[test]
