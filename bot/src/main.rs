@@ -312,6 +312,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             outbox: app.outbox.clone(),
             production: app.config.production,
             metrics,
+            core_metrics: app.metrics.clone(),
             poll_interval: std::time::Duration::from_secs(5),
         };
         let rx = app.shutdown_rx();

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shepherd_tests::gitlab::{AutoFinish, GitLabDouble};
+use shepherd_tests::gitlab::{AutoFinish, FaultKind, GitLabDouble, Route, RouteMatcher};
 use shepherd_tests::harness::{
     Backend, Shepherd, ShepherdConfig, TestStore, metric_value, shepherd_bin,
 };
@@ -649,6 +649,109 @@ async fn a_message_after_which_the_server_goes_silent_is_parked_and_the_rest_go_
         "{m}"
     );
 }
+
+/// GitLab notes: a note that keeps failing on one merge request holds back only that MR's
+/// notes (in order), never the other MRs'; one GitLab refuses for good is parked, and the notes
+/// behind it on the same MR go on.
+async fn notes_per_mr(backend: Backend) {
+    let store = TestStore::new(backend).await;
+    let gitlab = GitLabDouble::start().await;
+    let author = gitlab.add_user("alice");
+    let project = "g/p";
+    let (a, b, c) = (
+        gitlab.add_mr(project, project, "fix-a", author),
+        gitlab.add_mr(project, project, "fix-b", author),
+        gitlab.add_mr(project, project, "fix-c", author),
+    );
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.extra = "[gitlab_comments]\nwebhook_secret_env = \"TEST_WEBHOOK_SECRET\"\n".into();
+    config.env.push((
+        "TEST_WEBHOOK_SECRET".into(),
+        "hostile-webhook-secret".into(),
+    ));
+    config.env.push((
+        "SHEPHERD_HTTP__API_TOKEN_ENV".into(),
+        "TEST_API_TOKEN".into(),
+    ));
+    config.env.push(("TEST_API_TOKEN".into(), API_TOKEN.into()));
+    let bot = Shepherd::serve(&config).await;
+    bot.wait_http(WAIT).await;
+
+    let on_a: &'static str = Box::leak(format!("/merge_requests/{a}/notes").into_boxed_str());
+    let on_c: &'static str = Box::leak(format!("/merge_requests/{c}/notes").into_boxed_str());
+    gitlab.fail_next(
+        RouteMatcher::RouteAt(Route::CreateNote, on_a),
+        1_000,
+        FaultKind::Status(503),
+    );
+    gitlab.fail_next(
+        RouteMatcher::RouteAt(Route::CreateNote, on_c),
+        1,
+        FaultKind::Status(403),
+    );
+    for (iid, text) in [
+        (a, "held-1"),
+        (a, "held-2"),
+        (b, "other-1"),
+        (c, "refused-1"),
+        (c, "after-refused"),
+    ] {
+        assert_eq!(
+            say(&bot, &format!("gitlab:{project}!{iid}"), text).await.0,
+            202
+        );
+    }
+    let has = |notes: &[shepherd_tests::gitlab::NoteRecord], text: &str| {
+        notes.iter().any(|n| n.body.starts_with(text))
+    };
+    assert!(
+        gitlab
+            .wait_notes(project, b, |n| has(n, "other-1"), WAIT)
+            .await,
+        "another MR's note waited for the failing one:\n{}",
+        bot.stderr()
+    );
+    assert!(
+        gitlab
+            .wait_notes(project, c, |n| has(n, "after-refused"), WAIT)
+            .await,
+        "{}",
+        bot.stderr()
+    );
+    assert!(!has(&gitlab.notes(project, c), "refused-1"));
+    assert!(gitlab.notes(project, a).is_empty());
+    assert!(
+        store
+            .wait_count(
+                "SELECT COUNT(*) FROM outbox WHERE body = 'refused-1' AND parked_at IS NOT NULL",
+                1,
+                WAIT
+            )
+            .await
+    );
+
+    // GitLab takes MR a's notes again: both arrive, in order.
+    gitlab.clear_scripted();
+    assert!(
+        gitlab
+            .wait_notes(project, a, |n| n.len() == 2, Duration::from_secs(90))
+            .await,
+        "{}",
+        bot.stderr()
+    );
+    let notes = gitlab.notes(project, a);
+    assert!(notes[0].body.starts_with("held-1") && notes[1].body.starts_with("held-2"));
+    let m = metrics(&bot).await;
+    assert_eq!(
+        metric_value(&m, "shepherd_outbox_parked_total{frontend=\"gitlab\"}"),
+        Some(1.0),
+        "{m}"
+    );
+}
+on_both_stores!(
+    a_failing_note_holds_back_only_its_merge_request,
+    notes_per_mr
+);
 
 /// Targets that would end or extend a protocol line are refused at the door.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

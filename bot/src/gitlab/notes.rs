@@ -5,15 +5,21 @@
 //! the request id). A note create is not idempotent, so before the first attempt the message is
 //! marked as being sent; after an ambiguous answer, or when a message marked that way is met again
 //! (a crash), shepherd looks for the marker among the MR's newest notes before creating again.
-//! Edits are idempotent and simply retried. In order: a message that cannot be delivered yet
-//! (GitLab down) holds back the ones behind it; one GitLab refuses for good (the MR is gone, the
-//! bot may not comment) is logged, counted and dropped. When several versions of a slot wait,
-//! only the newest is sent. In non-production mode nothing is written: the note is logged.
+//! Edits are idempotent and simply retried. In order per merge request: a message that cannot be
+//! delivered yet (GitLab down, or failing on this MR) holds back the ones behind it on the same MR,
+//! tried again after a growing pause, while the other MRs' notes go on; one GitLab refuses for good
+//! (the MR is gone, the bot may not comment, the note is too long) is parked — kept with the reason,
+//! counted, logged and listed by `shepherd outbox parked` — and the ones behind it go on. When
+//! several versions of a slot wait, only the newest is sent. In non-production mode nothing is
+//! written: the note is logged.
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prometheus::{IntCounterVec, Opts, Registry};
 use shepherd_core::gitlab::{GitLab, GitLabError};
+use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::{Outbox, OutboxMessage};
 use shepherd_core::store::StoreError;
 use tokio::sync::watch;
@@ -29,7 +35,7 @@ const CREATE_ATTEMPTS: u32 = 3;
 #[derive(Clone)]
 pub struct NotesMetrics {
     /// Notes by action: `created`, `edited`, `recovered` (found by marker), `superseded`,
-    /// `dropped`, `would` (non-production).
+    /// `parked` (GitLab refuses it for good), `would` (non-production).
     pub notes: IntCounterVec,
 }
 
@@ -52,6 +58,7 @@ pub struct NotesFrontend {
     pub outbox: Outbox,
     pub production: bool,
     pub metrics: NotesMetrics,
+    pub core_metrics: Arc<Metrics>,
     /// How often to look for messages written by other processes.
     pub poll_interval: Duration,
 }
@@ -61,6 +68,18 @@ enum Failure {
     Later(String),
     /// GitLab refuses for good.
     Drop(String),
+}
+
+/// A merge request whose next note failed: its notes wait until `until`.
+struct Held {
+    failures: u32,
+    until: Instant,
+}
+
+/// The pause after the n-th failure in a row on one MR: 0.5 s, doubling, at most a minute.
+fn pause_after(failures: u32) -> Duration {
+    (Duration::from_millis(500) * 2u32.saturating_pow(failures.saturating_sub(1).min(8)))
+        .min(Duration::from_secs(60))
 }
 
 impl From<StoreError> for Failure {
@@ -101,21 +120,30 @@ fn note_body(m: &OutboxMessage) -> String {
 
 impl NotesFrontend {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(500);
+        let mut held: HashMap<String, Held> = HashMap::new();
+        let mut store_backoff = Duration::from_millis(500);
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let pause = match self.deliver_pending().await {
+            let pause = match self.deliver_pending(&mut held).await {
                 Ok(true) => {
-                    backoff = Duration::from_millis(500);
+                    store_backoff = Duration::from_millis(500);
                     continue;
                 }
-                Ok(false) => self.poll_interval,
+                Ok(false) => {
+                    let now = Instant::now();
+                    held.values()
+                        .map(|h| h.until.saturating_duration_since(now))
+                        .filter(|d| !d.is_zero())
+                        .min()
+                        .unwrap_or(self.poll_interval)
+                        .min(self.poll_interval)
+                }
                 Err(why) => {
-                    tracing::warn!(error = %why, retry_in = ?backoff, "gitlab notes: delivery held back");
-                    let b = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    tracing::warn!(error = %why, retry_in = ?store_backoff, "gitlab notes: the outbox is unavailable");
+                    let b = store_backoff;
+                    store_backoff = (store_backoff * 2).min(Duration::from_secs(60));
                     b
                 }
             };
@@ -127,17 +155,26 @@ impl NotesFrontend {
         }
     }
 
-    /// Delivers what is pending; true when something was, false when nothing waited.
-    async fn deliver_pending(&self) -> Result<bool, String> {
+    /// Delivers what is pending on MRs that are not held; true when something was delivered or
+    /// parked, false when nothing could be.
+    async fn deliver_pending(&self, held: &mut HashMap<String, Held>) -> Result<bool, String> {
         let pending = self
             .outbox
             .pending(FRONTEND, 100)
             .await
             .map_err(|e| e.to_string())?;
-        if pending.is_empty() {
-            return Ok(false);
-        }
+        let now = Instant::now();
+        let mut waiting: HashSet<String> = held
+            .iter()
+            .filter(|(_, h)| h.until > now)
+            .map(|(room, _)| room.clone())
+            .collect();
+        let mut progress = false;
         for (i, m) in pending.iter().enumerate() {
+            let room = m.origin.to_string();
+            if waiting.contains(&room) {
+                continue; // an earlier note of this MR failed: keep the MR's order
+            }
             let superseded =
                 m.slot.is_some() && pending[i + 1..].iter().any(|later| later.slot == m.slot);
             let result = if superseded {
@@ -150,19 +187,42 @@ impl NotesFrontend {
                 self.deliver(m).await
             };
             match result {
-                Ok(()) => {}
-                Err(Failure::Later(why)) => return Err(why),
+                Ok(()) => {
+                    held.remove(&room);
+                    progress = true;
+                }
+                Err(Failure::Later(why)) => {
+                    let h = held.entry(room.clone()).or_insert(Held {
+                        failures: 0,
+                        until: now,
+                    });
+                    h.failures += 1;
+                    h.until = Instant::now() + pause_after(h.failures);
+                    tracing::warn!(message = %m.id, room = %m.origin, error = %why, retry_in = ?pause_after(h.failures), "gitlab notes: this MR's notes are held back; the others go on");
+                    self.core_metrics
+                        .outbox_send_failures
+                        .with_label_values(&[FRONTEND])
+                        .inc();
+                    let _ = self.outbox.note_failure(&m.id, &why).await;
+                    waiting.insert(room);
+                }
                 Err(Failure::Drop(why)) => {
-                    tracing::error!(message = %m.id, room = %m.origin, error = %why, "gitlab notes: GitLab refuses this note; dropped");
-                    self.metrics.notes.with_label_values(&["dropped"]).inc();
+                    tracing::error!(message = %m.id, room = %m.origin, error = %why, "gitlab notes: GitLab refuses this note; it is parked (`shepherd outbox parked`) and the ones behind it go on");
+                    self.metrics.notes.with_label_values(&["parked"]).inc();
+                    self.core_metrics
+                        .outbox_parked
+                        .with_label_values(&[FRONTEND])
+                        .inc();
                     self.outbox
-                        .mark_delivered(&m.id)
+                        .park(&m.id, &why)
                         .await
                         .map_err(|e| e.to_string())?;
+                    held.remove(&room);
+                    progress = true;
                 }
             }
         }
-        Ok(true)
+        Ok(progress)
     }
 
     async fn deliver(&self, m: &OutboxMessage) -> Result<(), Failure> {

@@ -123,13 +123,17 @@ pub enum RouteMatcher {
     Any,
     /// Requests to one route (any project, any pipeline).
     Route(Route),
+    /// Requests to one route whose path contains a fragment (`"/merge_requests/4/"`): one
+    /// merge request's notes, one pipeline's jobs.
+    RouteAt(Route, &'static str),
 }
 
 impl RouteMatcher {
-    pub(crate) fn matches(self, route: Route) -> bool {
+    pub(crate) fn matches(self, route: Route, path: &str) -> bool {
         match self {
             RouteMatcher::Any => true,
             RouteMatcher::Route(r) => r == route,
+            RouteMatcher::RouteAt(r, fragment) => r == route && path.contains(fragment),
         }
     }
 }

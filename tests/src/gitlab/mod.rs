@@ -1071,6 +1071,11 @@ impl GitLabDouble {
         });
     }
 
+    /// Forgets the scripted faults not used up yet: the API works again.
+    pub fn clear_scripted(&self) {
+        self.shared.lock().scripted.clear();
+    }
+
     /// Holds the answers of pipeline creates while the returned [`Hold`] lives.
     pub fn hold_creates(&self) -> Hold {
         let inner = Arc::new(HoldShared {

@@ -428,7 +428,7 @@ fn decide_fault(state: &mut State, method: &str, path: &str, route: Route) -> Op
     if let Some(script) = state
         .scripted
         .iter_mut()
-        .find(|s| s.remaining > 0 && s.matcher.matches(route))
+        .find(|s| s.remaining > 0 && s.matcher.matches(route, path))
     {
         script.remaining -= 1;
         let kind = script.kind;
