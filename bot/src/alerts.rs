@@ -245,15 +245,50 @@ pub struct SayState {
     outbox: Outbox,
     /// Front ends whose rooms can be addressed.
     frontends: Arc<Vec<String>>,
+    /// The IRC channels the bot is in (lower case): a message for another would never go out.
+    irc_channels: Arc<Vec<String>>,
 }
 
 impl SayState {
-    pub fn new(token: Option<&str>, outbox: Outbox, frontends: Vec<String>) -> Self {
+    pub fn new(
+        token: Option<&str>,
+        outbox: Outbox,
+        frontends: Vec<String>,
+        irc_channels: &[String],
+    ) -> Self {
         Self {
             token: token.map(secret_digest),
             outbox,
             frontends: Arc::new(frontends),
+            irc_channels: Arc::new(
+                irc_channels
+                    .iter()
+                    .map(|c| c.to_ascii_lowercase())
+                    .collect(),
+            ),
         }
+    }
+
+    /// Why a parsed target cannot be said to, if it cannot.
+    fn refuse(&self, o: &Origin) -> Option<String> {
+        if !self.frontends.contains(&o.frontend) {
+            return Some(format!(
+                "not a room of an enabled front end (enabled: {})",
+                self.frontends.join(", ")
+            ));
+        }
+        let channel = o.room.starts_with(['#', '&', '+', '!']);
+        if o.frontend == "irc"
+            && channel
+            && !self.irc_channels.contains(&o.room.to_ascii_lowercase())
+        {
+            return Some(format!(
+                "{} is not one of the bot's channels (irc.channels: {})",
+                o.room,
+                self.irc_channels.join(", ")
+            ));
+        }
+        None
     }
 }
 
@@ -303,15 +338,23 @@ pub async fn say(State(state): State<SayState>, request: Request<Body>) -> Respo
     }
     let mut rooms = Vec::new();
     for t in req.target.iter().chain(req.targets.iter()) {
-        match Origin::parse(t) {
-            Some(o) if state.frontends.contains(&o.frontend) => rooms.push(o),
-            _ => {
-                return answer(
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": format!("{t:?} is not a room of an enabled front end (expected <front end>:<room>; enabled: {})", state.frontends.join(", "))}),
-                );
+        let refusal = match Origin::parse(t) {
+            Some(o) => match state.refuse(&o) {
+                None => {
+                    rooms.push(o);
+                    continue;
+                }
+                Some(why) => why,
+            },
+            None => {
+                "expected <front end>:<room> with no white space or control characters in the room"
+                    .to_string()
             }
-        }
+        };
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("{t:?}: {refusal}")}),
+        );
     }
     if rooms.is_empty() {
         return answer(

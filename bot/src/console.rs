@@ -63,6 +63,7 @@ impl Console {
                 text,
                 mr: None,
                 dedup: None,
+                rate_room: None,
             };
             self.dispatcher.handle(&inbound).await?;
         }

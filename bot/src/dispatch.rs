@@ -35,6 +35,9 @@ pub struct Inbound {
     /// Each command in it is then stored and answered at most once: a redelivered event, or an
     /// edit that keeps a command, does not run that command again.
     pub dedup: Option<String>,
+    /// The room's rate-limit key when it is not the origin: all of IRC's direct messages share
+    /// one (`irc:(queries)`), so a flood spread over queries and nicks is one room's flood.
+    pub rate_room: Option<String>,
 }
 
 /// The keys of a message's commands: the n-th copy of the same words gets occurrence n.
@@ -167,7 +170,11 @@ impl Dispatcher {
         let parsed = parse(text, &context);
         let name = parsed.as_ref().map(|c| c.name()).unwrap_or("unknown");
         // Every addressed line counts, junk included: what anyone can make the bot say is limited.
-        match self.limits.check(&inbound.identity, &origin.to_string()) {
+        let rate_room = inbound
+            .rate_room
+            .clone()
+            .unwrap_or_else(|| origin.to_string());
+        match self.limits.check(&inbound.identity, &rate_room) {
             Verdict::Go => {}
             Verdict::Warn(scope) => {
                 self.count(name, "rate_limited");

@@ -6,9 +6,10 @@
 //!
 //! Slow and idle clients cannot hold the server: a connection must send each request's
 //! headers within `http.header_timeout_secs` (which also bounds the idle time between
-//! kept-alive requests) and its body within `http.body_timeout_secs` (408 beyond), and at most
-//! `http.max_connections` are served at once — the rest wait in the listen backlog until a
-//! slot frees, which the timeouts guarantee.
+//! kept-alive requests), its body within `http.body_timeout_secs` (408 beyond), and take what
+//! the server writes without stalling it for longer than that either (a client that sends
+//! requests and never reads the answers is cut); at most `http.max_connections` are served at
+//! once — the rest wait in the listen backlog until a slot frees, which the timeouts guarantee.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -220,7 +221,7 @@ impl ServerMetrics {
             closed: IntCounterVec::new(
                 Opts::new(
                     "http_connections_closed_total",
-                    "HTTP connections closed, by reason (done, header_timeout, error)",
+                    "HTTP connections closed, by reason (done, header_timeout, write_timeout, error)",
                 ),
                 &["reason"],
             )?,
@@ -229,6 +230,18 @@ impl ServerMetrics {
         registry.register(Box::new(m.closed.clone()))?;
         Ok(m)
     }
+}
+
+/// Whether a connection ended because the client would not take what was written.
+fn is_write_timeout(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Resolves once `shutdown` is true (holding no borrow of it).
@@ -281,15 +294,19 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
+        // A write that cannot go out for this long (the client reads nothing) ends the connection.
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(body_timeout));
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let connection =
-            graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        let connection = graceful
+            .watch(http.serve_connection(hyper_util::rt::TokioIo::new(Box::pin(stream)), service));
         let metrics = metrics.clone();
         metrics.open.inc();
         tokio::spawn(async move {
             let reason = match connection.await {
                 Ok(()) => "done",
                 Err(e) if e.is_timeout() => "header_timeout",
+                Err(e) if is_write_timeout(&e) => "write_timeout",
                 Err(e) => {
                     tracing::debug!(error = %e, "http: connection ended with an error");
                     "error"

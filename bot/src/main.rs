@@ -139,25 +139,27 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn init_logging(config: &Config) {
+    use tracing_subscriber::prelude::*;
     let filter = std::env::var("SHEPHERD_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&config.log.filter).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"))
-        // The IRC library traces every raw line it sends, PASS, AUTHENTICATE and NickServ
-        // IDENTIFY included: never let those reach the log, whatever the filter asks.
-        .add_directive(
-            "irc::client=debug"
-                .parse()
-                .unwrap_or_else(|_| unreachable!("a constant directive")),
-        );
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    // The IRC library traces every raw line it sends — PASS, AUTHENTICATE, NickServ IDENTIFY
+    // included. Those events are dropped here, whatever the filter above lets through.
+    let no_raw_irc = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target().starts_with("irc") && *meta.level() == tracing::Level::TRACE)
+    });
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match config.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter).with_filter(no_raw_irc))
+            .try_init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.with_filter(filter).with_filter(no_raw_irc))
+            .try_init(),
     };
     for w in config.warnings() {
         tracing::warn!("config: {w}");
@@ -255,6 +257,11 @@ fn spawn_http(app: &mut App) {
             app.config.http.api_token().map(|s| s.expose()),
             app.outbox.clone(),
             enabled_frontends(&app.config),
+            app.config
+                .irc
+                .as_ref()
+                .map(|i| i.channels.as_slice())
+                .unwrap_or_default(),
         ),
         gitlab_hooks: app.config.gitlab_comments.as_ref().map(|c| {
             gitlab::hooks::HookState::new(

@@ -81,14 +81,43 @@ pub fn plain(text: &str) -> Cow<'_, str> {
     rewrite(text, |c| (c == '\t').then_some('\t'))
 }
 
-/// A message as it may go into a GitLab note (Markdown): [`plain`], and an HTML comment opener
-/// shown as text, so text from elsewhere can neither hide part of the note nor imitate the
-/// hidden marker that ends each of shepherd's notes.
+/// A message as it may go into a GitLab note (Markdown): [`plain`], and then what GitLab would act
+/// on made inert, since the text comes from elsewhere and the note is written with the bot's token:
+/// - a line starting with `/` would be a quick action (`/merge`, `/approve`, `/close`): its slash
+///   is escaped (`\/merge` shows as `/merge` and does nothing);
+/// - `@all` and `@here` would notify everyone: a zero-width space after the `@` keeps the text
+///   and drops the notification;
+/// - an HTML comment opener is shown as text, so nothing can hide part of the note or imitate
+///   the hidden marker that ends each of shepherd's notes.
 pub fn markdown(text: &str) -> Cow<'_, str> {
-    match plain(text) {
-        Cow::Borrowed(t) if !t.contains("<!--") => Cow::Borrowed(t),
-        other => Cow::Owned(other.replace("<!--", "&lt;!--")),
+    let text = plain(text);
+    let inert = |t: &str| {
+        !t.contains("<!--")
+            && !t.contains("@all")
+            && !t.contains("@here")
+            && !t.lines().any(|l| l.trim_start().starts_with('/'))
+    };
+    if inert(&text) {
+        return text;
     }
+    let mut out = String::with_capacity(text.len() + 8);
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let indent = line.len() - line.trim_start().len();
+        let (lead, rest) = line.split_at(indent);
+        out.push_str(lead);
+        if rest.starts_with('/') {
+            out.push('\\');
+        }
+        out.push_str(rest);
+    }
+    let out = out
+        .replace("<!--", "&lt;!--")
+        .replace("@all", "@\u{200b}all")
+        .replace("@here", "@\u{200b}here");
+    Cow::Owned(out)
 }
 
 /// Whether `name` may stand as the target of an IRC command: not empty, no white space, no
@@ -136,6 +165,22 @@ mod tests {
         assert_eq!(plain("\u{1b}]0;owned\u{7}"), "\u{241b}]0;owned\u{2407}");
         assert_eq!(plain("\u{3}4red"), "\u{2403}4red");
         assert_eq!(plain("nul\0"), "nul\u{2400}");
+    }
+
+    #[test]
+    fn markdown_cannot_run_quick_actions_or_notify_everyone() {
+        assert_eq!(
+            markdown("done\n/merge\n  /approve now\nnot /label here"),
+            "done\n\\/merge\n  \\/approve now\nnot /label here"
+        );
+        assert_eq!(
+            markdown("cc @all and @here"),
+            "cc @\u{200b}all and @\u{200b}here"
+        );
+        assert_eq!(
+            markdown("comment `@shepherd test`"),
+            "comment `@shepherd test`"
+        );
     }
 
     #[test]

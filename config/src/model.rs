@@ -169,7 +169,8 @@ pub struct HttpConfig {
     /// A client must send a request's headers within this time (also the idle time allowed
     /// between requests on a kept-alive connection); else the connection is closed.
     pub header_timeout_secs: u64,
-    /// A request's whole body must arrive within this time; else 408.
+    /// A request's whole body must arrive within this time (else 408), and a client must take
+    /// what the server writes without stalling it this long (else the connection is cut).
     pub body_timeout_secs: u64,
     /// Connections served at once; more wait to be accepted until one closes.
     pub max_connections: u32,
@@ -505,6 +506,10 @@ pub struct IrcConfig {
     /// (kept and listed by `shepherd outbox parked`) so the messages behind it go on.
     #[serde(default = "default_max_send_attempts")]
     pub max_send_attempts: u32,
+    /// Lines one message may take on IRC; a longer one (an alert annotation of a megabyte) is cut
+    /// there with a note of how much was left out, so it cannot hold a channel for an hour.
+    #[serde(default = "default_max_lines_per_message")]
+    pub max_lines_per_message: u32,
     /// CTCP requests (VERSION, PING, TIME, ...) answered per minute, from everyone together;
     /// the rest are ignored. Answers go through the same flood pacing as every other line.
     #[serde(default = "default_ctcp_per_minute")]
@@ -543,6 +548,9 @@ fn default_sasl_timeout() -> u64 {
 }
 fn default_max_send_attempts() -> u32 {
     3
+}
+fn default_max_lines_per_message() -> u32 {
+    200
 }
 fn default_ctcp_per_minute() -> u32 {
     6
@@ -595,6 +603,7 @@ impl Default for IrcConfig {
             whois_timeout_ms: default_whois_timeout(),
             sasl_timeout_secs: default_sasl_timeout(),
             max_send_attempts: default_max_send_attempts(),
+            max_lines_per_message: default_max_lines_per_message(),
             ctcp_per_minute: default_ctcp_per_minute(),
         }
     }

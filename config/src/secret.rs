@@ -146,7 +146,14 @@ const SECRET_PARAMS: &[&str] = &[
 /// replaced by `<redacted>`. Text that is not a URL is searched for a `scheme://user:password@`
 /// part all the same, so a half-valid URL in an error message does not leak either.
 pub fn redact_url(text: &str) -> String {
-    if let Ok(mut url) = url::Url::parse(text)
+    // More than one `@` means a password with an unencoded `@` (and maybe `/` or `?`) in it,
+    // which a parser splits in the wrong place: redact up to the last `@` instead.
+    let several_at = text
+        .split_whitespace()
+        .next()
+        .is_some_and(|t| t.matches('@').count() > 1);
+    if !several_at
+        && let Ok(mut url) = url::Url::parse(text)
         && url.has_authority()
     {
         let mut changed = false;
@@ -182,28 +189,57 @@ pub fn redact_url(text: &str) -> String {
     redact_userinfo(text)
 }
 
-/// The `user:password@` of every `scheme://user:password@host` in free text, password redacted.
+/// Free text (an unparseable URL, an error message quoting one) with the password of every
+/// `scheme://user:password@host` and the value of every credential parameter (`password=...`)
+/// redacted. The user info runs to the last `@` before the next white space or quote, so a
+/// password holding an unencoded `/`, `?`, `#` or `@` is covered too.
 fn redact_userinfo(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        let authority_end = tail
-            .find(['/', '?', '#', ' ', '"', '\'', '\n'])
+        let token_end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
             .unwrap_or(tail.len());
-        let authority = &tail[..authority_end];
-        match (authority.rfind('@'), authority.find(':')) {
+        let token = &tail[..token_end];
+        match (token.rfind('@'), token.find(':')) {
             (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..colon + 1]);
+                out.push_str(&token[..colon + 1]);
                 out.push_str(REDACTED);
-                out.push_str(&authority[at..]);
+                out.push_str(&token[at..]);
             }
-            _ => out.push_str(authority),
+            _ => out.push_str(token),
         }
-        rest = &tail[authority_end..];
+        rest = &tail[token_end..];
     }
     out.push_str(rest);
+    redact_params(&out)
+}
+
+/// `name=value` of every credential parameter in free text, value redacted.
+fn redact_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    'scan: while !rest.is_empty() {
+        for (i, _) in rest.match_indices('=') {
+            let name_start = rest[..i]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(0, |p| p + 1);
+            let name = &rest[name_start..i];
+            if SECRET_PARAMS.iter().any(|p| name.eq_ignore_ascii_case(p)) {
+                let value_end = rest[i + 1..]
+                    .find(|c: char| c.is_whitespace() || matches!(c, '&' | '"' | '\'' | ';' | ','))
+                    .map_or(rest.len(), |e| i + 1 + e);
+                out.push_str(&rest[..=i]);
+                out.push_str(REDACTED);
+                rest = &rest[value_end..];
+                continue 'scan;
+            }
+        }
+        out.push_str(rest);
+        break;
+    }
     out
 }
 
@@ -273,6 +309,28 @@ mod tests {
         assert_eq!(
             redact_url("error: cannot reach amqp://guest:hunter2@mq/ (refused)"),
             "error: cannot reach amqp://guest:<redacted>@mq/ (refused)"
+        );
+        // Unencoded `/`, `?`, `@` in a password make the URL unparseable: redacted all the same.
+        for (url, shown) in [
+            (
+                "postgres://u:ab/cd@host/db",
+                "postgres://u:<redacted>@host/db",
+            ),
+            (
+                "postgres://u:p@ss/w?rd@host/db",
+                "postgres://u:<redacted>@host/db",
+            ),
+            ("amqp://u:a#b@mq/%2f", "amqp://u:<redacted>@mq/%2f"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        assert_eq!(
+            redact_url("connect to host=db user=s password=hunter2 sslmode=require failed"),
+            "connect to host=db user=s password=<redacted> sslmode=require failed"
+        );
+        assert_eq!(
+            redact_url("no url here, password_env=X is a name"),
+            "no url here, password_env=X is a name"
         );
     }
 }

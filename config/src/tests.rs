@@ -161,7 +161,7 @@ fn shipped_commented_sections_are_valid_when_uncommented() {
     let irc = c.irc.expect("irc");
     assert_eq!(irc.server, "irc.example.org");
     assert_eq!(irc.nick(), "shepherd");
-    assert_eq!(irc.channels, ["#ops", "#kernel-ci"]);
+    assert_eq!(irc.channels, ["#ops", "#kernel-ci", "#alerts"]);
     assert_eq!(irc.alternate_nicks(), ["shepherd_", "shepherd__"]);
     assert_eq!(irc.reply_with, crate::IrcReplyKind::Privmsg);
     assert_eq!((irc.flood_burst, irc.flood_rate), (4, 1.0));
@@ -711,4 +711,36 @@ fn channel_keys_parse_from_one_variable() {
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert_eq!(keys.get("#a").map(String::as_str), Some("one"));
     assert_eq!(keys.get("#b").map(String::as_str), Some("two"));
+}
+
+#[test]
+fn targets_must_be_rooms_a_configured_front_end_is_in() {
+    let irc = "[irc]\nserver = \"h\"\nchannels = [\"#ops\"]\n";
+    let e = err(
+        &format!("{irc}[alerts]\ndefault_targets = [\"irc:#typo\"]\n"),
+        &[],
+    );
+    assert!(
+        e.contains(
+            "alerts.default_targets[0]: \"irc:#typo\" #typo is not one of irc.channels (#ops)"
+        ),
+        "{e}"
+    );
+    let e = err("[alerts]\ndefault_targets = [\"irc:#ops\"]\n", &[]);
+    assert!(e.contains("names IRC, but [irc] is not configured"), "{e}");
+    let e = err("[alerts]\ndefault_targets = [\"gitlab:g/p!1\"]\n", &[]);
+    assert!(e.contains("[gitlab_comments] is not configured"), "{e}");
+    let e = err(
+        "[alerts]\ndefault_targets = [\"matrix:!r:example.org\"]\n",
+        &[],
+    );
+    assert!(e.contains("names matrix, which is not configured"), "{e}");
+    // Channels compare without case; a query (a nick) is always a place IRC can deliver to.
+    load_text(
+        &format!(
+            "{irc}[alerts]\ndefault_targets = [\"irc:#OPS\", \"irc:alice\", \"console:console\"]\n"
+        ),
+        &[],
+    )
+    .expect("valid targets");
 }

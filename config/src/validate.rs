@@ -109,7 +109,7 @@ impl Checker {
         }
     }
 
-    fn room(&mut self, key: &str, room: &str) {
+    fn room(&mut self, key: &str, room: &str, config: &Config) {
         let ok = room.split_once(':').is_some_and(|(front, rest)| {
             FRONT_ENDS.contains(&front)
                 && !rest.is_empty()
@@ -124,6 +124,32 @@ impl Checker {
                     FRONT_ENDS.join(", ")
                 ),
             );
+            return;
+        }
+        // A target must be somewhere a configured front end can deliver: never a silent queue.
+        let (front, rest) = room.split_once(':').unwrap_or_default();
+        let problem = match front {
+            "irc" => match &config.irc {
+                None => Some("names IRC, but [irc] is not configured".to_owned()),
+                Some(irc)
+                    if rest.starts_with(['#', '&', '+', '!'])
+                        && !irc.channels.iter().any(|c| c.eq_ignore_ascii_case(rest)) =>
+                {
+                    Some(format!(
+                        "{rest} is not one of irc.channels ({}): the bot would never be there to say it",
+                        irc.channels.join(", ")
+                    ))
+                }
+                Some(_) => None,
+            },
+            "gitlab" if config.gitlab_comments.is_none() => {
+                Some("names GitLab notes, but [gitlab_comments] is not configured".to_owned())
+            }
+            "console" | "gitlab" => None,
+            other => Some(format!("names {other}, which is not configured")),
+        };
+        if let Some(problem) = problem {
+            self.fail(key, format!("{room:?} {problem}"));
         }
     }
 }
@@ -321,6 +347,11 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
         c.at_least("irc.whois_timeout_ms", irc.whois_timeout_ms, 100);
         c.at_least("irc.sasl_timeout_secs", irc.sasl_timeout_secs, 1);
         c.at_least("irc.max_send_attempts", irc.max_send_attempts.into(), 1);
+        c.at_least(
+            "irc.max_lines_per_message",
+            irc.max_lines_per_message.into(),
+            2,
+        );
         c.at_least("irc.flood_burst", irc.flood_burst.into(), 1);
         if !(irc.flood_rate.is_finite() && irc.flood_rate > 0.0) {
             c.fail(
@@ -409,11 +440,11 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
                 c.fail(&format!("{at}.targets"), "must name at least one room");
             }
             for (j, target) in route.targets.iter().enumerate() {
-                c.room(&format!("{at}.targets[{j}]"), target);
+                c.room(&format!("{at}.targets[{j}]"), target, config);
             }
         }
         for (j, target) in alerts.default_targets.iter().enumerate() {
-            c.room(&format!("alerts.default_targets[{j}]"), target);
+            c.room(&format!("alerts.default_targets[{j}]"), target, config);
         }
         let templates = minijinja::Environment::new();
         for (key, template) in [

@@ -84,15 +84,37 @@ impl Outbox {
         frontend: &str,
         limit: i64,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
-        let rows = sqlx::query(
+        self.pending_except(frontend, &[], limit).await
+    }
+
+    /// Like [`Outbox::pending`], leaving out the rooms in `closed` (compared in lower case):
+    /// messages for rooms that cannot take them now never fill the window of those that can.
+    pub async fn pending_except(
+        &self,
+        frontend: &str,
+        closed: &[String],
+        limit: i64,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let except = if closed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "AND LOWER(room) NOT IN ({}) ",
+                placeholders(3, closed.len())
+            )
+        };
+        let sql = format!(
             "SELECT id, frontend, room, addressee, body, request_id, created_at, slot, send_started_at, attempts \
-             FROM outbox WHERE frontend = $1 AND delivered_at IS NULL AND parked_at IS NULL \
-             ORDER BY created_at, id LIMIT $2",
-        )
-        .bind(frontend)
-        .bind(limit)
-        .fetch_all(self.store.pool())
-        .await?;
+             FROM outbox WHERE frontend = $1 AND delivered_at IS NULL AND parked_at IS NULL {except}\
+             ORDER BY created_at, id LIMIT $2"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(frontend)
+            .bind(limit);
+        for room in closed {
+            q = q.bind(room.to_ascii_lowercase());
+        }
+        let rows = q.fetch_all(self.store.pool()).await?;
         rows.iter()
             .map(|row| {
                 Ok(OutboxMessage {
@@ -134,30 +156,21 @@ impl Outbox {
         Ok(())
     }
 
-    /// Counts a send of each message before it is tried, so that a message after which the
-    /// connection always dies is known as such after a restart too.
-    pub async fn note_attempts(&self, ids: &[&str]) -> Result<(), StoreError> {
+    /// Records a failed send of each message (refused, or in flight when the acknowledgement
+    /// never came or the connection died): one more attempt, and why. A message that keeps
+    /// failing is known as such after a reconnect or a restart too.
+    pub async fn record_failure(&self, ids: &[&str], reason: &str) -> Result<(), StoreError> {
         for chunk in ids.chunks(ID_CHUNK) {
             let sql = format!(
-                "UPDATE outbox SET attempts = attempts + 1 WHERE id IN ({})",
-                placeholders(1, chunk.len())
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $1 WHERE id IN ({})",
+                placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(reason);
             for id in chunk {
                 q = q.bind(*id);
             }
             q.execute(self.store.pool()).await?;
         }
-        Ok(())
-    }
-
-    /// Remembers why the last send of a message failed (shown when it is parked).
-    pub async fn note_failure(&self, id: &str, reason: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET last_error = $1 WHERE id = $2")
-            .bind(reason)
-            .bind(id)
-            .execute(self.store.pool())
-            .await?;
         Ok(())
     }
 

@@ -138,12 +138,16 @@ pub async fn prune(store: &Store, before: i64) -> Result<Pruned, StoreError> {
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    let outbox =
-        sqlx::query("DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < $1")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+    // Delivered messages, and parked ones (given up on; anyone can cause those cheaply, so
+    // they are kept for the retention time, not for ever).
+    let outbox = sqlx::query(
+        "DELETE FROM outbox WHERE (delivered_at IS NOT NULL AND delivered_at < $1) \
+         OR (parked_at IS NOT NULL AND parked_at < $1)",
+    )
+    .bind(before)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     let watches = sqlx::query("DELETE FROM watches WHERE state = 'done' AND finished_at < $1")
         .bind(before)
         .execute(&mut *tx)

@@ -356,8 +356,9 @@ impl Shepherd {
             .arg("--config")
             .arg(&path)
             .env("TEST_GITLAB_TOKEN", &config.gitlab_token)
-            .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // A test may set its own level through `config.env`.
             .env("SHEPHERD_LOG", "info,shepherd_core=debug")
+            .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("SHEPHERD_CONFIG")
             // The harness's own variable; shepherd would refuse it as an unknown SHEPHERD_* key.
             .env_remove("SHEPHERD_BIN")

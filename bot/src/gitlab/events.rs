@@ -115,6 +115,7 @@ impl GitLabEvents {
                 iid: mr.iid,
             }),
             dedup: Some(format!("note:{}:{}", note.project.id, attrs.id)),
+            rate_room: None,
         };
         let commands = self.dispatcher.commands_of(&inbound);
         if commands.is_empty() {

@@ -203,7 +203,7 @@ impl NotesFrontend {
                         .outbox_send_failures
                         .with_label_values(&[FRONTEND])
                         .inc();
-                    let _ = self.outbox.note_failure(&m.id, &why).await;
+                    let _ = self.outbox.record_failure(&[&m.id], &why).await;
                     waiting.insert(room);
                 }
                 Err(Failure::Drop(why)) => {

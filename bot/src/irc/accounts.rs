@@ -49,7 +49,8 @@ impl AccountCache {
 pub fn identity(nick: &str, account: Option<&Account>) -> String {
     match account {
         Some(Account::LoggedIn(a)) => format!("irc:{a}"),
-        _ => format!("irc-unidentified:{nick}"),
+        // Nicks compare without case: `Mallory` and `mallory` are one sender (and one budget).
+        _ => format!("irc-unidentified:{}", nick.to_ascii_lowercase()),
     }
 }
 
@@ -66,6 +67,7 @@ mod tests {
         assert_eq!(c.get("BOB"), Some(&Account::LoggedOut));
         c.forget("ALICE");
         assert_eq!(c.get("alice"), None);
+        assert_eq!(identity("Mallory", None), identity("mallory", None));
     }
 
     #[test]

@@ -14,11 +14,14 @@
 //! every message safe for IRC (`safe_text::irc`: no NUL, CR or other control byte reaches the
 //! wire) and splits it into lines that fit IRC's 512 bytes, paces them through a token bucket
 //! tuned to the server's flood limits, and marks a round delivered only after the server
-//! answered a PING sent behind it — lines the server never processed are sent again after a
-//! reconnect, and nothing is lost while the bot is away. A message the server refuses (a
-//! 4xx numeric naming its target) or after which the acknowledgement never comes is tried
-//! again on its own, up to `max_send_attempts`, then parked; the messages behind it go on.
-//! Messages for a channel wait while the bot is not in it (kicked, not yet joined); others go on.
+//! answered a PING sent behind it — a round not acknowledged is sent again, whole, after a
+//! reconnect (at least once: lines the server did process are repeated then), and nothing is
+//! lost while the bot is away. A round holds at most one message per room, so a refusal (a 4xx
+//! numeric naming the room) is that message's; a refused message, and each message of a round
+//! after which the acknowledgement never came or the link died, counts a failed attempt, is
+//! tried again on its own, and after `max_send_attempts` is parked; the messages behind it go
+//! on. Messages for a channel wait while the bot is not in it (kicked, not yet joined) without
+//! crowding out the other rooms; a message for a channel not in `irc.channels` is parked.
 //!
 //! CTCP requests are answered here, not by the client library: a few per minute in all
 //! (`ctcp_per_minute`), through the same pacing as every other line, so a CTCP flood can neither
@@ -127,6 +130,8 @@ struct Shared {
     /// Refusals the server sent since the delivery task last looked: the target they name
     /// (lower case; `None` for a refusal without one, such as 417 input too long) and why.
     refusals: Mutex<Vec<(Option<String>, String)>>,
+    /// Outbox messages sent and not yet acknowledged.
+    in_flight: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -272,6 +277,7 @@ impl IrcFrontend {
             pongs: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             refusals: Mutex::new(Vec::new()),
+            in_flight: Mutex::new(Vec::new()),
         });
         let (ctcp_tx, ctcp_rx) = mpsc::channel(CTCP_QUEUE);
         let mut delivery = tokio::spawn(self.clone().deliver(
@@ -332,6 +338,31 @@ impl IrcFrontend {
         };
         delivery.abort();
         shared.registered.send_replace(false);
+        // A round sent but not acknowledged when the link failed: one of its messages may be
+        // what broke it, so each counts a failed attempt (alone next time, parked after the last).
+        // A shutdown is no failure: nothing is counted then.
+        let in_flight = shared
+            .in_flight
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
+        if let Err(e) = &result
+            && !in_flight.is_empty()
+        {
+            let ids: Vec<&str> = in_flight.iter().map(String::as_str).collect();
+            self.dispatcher
+                .metrics
+                .outbox_send_failures
+                .with_label_values(&[FRONTEND])
+                .inc_by(ids.len() as u64);
+            if let Err(store) = self
+                .outbox
+                .record_failure(&ids, &format!("in flight when the link failed: {e}"))
+                .await
+            {
+                tracing::warn!(error = %store, "irc: cannot record failed sends");
+            }
+        }
         result
     }
 
@@ -361,6 +392,12 @@ impl IrcFrontend {
         let core = self.dispatcher.metrics.clone();
         // Rooms that refused a message wait until then before it is tried again.
         let mut retry_at: HashMap<String, Instant> = HashMap::new();
+        let configured: HashSet<String> = self
+            .cfg
+            .channels
+            .iter()
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
         loop {
             // CTCP answers are few (limited when asked); they take their turn in the bucket.
             while let Ok(answer) = ctcp.try_recv() {
@@ -370,7 +407,17 @@ impl IrcFrontend {
             }
             let waiter = self.outbox.notified().notified();
             let changed = shared.changed.notified();
-            let pending = match self.outbox.pending(FRONTEND, 50).await {
+            let now = Instant::now();
+            retry_at.retain(|_, at| *at > now);
+            // Rooms that cannot take a message now are left out of the window read, so a long
+            // wait in one never crowds out the others.
+            let closed: Vec<String> = configured
+                .iter()
+                .filter(|c| !shared.is_joined(c))
+                .chain(retry_at.keys())
+                .cloned()
+                .collect();
+            let pending = match self.outbox.pending_except(FRONTEND, &closed, 50).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "irc: outbox unavailable");
@@ -380,17 +427,20 @@ impl IrcFrontend {
             if let Ok(n) = self.outbox.pending_count(FRONTEND).await {
                 self.metrics.lines_queued.set(n);
             }
-            let now = Instant::now();
-            retry_at.retain(|_, at| *at > now);
             let nick = shared.nick();
+            let open = |room: &str| {
+                !retry_at.contains_key(room) && (!is_channel(room) || shared.is_joined(room))
+            };
+            let is_configured = |channel: &str| configured.contains(channel);
             let round = plan::plan(
                 &pending,
-                |room| {
-                    !retry_at.contains_key(room) && (!is_channel(room) || shared.is_joined(room))
+                &plan::Rules {
+                    open: &open,
+                    configured: &is_configured,
+                    max_lines: round_lines,
+                    max_attempts: self.cfg.max_send_attempts,
                 },
                 |m| self.lines_of(m, &nick),
-                round_lines,
-                self.cfg.max_send_attempts,
             );
             for (m, reason) in &round.park {
                 tracing::error!(message = %m.id, room = %m.origin, attempts = m.attempts, %reason, "irc: giving up on a message; it is kept (`shepherd outbox parked`) and the ones behind it go on");
@@ -422,11 +472,11 @@ impl IrcFrontend {
                 continue;
             }
 
-            // Counted before it is tried: a message after which the connection always dies is
-            // known as a suspect after a reconnect or a restart too.
-            let ids: Vec<&str> = round.send.iter().map(|o| o.message.id.as_str()).collect();
-            if let Err(e) = self.outbox.note_attempts(&ids).await {
-                tracing::warn!(error = %e, "irc: cannot count send attempts");
+            // In flight until the server acknowledges the round: if the session ends first
+            // (no acknowledgement, or the server closed the link), these count a failed attempt.
+            let ids: Vec<String> = round.send.iter().map(|o| o.message.id.clone()).collect();
+            if let Ok(mut f) = shared.in_flight.lock() {
+                *f = ids;
             }
             if let Ok(mut r) = shared.refusals.lock() {
                 r.clear();
@@ -461,19 +511,12 @@ impl IrcFrontend {
             sender.send(Command::PING(token, None))?;
             match tokio::time::timeout(ack_timeout, rx).await {
                 Ok(Ok(())) => {}
+                // The session is ending; it records the round's failure (see `session`).
                 Ok(Err(_)) => return Err(SessionError::Closed),
-                Err(_) => {
-                    for out in &round.send {
-                        core.outbox_send_failures
-                            .with_label_values(&[FRONTEND])
-                            .inc();
-                        let _ = self
-                            .outbox
-                            .note_failure(&out.message.id, "the server did not acknowledge it")
-                            .await;
-                    }
-                    return Err(SessionError::NoPong(ack_timeout));
-                }
+                Err(_) => return Err(SessionError::NoPong(ack_timeout)),
+            }
+            if let Ok(mut f) = shared.in_flight.lock() {
+                f.clear();
             }
             let refusals = shared
                 .refusals
@@ -499,7 +542,7 @@ impl IrcFrontend {
                         tracing::warn!(message = %m.id, room = %m.origin, attempt = m.attempts + 1, reason = %why, "irc: the server refused a message; it will be tried again");
                         if let Err(e) = self
                             .outbox
-                            .note_failure(&m.id, &format!("refused: {why}"))
+                            .record_failure(&[&m.id], &format!("refused: {why}"))
                             .await
                         {
                             tracing::warn!(error = %e, "irc: cannot record a refusal");
@@ -538,10 +581,19 @@ impl IrcFrontend {
             Some(who) => format!("{who}: {}", m.body),
             None => m.body.clone(),
         };
-        split::split_lines(
+        let mut lines = split::split_lines(
             &crate::safe_text::irc(&body),
             split::text_budget(nick, &m.origin.room),
-        )
+        );
+        let max = usize::try_from(self.cfg.max_lines_per_message)
+            .unwrap_or(usize::MAX)
+            .max(2);
+        if lines.len() > max {
+            let left_out = lines.len() - (max - 1);
+            lines.truncate(max - 1);
+            lines.push(format!("… ({left_out} more lines not shown)"));
+        }
+        lines
     }
 }
 
@@ -1015,6 +1067,8 @@ impl Reader {
             text,
             mr: None,
             dedup: None,
+            // Every query shares one room budget: a flood spread over nicks is still one flood.
+            rate_room: direct.then(|| format!("{FRONTEND}:(queries)")),
         };
         if let Err(e) = self.fe.dispatcher.handle(&inbound).await {
             tracing::error!(error = %e, from = %nick, "irc: could not store a command; the asker got no answer");

@@ -6,11 +6,16 @@
 //!   one line per turn, not by the whole list.
 //! - **Small rounds**: a round ends after `max_lines` lines, so what arrives meanwhile gets its
 //!   turn soon, since every round is acknowledged before the next is planned.
+//! - **One message per room per round**: a server's refusal names a room, not a line, so a
+//!   round holds at most one message for each room — a refusal is then the refusal of that
+//!   message, and the ones accepted beside it are not sent again.
 //! - **Suspects alone**: a message whose earlier send was refused or never acknowledged goes in
 //!   a round of its own, so a bad one cannot fail the good ones beside it again; one that has
-//!   used up its attempts is parked, and the messages behind it go on.
-//! - **Closed rooms wait**: a room that cannot take messages now (not joined, waiting after a
-//!   refusal) is skipped with everything in it, so its order holds.
+//!   used up its attempts is parked, and the messages behind it go on. So is one for a target no
+//!   IRC line can name, or for a channel the bot is not configured to be in.
+//! - **Closed rooms wait**: a room that cannot take messages now (not joined yet, kicked,
+//!   waiting after a refusal) is skipped with everything in it, so its order holds; the caller
+//!   leaves closed rooms out of the window it reads, so they never crowd out the open ones.
 
 use std::collections::{HashMap, HashSet};
 
@@ -62,22 +67,30 @@ pub fn fair_order(pending: &[OutboxMessage]) -> Vec<&OutboxMessage> {
     out
 }
 
-/// Plans one round. `open(room)` says whether a room takes messages now; `lines(m)` gives a
-/// message's IRC lines.
+/// How rooms stand and what a round may hold.
+pub struct Rules<'r> {
+    /// Whether a room (lower case) takes messages now.
+    pub open: &'r dyn Fn(&str) -> bool,
+    /// Whether a channel (lower case) is one the bot is configured to join.
+    pub configured: &'r dyn Fn(&str) -> bool,
+    /// Lines in a round (a message is never split across rounds).
+    pub max_lines: usize,
+    pub max_attempts: u32,
+}
+
+/// Plans one round; `lines(m)` gives a message's IRC lines.
 pub fn plan<'a>(
     pending: &'a [OutboxMessage],
-    open: impl Fn(&str) -> bool,
+    rules: &Rules<'_>,
     lines: impl Fn(&OutboxMessage) -> Vec<String>,
-    max_lines: usize,
-    max_attempts: u32,
 ) -> Plan<'a> {
     let mut plan = Plan::default();
     let mut closed: HashSet<String> = HashSet::new();
+    let mut in_round: HashSet<String> = HashSet::new();
     let mut line_count = 0;
     for m in fair_order(pending) {
         let room = m.origin.room.to_ascii_lowercase();
-        if closed.contains(&room) || !open(&room) {
-            closed.insert(room);
+        if closed.contains(&room) {
             continue;
         }
         let addressee_ok = m.origin.addressee.as_deref().is_none_or(is_irc_target);
@@ -86,7 +99,17 @@ pub fn plan<'a>(
                 .push((m, "not a valid IRC target (room or addressee)".to_string()));
             continue;
         }
-        if m.attempts >= max_attempts {
+        if super::is_channel(&room) && !(rules.configured)(&room) {
+            plan.park
+                .push((m, format!("{} is not one of irc.channels", m.origin.room)));
+            continue;
+        }
+        if !(rules.open)(&room) || in_round.contains(&room) {
+            // Closed, or it already has its message in this round: the rest of it waits.
+            closed.insert(room);
+            continue;
+        }
+        if m.attempts >= rules.max_attempts {
             plan.park.push((
                 m,
                 format!("refused or not acknowledged {} times", m.attempts),
@@ -99,8 +122,9 @@ pub fn plan<'a>(
         }
         let lines = lines(m);
         line_count += lines.len();
+        in_round.insert(room);
         plan.send.push(Outgoing { message: m, lines });
-        if suspect || line_count >= max_lines {
+        if suspect || line_count >= rules.max_lines {
             break;
         }
     }
@@ -137,6 +161,17 @@ mod tests {
         vec![m.body.clone()]
     }
 
+    fn rules<'r>(open: &'r dyn Fn(&str) -> bool, max_lines: usize) -> Rules<'r> {
+        Rules {
+            open,
+            configured: &|c: &str| c != "#elsewhere",
+            max_lines,
+            max_attempts: 3,
+        }
+    }
+
+    const ALL_OPEN: &dyn Fn(&str) -> bool = &|_: &str| true;
+
     #[test]
     fn a_long_conversation_does_not_hold_a_bystander_back() {
         let mut pending: Vec<OutboxMessage> = (0..10)
@@ -156,7 +191,7 @@ mod tests {
         let pending: Vec<OutboxMessage> = (0..10)
             .map(|i| msg(&format!("m{i}"), &format!("#r{i}"), None, 0))
             .collect();
-        let p = plan(&pending, |_| true, one_line, 4, 3);
+        let p = plan(&pending, &rules(ALL_OPEN, 4), one_line);
         assert_eq!(ids(&p), ["m0", "m1", "m2", "m3"]);
     }
 
@@ -167,11 +202,14 @@ mod tests {
             msg("suspect", "#b", None, 1),
             msg("c", "#c", None, 0),
         ];
-        assert_eq!(ids(&plan(&pending, |_| true, one_line, 10, 3)), ["a"]);
+        assert_eq!(ids(&plan(&pending, &rules(ALL_OPEN, 10), one_line)), ["a"]);
         let pending = vec![msg("suspect", "#b", None, 2), msg("c", "#c", None, 0)];
-        assert_eq!(ids(&plan(&pending, |_| true, one_line, 10, 3)), ["suspect"]);
+        assert_eq!(
+            ids(&plan(&pending, &rules(ALL_OPEN, 10), one_line)),
+            ["suspect"]
+        );
         let pending = vec![msg("spent", "#b", None, 3), msg("c", "#c", None, 0)];
-        let p = plan(&pending, |_| true, one_line, 10, 3);
+        let p = plan(&pending, &rules(ALL_OPEN, 10), one_line);
         assert_eq!(ids(&p), ["c"]);
         assert_eq!(p.park.len(), 1);
         assert_eq!(p.park[0].0.id, "spent");
@@ -185,10 +223,26 @@ mod tests {
             msg("x2", "#closed", Some("n"), 0),
             msg("bad", "#a b", None, 0),
             msg("badnick", "#open", Some("a\r\nQUIT"), 0),
+            msg("comma", "#a,#b", None, 0),
+            msg("unjoinable", "#elsewhere", None, 0),
         ];
-        let p = plan(&pending, |room| room != "#closed", one_line, 10, 3);
+        // Bad targets are parked whether or not their room would be open.
+        let only_open: &dyn Fn(&str) -> bool = &|room: &str| room == "#open";
+        let p = plan(&pending, &rules(only_open, 10), one_line);
         assert_eq!(ids(&p), ["y"]);
         let parked: Vec<&str> = p.park.iter().map(|(m, _)| m.id.as_str()).collect();
-        assert_eq!(parked, ["bad", "badnick"]);
+        assert_eq!(parked, ["bad", "badnick", "comma", "unjoinable"]);
+    }
+
+    #[test]
+    fn a_round_holds_one_message_per_room() {
+        let pending = vec![
+            msg("a1", "#a", None, 0),
+            msg("a2", "#a", Some("n"), 0),
+            msg("b1", "#b", None, 0),
+            msg("a3", "#a", None, 0),
+        ];
+        let p = plan(&pending, &rules(ALL_OPEN, 10), one_line);
+        assert_eq!(ids(&p), ["a1", "b1"]);
     }
 }
