@@ -139,28 +139,30 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn init_logging(config: &Config) {
-    use tracing_subscriber::prelude::*;
     let filter = std::env::var("SHEPHERD_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&config.log.filter).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    // The IRC library traces every raw line it sends — PASS, AUTHENTICATE, NickServ IDENTIFY
-    // included. Those events are dropped here, whatever the filter above lets through.
-    let no_raw_irc = tracing_subscriber::filter::filter_fn(|meta| {
-        !(meta.target().starts_with("irc") && *meta.level() == tracing::Level::TRACE)
-    });
-    let layer = tracing_subscriber::fmt::layer()
+    // Libraries that log through the `log` crate reach tracing through this bridge — except the
+    // IRC library, which logs every raw line it sends (PASS, AUTHENTICATE, NickServ IDENTIFY
+    // included): it never reaches the log, whatever the filter lets through. shepherd logs the
+    // IRC connection's life itself.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match config.log.format {
-        LogFormat::Json => tracing_subscriber::registry()
-            .with(layer.json().with_filter(filter).with_filter(no_raw_irc))
-            .try_init(),
-        LogFormat::Text => tracing_subscriber::registry()
-            .with(layer.with_filter(filter).with_filter(no_raw_irc))
-            .try_init(),
+        LogFormat::Json => tracing::subscriber::set_global_default(builder.json().finish()),
+        LogFormat::Text => tracing::subscriber::set_global_default(builder.finish()),
     };
+    {
+        use tracing_log::AsLog;
+        let _ = tracing_log::LogTracer::builder()
+            .ignore_crate("irc")
+            .with_max_level(tracing_subscriber::filter::LevelFilter::current().as_log())
+            .init();
+    }
     for w in config.warnings() {
         tracing::warn!("config: {w}");
     }

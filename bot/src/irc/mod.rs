@@ -16,8 +16,9 @@
 //! tuned to the server's flood limits, and marks a round delivered only after the server
 //! answered a PING sent behind it — a round not acknowledged is sent again, whole, after a
 //! reconnect (at least once: lines the server did process are repeated then), and nothing is
-//! lost while the bot is away. A round holds at most one message per room, so a refusal (a 4xx
-//! numeric naming the room) is that message's; a refused message, and each message of a round
+//! lost while the bot is away. A refusal (a 4xx numeric) names a room: every message of the
+//! round for that room counts it, and the room then gets one message per round for a while, so
+//! later refusals name their message exactly; a refused message, and each message of a round
 //! after which the acknowledgement never came or the link died, counts a failed attempt, is
 //! tried again on its own, and after `max_send_attempts` is parked; the messages behind it go
 //! on. Messages for a channel wait while the bot is not in it (kicked, not yet joined) without
@@ -390,8 +391,11 @@ impl IrcFrontend {
             .clamp(1.0, 1000.0)
             .max(f64::from(self.cfg.flood_burst)) as usize;
         let core = self.dispatcher.metrics.clone();
-        // Rooms that refused a message wait until then before it is tried again.
+        // Rooms that refused a message wait until then before it is tried again,
         let mut retry_at: HashMap<String, Instant> = HashMap::new();
+        // and get one message per round until then (see `plan`).
+        let mut careful: HashMap<String, Instant> = HashMap::new();
+        let mut counted_at: Option<Instant> = None;
         let configured: HashSet<String> = self
             .cfg
             .channels
@@ -424,18 +428,25 @@ impl IrcFrontend {
                     Vec::new()
                 }
             };
-            if let Ok(n) = self.outbox.pending_count(FRONTEND).await {
-                self.metrics.lines_queued.set(n);
+            // The gauge is a count of the whole backlog: refreshed once a second, not per round.
+            if counted_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                counted_at = Some(Instant::now());
+                if let Ok(n) = self.outbox.pending_count(FRONTEND).await {
+                    self.metrics.lines_queued.set(n);
+                }
             }
             let nick = shared.nick();
             let open = |room: &str| {
                 !retry_at.contains_key(room) && (!is_channel(room) || shared.is_joined(room))
             };
             let is_configured = |channel: &str| configured.contains(channel);
+            careful.retain(|_, until| *until > now);
+            let is_careful = |room: &str| careful.contains_key(room);
             let round = plan::plan(
                 &pending,
                 &plan::Rules {
                     open: &open,
+                    careful: &is_careful,
                     configured: &is_configured,
                     max_lines: round_lines,
                     max_attempts: self.cfg.max_send_attempts,
@@ -538,7 +549,8 @@ impl IrcFrontend {
                             .with_label_values(&[FRONTEND])
                             .inc();
                         let pause = Duration::from_secs(1u64 << m.attempts.min(5));
-                        retry_at.insert(room, Instant::now() + pause);
+                        retry_at.insert(room.clone(), Instant::now() + pause);
+                        careful.insert(room, Instant::now() + CAREFUL_FOR);
                         tracing::warn!(message = %m.id, room = %m.origin, attempt = m.attempts + 1, reason = %why, "irc: the server refused a message; it will be tried again");
                         if let Err(e) = self
                             .outbox
@@ -596,6 +608,9 @@ impl IrcFrontend {
         lines
     }
 }
+
+/// How long a room that refused a message gets one message per round.
+const CAREFUL_FOR: Duration = Duration::from_secs(600);
 
 /// CTCP answers waiting for the delivery task; more are dropped (and counted as limited).
 const CTCP_QUEUE: usize = 8;

@@ -6,9 +6,11 @@
 //!   one line per turn, not by the whole list.
 //! - **Small rounds**: a round ends after `max_lines` lines, so what arrives meanwhile gets its
 //!   turn soon, since every round is acknowledged before the next is planned.
-//! - **One message per room per round**: a server's refusal names a room, not a line, so a
-//!   round holds at most one message for each room — a refusal is then the refusal of that
-//!   message, and the ones accepted beside it are not sent again.
+//! - **One message per round in a room that refused one**: a server's refusal names a room, not
+//!   a line. After a refusal (a moderated channel, a colour filter) the room is `careful` for a
+//!   while: its rounds hold one message each, so a refusal is that message's and the ones the
+//!   server accepts beside it are not sent again. Elsewhere rounds hold as many as fit — the
+//!   first refusal in a room may repeat the messages of that one round.
 //! - **Suspects alone**: a message whose earlier send was refused or never acknowledged goes in
 //!   a round of its own, so a bad one cannot fail the good ones beside it again; one that has
 //!   used up its attempts is parked, and the messages behind it go on. So is one for a target no
@@ -71,6 +73,8 @@ pub fn fair_order(pending: &[OutboxMessage]) -> Vec<&OutboxMessage> {
 pub struct Rules<'r> {
     /// Whether a room (lower case) takes messages now.
     pub open: &'r dyn Fn(&str) -> bool,
+    /// Whether a room (lower case) refused a message lately: one message per round there.
+    pub careful: &'r dyn Fn(&str) -> bool,
     /// Whether a channel (lower case) is one the bot is configured to join.
     pub configured: &'r dyn Fn(&str) -> bool,
     /// Lines in a round (a message is never split across rounds).
@@ -104,8 +108,8 @@ pub fn plan<'a>(
                 .push((m, format!("{} is not one of irc.channels", m.origin.room)));
             continue;
         }
-        if !(rules.open)(&room) || in_round.contains(&room) {
-            // Closed, or it already has its message in this round: the rest of it waits.
+        if !(rules.open)(&room) || (in_round.contains(&room) && (rules.careful)(&room)) {
+            // Closed, or careful and with its message in this round: the rest of it waits.
             closed.insert(room);
             continue;
         }
@@ -164,6 +168,7 @@ mod tests {
     fn rules<'r>(open: &'r dyn Fn(&str) -> bool, max_lines: usize) -> Rules<'r> {
         Rules {
             open,
+            careful: &|room: &str| room == "#careful",
             configured: &|c: &str| c != "#elsewhere",
             max_lines,
             max_attempts: 3,
@@ -235,14 +240,15 @@ mod tests {
     }
 
     #[test]
-    fn a_round_holds_one_message_per_room() {
+    fn a_careful_room_gets_one_message_per_round() {
         let pending = vec![
-            msg("a1", "#a", None, 0),
-            msg("a2", "#a", Some("n"), 0),
+            msg("c1", "#careful", None, 0),
+            msg("c2", "#careful", Some("n"), 0),
             msg("b1", "#b", None, 0),
-            msg("a3", "#a", None, 0),
+            msg("c3", "#careful", None, 0),
+            msg("b2", "#b", None, 0),
         ];
         let p = plan(&pending, &rules(ALL_OPEN, 10), one_line);
-        assert_eq!(ids(&p), ["a1", "b1"]);
+        assert_eq!(ids(&p), ["c1", "b1", "b2"]);
     }
 }
