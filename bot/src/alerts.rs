@@ -25,6 +25,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use shepherd_config::Config;
 use shepherd_core::Origin;
 use shepherd_core::alerts::{self, Notification, Router, decode_notification};
 use shepherd_core::metrics::Metrics;
@@ -113,7 +114,8 @@ impl AlertHookState {
 }
 
 pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>) -> Response {
-    if !state.authorized(request.headers()) {
+    let (parts, body) = request.into_parts();
+    if !state.authorized(&parts.headers) {
         state.count("unauthorized");
         tracing::warn!("alertmanager webhook: wrong or missing credentials");
         return (
@@ -123,7 +125,7 @@ pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>
         )
             .into_response();
     }
-    let bytes = match read_body(request, state.max_body_bytes).await {
+    let bytes = match read_body(&parts, body, state.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => {
             state.count(e.label());
@@ -243,52 +245,17 @@ pub enum RelayError {
 pub struct SayState {
     token: Option<[u8; 32]>,
     outbox: Outbox,
-    /// Front ends whose rooms can be addressed.
-    frontends: Arc<Vec<String>>,
-    /// The IRC channels the bot is in (lower case): a message for another would never go out.
-    irc_channels: Arc<Vec<String>>,
+    /// Judges targets the way configuration does (`Config::target_problem`).
+    config: Arc<Config>,
 }
 
 impl SayState {
-    pub fn new(
-        token: Option<&str>,
-        outbox: Outbox,
-        frontends: Vec<String>,
-        irc_channels: &[String],
-    ) -> Self {
+    pub fn new(token: Option<&str>, outbox: Outbox, config: Arc<Config>) -> Self {
         Self {
             token: token.map(secret_digest),
             outbox,
-            frontends: Arc::new(frontends),
-            irc_channels: Arc::new(
-                irc_channels
-                    .iter()
-                    .map(|c| c.to_ascii_lowercase())
-                    .collect(),
-            ),
+            config,
         }
-    }
-
-    /// Why a parsed target cannot be said to, if it cannot.
-    fn refuse(&self, o: &Origin) -> Option<String> {
-        if !self.frontends.contains(&o.frontend) {
-            return Some(format!(
-                "not a room of an enabled front end (enabled: {})",
-                self.frontends.join(", ")
-            ));
-        }
-        let channel = o.room.starts_with(['#', '&', '+', '!']);
-        if o.frontend == "irc"
-            && channel
-            && !self.irc_channels.contains(&o.room.to_ascii_lowercase())
-        {
-            return Some(format!(
-                "{} is not one of the bot's channels (irc.channels: {})",
-                o.room,
-                self.irc_channels.join(", ")
-            ));
-        }
-        None
     }
 }
 
@@ -303,8 +270,9 @@ struct SayBody {
 }
 
 pub async fn say(State(state): State<SayState>, request: Request<Body>) -> Response {
-    let headers = request.headers().clone();
-    let ok = match (&state.token, bearer(&headers)) {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let ok = match (&state.token, bearer(headers)) {
         (Some(expected), Some(given)) => same_secret(given.as_bytes(), expected),
         _ => false,
     };
@@ -316,7 +284,7 @@ pub async fn say(State(state): State<SayState>, request: Request<Body>) -> Respo
         )
             .into_response();
     }
-    let body = match read_body(request, SAY_MAX_BODY).await {
+    let body = match read_body(&parts, body, SAY_MAX_BODY).await {
         Ok(b) => b,
         Err(e) => return e.response(SAY_MAX_BODY),
     };
@@ -338,23 +306,14 @@ pub async fn say(State(state): State<SayState>, request: Request<Body>) -> Respo
     }
     let mut rooms = Vec::new();
     for t in req.target.iter().chain(req.targets.iter()) {
-        let refusal = match Origin::parse(t) {
-            Some(o) => match state.refuse(&o) {
-                None => {
-                    rooms.push(o);
-                    continue;
-                }
-                Some(why) => why,
-            },
-            None => {
-                "expected <front end>:<room> with no white space or control characters in the room"
-                    .to_string()
+        // Judged as configured targets are; a target that passes is a valid origin.
+        match (state.config.target_problem(t), Origin::parse(t)) {
+            (None, Some(o)) => rooms.push(o),
+            (problem, _) => {
+                let refusal = problem.unwrap_or_else(|| format!("{t:?} is not a room"));
+                return answer(StatusCode::BAD_REQUEST, json!({ "error": refusal }));
             }
-        };
-        return answer(
-            StatusCode::BAD_REQUEST,
-            json!({"error": format!("{t:?}: {refusal}")}),
-        );
+        }
     }
     if rooms.is_empty() {
         return answer(

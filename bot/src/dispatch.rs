@@ -79,9 +79,7 @@ pub struct Dispatcher {
     pub outbox: Outbox,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
-    pub limits: Limits,
-    per_identity_per_minute: u32,
-    per_room_per_minute: u32,
+    limits: Limits,
 }
 
 impl Dispatcher {
@@ -104,8 +102,6 @@ impl Dispatcher {
             audit,
             metrics,
             limits: Limits::new(per_identity_per_minute, per_room_per_minute),
-            per_identity_per_minute,
-            per_room_per_minute,
         }
     }
 
@@ -177,22 +173,14 @@ impl Dispatcher {
         match self.limits.check(&inbound.identity, &rate_room) {
             Verdict::Go => {}
             Verdict::Warn(scope) => {
-                self.count(name, "rate_limited");
-                self.metrics
-                    .rate_limited
-                    .with_label_values(&[scope.label()])
-                    .inc();
+                self.count_limited(name, scope);
                 tracing::warn!(identity = %inbound.identity, origin = %origin, scope = scope.label(), "rate limit reached; told to slow down once, ignoring more for a minute");
                 self.reply(origin, &self.slow_down(scope, name), key)
                     .await?;
                 return Ok(None);
             }
             Verdict::Drop(scope) => {
-                self.count(name, "rate_limited");
-                self.metrics
-                    .rate_limited
-                    .with_label_values(&[scope.label()])
-                    .inc();
+                self.count_limited(name, scope);
                 return Ok(None);
             }
         }
@@ -318,16 +306,25 @@ impl Dispatcher {
 
     /// The one warning a sender (or room) over its limit gets in a minute.
     fn slow_down(&self, scope: Scope, name: &str) -> String {
+        let n = self.limits.per_minute(scope);
         match scope {
             Scope::Identity => format!(
-                "slow down: more than {} commands a minute from you. `{name}` was not run, and I'll ignore what you send until you are under the limit.",
-                self.per_identity_per_minute
+                "slow down: more than {n} commands a minute from you. `{name}` was not run, and I'll ignore what you send until you are under the limit."
             ),
             Scope::Room => format!(
-                "slow down: more than {} commands a minute in this room. `{name}` was not run, and I'll ignore commands here until it is under the limit.",
-                self.per_room_per_minute
+                "slow down: more than {n} commands a minute in this room. `{name}` was not run, and I'll ignore commands here until it is under the limit."
             ),
         }
+    }
+
+    /// Counts a line dropped by a rate limit (`name` is its command, or `unknown`). Front ends
+    /// that drop lines before they reach the dispatcher count them here too.
+    pub fn count_limited(&self, name: &str, scope: Scope) {
+        self.count(name, "rate_limited");
+        self.metrics
+            .rate_limited
+            .with_label_values(&[scope.label()])
+            .inc();
     }
 
     /// Forgets rate-limit state that no longer matters (see [`Limits::prune`]).

@@ -18,6 +18,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -175,27 +176,24 @@ impl BodyError {
     }
 }
 
-/// Reads a request's whole body, at most `limit` bytes, by the deadline the server gave it.
-pub async fn read_body(request: Request<Body>, limit: usize) -> Result<Bytes, BodyError> {
-    let deadline = request
-        .extensions()
+/// Reads a request's whole body, at most `limit` bytes, by the deadline the server gave it
+/// (kept in the request's `parts`).
+pub async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let deadline = parts
+        .extensions
         .get::<BodyDeadline>()
         .map(|d| d.0)
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
-    match tokio::time::timeout_at(deadline, axum::body::to_bytes(request.into_body(), limit)).await
-    {
+    match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(BodyError::TimedOut),
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            Err(if too_large {
-                BodyError::TooLarge
-            } else {
-                BodyError::Broken
-            })
+        Ok(Err(e))
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) =>
+        {
+            Err(BodyError::TooLarge)
         }
+        Ok(Err(_)) => Err(BodyError::Broken),
     }
 }
 

@@ -53,6 +53,8 @@ pub enum Verdict {
 
 pub struct Limits<C: Clock = DefaultClock> {
     clock: C,
+    per_identity_per_minute: u32,
+    per_room_per_minute: u32,
     per_identity: Keyed<C>,
     per_room: Keyed<C>,
     /// When each sender or room was last told to slow down (`i:` / `r:` + key).
@@ -76,6 +78,8 @@ impl Limits<DefaultClock> {
 impl<C: Clock + Clone> Limits<C> {
     pub fn with_clock(per_identity_per_minute: u32, per_room_per_minute: u32, clock: C) -> Self {
         Self {
+            per_identity_per_minute,
+            per_room_per_minute,
             per_identity: RateLimiter::dashmap_with_clock(
                 quota(per_identity_per_minute),
                 clock.clone(),
@@ -83,6 +87,14 @@ impl<C: Clock + Clone> Limits<C> {
             per_room: RateLimiter::dashmap_with_clock(quota(per_room_per_minute), clock.clone()),
             clock,
             warned: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Lines a minute the limit of `scope` allows.
+    pub fn per_minute(&self, scope: Scope) -> u32 {
+        match scope {
+            Scope::Identity => self.per_identity_per_minute,
+            Scope::Room => self.per_room_per_minute,
         }
     }
 

@@ -225,18 +225,6 @@ fn console_for(app: &App) -> Console {
     }
 }
 
-/// The front ends whose rooms messages can be addressed to.
-fn enabled_frontends(config: &Config) -> Vec<String> {
-    let mut out = vec!["console".to_string()];
-    if config.irc.is_some() {
-        out.push("irc".to_string());
-    }
-    if config.gitlab_comments.is_some() {
-        out.push("gitlab".to_string());
-    }
-    out
-}
-
 fn spawn_http(app: &mut App) {
     let state = http::HttpState {
         metrics: app.metrics.clone(),
@@ -258,12 +246,7 @@ fn spawn_http(app: &mut App) {
         say: alerts::SayState::new(
             app.config.http.api_token().map(|s| s.expose()),
             app.outbox.clone(),
-            enabled_frontends(&app.config),
-            app.config
-                .irc
-                .as_ref()
-                .map(|i| i.channels.as_slice())
-                .unwrap_or_default(),
+            Arc::new(app.config.clone()),
         ),
         gitlab_hooks: app.config.gitlab_comments.as_ref().map(|c| {
             gitlab::hooks::HookState::new(

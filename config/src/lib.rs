@@ -30,7 +30,7 @@ pub use model::{
 };
 pub use secret::{Secret, SecretUrl, redact_url};
 pub use sources::{CONVENTIONAL_SECRET_VARS, ENV_PREFIX, NOT_KEY_VARS};
-pub use validate::FRONT_ENDS;
+pub use validate::{FRONT_ENDS, is_room_name};
 
 use secret::SecretSlot;
 use sources::Origins;

@@ -109,48 +109,60 @@ impl Checker {
         }
     }
 
-    fn room(&mut self, key: &str, room: &str, config: &Config) {
-        let ok = room.split_once(':').is_some_and(|(front, rest)| {
-            FRONT_ENDS.contains(&front)
-                && !rest.is_empty()
-                && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
-        });
-        if !ok {
-            self.fail(
-                key,
-                format!(
-                    "{room:?} is not a room (expected <front end>:<room> such as irc:#ops or \
-                     matrix:!roomid:server; front ends: {})",
-                    FRONT_ENDS.join(", ")
-                ),
-            );
-            return;
+    fn room(&mut self, key: &str, target: &str, config: &Config) {
+        if let Some(problem) = config.target_problem(target) {
+            self.fail(key, problem);
         }
-        // A target must be somewhere a configured front end can deliver: never a silent queue.
-        let (front, rest) = room.split_once(':').unwrap_or_default();
+    }
+}
+
+/// Whether `room` can name a room in a target: not empty, and no white space or control
+/// character — a room is written into protocol lines (`PRIVMSG <room> :...`), and no network
+/// names one that way.
+pub fn is_room_name(room: &str) -> bool {
+    !room.is_empty()
+        && !room
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\u{feff}')
+}
+
+impl Config {
+    /// Why `target` (`<front end>:<room>`) is not a room a configured front end can deliver to,
+    /// if it is not: a target nothing could ever say is a start-up error (alert routes) or a 400
+    /// (`POST /api/v1/say`), never a silent queue.
+    pub fn target_problem(&self, target: &str) -> Option<String> {
+        let Some((front, room)) = target
+            .split_once(':')
+            .filter(|(front, room)| FRONT_ENDS.contains(front) && is_room_name(room))
+        else {
+            return Some(format!(
+                "{target:?} is not a room (expected <front end>:<room> such as irc:#ops or \
+                 matrix:!roomid:server; front ends: {})",
+                FRONT_ENDS.join(", ")
+            ));
+        };
         let problem = match front {
-            "irc" => match &config.irc {
+            "irc" => match &self.irc {
                 None => Some("names IRC, but [irc] is not configured".to_owned()),
                 Some(irc)
-                    if rest.starts_with(['#', '&', '+', '!'])
-                        && !irc.channels.iter().any(|c| c.eq_ignore_ascii_case(rest)) =>
+                    if room.starts_with(['#', '&', '+', '!'])
+                        && !irc.channels.iter().any(|c| c.eq_ignore_ascii_case(room)) =>
                 {
                     Some(format!(
-                        "{rest} is not one of irc.channels ({}): the bot would never be there to say it",
+                        "{room} is not one of irc.channels ({}): it is not one of the bot's \
+                         channels, so nothing could be said there",
                         irc.channels.join(", ")
                     ))
                 }
                 Some(_) => None,
             },
-            "gitlab" if config.gitlab_comments.is_none() => {
+            "gitlab" if self.gitlab_comments.is_none() => {
                 Some("names GitLab notes, but [gitlab_comments] is not configured".to_owned())
             }
             "console" | "gitlab" => None,
             other => Some(format!("names {other}, which is not configured")),
         };
-        if let Some(problem) = problem {
-            self.fail(key, format!("{room:?} {problem}"));
-        }
+        problem.map(|p| format!("{target:?} {p}"))
     }
 }
 

@@ -72,11 +72,7 @@ impl Origin {
             && frontend
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        let room_ok = !room.is_empty()
-            && !room
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '\u{feff}');
-        (frontend_ok && room_ok).then(|| Self::new(frontend, room))
+        (frontend_ok && shepherd_config::is_room_name(room)).then(|| Self::new(frontend, room))
     }
 }
 

@@ -119,17 +119,13 @@ impl Outbox {
             .map(|row| {
                 Ok(OutboxMessage {
                     id: row.try_get("id")?,
-                    origin: Origin::from_columns(
-                        row.try_get("frontend")?,
-                        row.try_get("room")?,
-                        row.try_get("addressee")?,
-                    ),
+                    origin: origin_of(row)?,
                     body: row.try_get("body")?,
                     request_id: row.try_get("request_id")?,
                     created_at: row.try_get("created_at")?,
                     slot: row.try_get("slot")?,
                     send_started: row.try_get::<Option<i64>, _>("send_started_at")?.is_some(),
-                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    attempts: attempts_of(row)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -142,30 +138,40 @@ impl Outbox {
 
     /// Marks several messages delivered in one statement.
     pub async fn mark_all_delivered(&self, ids: &[&str]) -> Result<(), StoreError> {
-        for chunk in ids.chunks(ID_CHUNK) {
-            let sql = format!(
-                "UPDATE outbox SET delivered_at = $1 WHERE id IN ({})",
-                placeholders(2, chunk.len())
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            q.execute(self.store.pool()).await?;
-        }
-        Ok(())
+        self.update_each("delivered_at = $1", Value::Millis(now_ms()), ids)
+            .await
     }
 
     /// Records a failed send of each message (refused, or in flight when the acknowledgement
     /// never came or the connection died): one more attempt, and why. A message that keeps
     /// failing is known as such after a reconnect or a restart too.
     pub async fn record_failure(&self, ids: &[&str], reason: &str) -> Result<(), StoreError> {
+        self.update_each(
+            "attempts = attempts + 1, last_error = $1",
+            Value::Text(reason),
+            ids,
+        )
+        .await
+    }
+
+    /// `UPDATE outbox SET <set> WHERE id IN (ids)`, `$1` in `set` bound to `value`, a statement
+    /// per [`ID_CHUNK`] ids.
+    async fn update_each(
+        &self,
+        set: &str,
+        value: Value<'_>,
+        ids: &[&str],
+    ) -> Result<(), StoreError> {
         for chunk in ids.chunks(ID_CHUNK) {
             let sql = format!(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = $1 WHERE id IN ({})",
+                "UPDATE outbox SET {set} WHERE id IN ({})",
                 placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(reason);
+            let q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut q = match value {
+                Value::Millis(ms) => q.bind(ms),
+                Value::Text(text) => q.bind(text),
+            };
             for id in chunk {
                 q = q.bind(*id);
             }
@@ -203,15 +209,11 @@ impl Outbox {
             .map(|row| {
                 Ok(ParkedMessage {
                     id: row.try_get("id")?,
-                    origin: Origin::from_columns(
-                        row.try_get("frontend")?,
-                        row.try_get("room")?,
-                        row.try_get("addressee")?,
-                    ),
+                    origin: origin_of(row)?,
                     body: row.try_get("body")?,
                     created_at: row.try_get("created_at")?,
                     parked_at: row.try_get("parked_at")?,
-                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    attempts: attempts_of(row)?,
                     reason: row
                         .try_get::<Option<String>, _>("last_error")?
                         .unwrap_or_default(),
@@ -312,6 +314,26 @@ impl Outbox {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+}
+
+/// A value bound to `$1` of a bulk update.
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    Millis(i64),
+    Text(&'a str),
+}
+
+/// A row's room: its `frontend`, `room` and `addressee` columns.
+fn origin_of(row: &sqlx::any::AnyRow) -> Result<Origin, sqlx::Error> {
+    Ok(Origin::from_columns(
+        row.try_get("frontend")?,
+        row.try_get("room")?,
+        row.try_get("addressee")?,
+    ))
+}
+
+fn attempts_of(row: &sqlx::any::AnyRow) -> Result<u32, sqlx::Error> {
+    Ok(u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX))
 }
 
 /// Ids per statement in the `IN (...)` of bulk updates (well below every backend's limit).

@@ -11,6 +11,7 @@ pub use sqlx::AnyConnection;
 use std::str::FromStr;
 use std::time::Duration;
 
+use shepherd_config::redact_url;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
@@ -195,9 +196,4 @@ fn normalise(url: &str) -> Result<(Backend, String), StoreError> {
     Err(StoreError::UnsupportedUrl {
         url: redact_url(url),
     })
-}
-
-/// Hides a password in a database URL before it reaches a log or an error.
-pub fn redact_url(url: &str) -> String {
-    shepherd_config::redact_url(url)
 }

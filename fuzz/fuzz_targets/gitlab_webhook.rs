@@ -25,8 +25,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // Stored as `{"event": label, "body": ...}` and read back by a worker.
     let stored = serde_json::json!({"event": delivery.kind.label(), "body": delivery.body});
-    let body = stored["body"].clone();
-    let event = Event::from_value(delivery.kind, body)
+    let event = Event::read(delivery.kind, &stored["body"])
         .expect("a delivery that decoded is readable by the workers");
     if let Event::Pipeline(p) = event {
         let _ = p.pipeline();

@@ -507,15 +507,17 @@ impl Shepherd {
         }
     }
 
+    /// `GET /metrics` as text (empty when it cannot be read).
+    pub async fn metrics_text(&self) -> String {
+        match reqwest::get(format!("{}/metrics", self.base_url())).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     /// The value of one series on `GET /metrics`.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let text = reqwest::get(format!("{}/metrics", self.base_url()))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        metric_value(&text, series)
+        metric_value(&self.metrics_text().await, series)
     }
 }
 

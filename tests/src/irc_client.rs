@@ -71,6 +71,45 @@ impl Message {
     }
 }
 
+/// A `wait_for` predicate: `nick` has joined `channel` (both compared without case).
+pub fn joined(nick: &str, channel: &str) -> impl Fn(&[Message]) -> bool + use<> {
+    let (nick, channel) = (nick.to_string(), channel.to_string());
+    move |msgs: &[Message]| {
+        msgs.iter().any(|m| {
+            m.command == "JOIN"
+                && m.nick
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(&nick))
+                && m.param(0).is_some_and(|c| c.eq_ignore_ascii_case(&channel))
+        })
+    }
+}
+
+/// A human who created (and so operates) `channels` on the IRC server at `server_addr`, and the
+/// bot (`shepherd serve` with `config`) once it joined them all and answers HTTP.
+pub async fn human_and_bot(
+    config: &crate::harness::ShepherdConfig,
+    server_addr: &str,
+    channels: &[&str],
+) -> (IrcClient, crate::harness::Shepherd) {
+    const WAIT: Duration = Duration::from_secs(30);
+    let mut human = IrcClient::connect(server_addr, "human").await;
+    for c in channels {
+        human.join(c).await;
+    }
+    let bot = crate::harness::Shepherd::serve(config).await;
+    for c in channels {
+        assert!(
+            human.wait_for(WAIT, joined("shepherd", c)).await,
+            "the bot never joined {c}:\n{}\n{}",
+            human.transcript(),
+            bot.stderr()
+        );
+    }
+    bot.wait_http(WAIT).await;
+    (human, bot)
+}
+
 /// Parses one IRC line (with or without the CR LF). `None` for an empty line or one without a
 /// well-formed command.
 pub fn parse_line(line: &str) -> Option<Message> {

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use shepherd_tests::gitlab::GitLabDouble;
 use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore};
-use shepherd_tests::irc_client::{IrcClient, Message};
+use shepherd_tests::irc_client::{IrcClient, Message, joined};
 use shepherd_tests::ircd::{Ngircd, Throttle};
 use shepherd_tests::on_both_stores;
 use shepherd_tests::proxy::Proxy;
@@ -132,19 +132,6 @@ fn lines(msgs: &[Message], channel: &str) -> Vec<String> {
 
 fn lines_in(human: &IrcClient, channel: &str) -> Vec<String> {
     lines(&human.received(), channel)
-}
-
-fn joined(nick: &str, channel: &str) -> impl Fn(&[Message]) -> bool {
-    let (nick, channel) = (nick.to_string(), channel.to_string());
-    move |msgs: &[Message]| {
-        msgs.iter().any(|m| {
-            m.command == "JOIN"
-                && m.nick
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(&nick))
-                && m.param(0).is_some_and(|c| c.eq_ignore_ascii_case(&channel))
-        })
-    }
 }
 
 async fn human_in_every_channel(addr: &str) -> IrcClient {

@@ -9,7 +9,7 @@ use shepherd_tests::gitlab::{AutoFinish, FaultKind, GitLabDouble, Route, RouteMa
 use shepherd_tests::harness::{
     Backend, Shepherd, ShepherdConfig, TestStore, metric_value, shepherd_bin,
 };
-use shepherd_tests::irc_client::{IrcClient, Message};
+use shepherd_tests::irc_client::{IrcClient, human_and_bot};
 use shepherd_tests::ircd::{Ngircd, Throttle};
 use shepherd_tests::on_both_stores;
 use shepherd_tests::proxy::Proxy;
@@ -56,42 +56,6 @@ retrigger = ["*"]
     ));
     config.env.push(("TEST_API_TOKEN".into(), API_TOKEN.into()));
     config
-}
-
-fn joined(nick: &str, channel: &str) -> impl Fn(&[Message]) -> bool {
-    let (nick, channel) = (nick.to_string(), channel.to_string());
-    move |msgs: &[Message]| {
-        msgs.iter().any(|m| {
-            m.command == "JOIN"
-                && m.nick
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(&nick))
-                && m.param(0).is_some_and(|c| c.eq_ignore_ascii_case(&channel))
-        })
-    }
-}
-
-/// A human who created (and so operates) `channels`, and the bot once it joined them all.
-async fn human_and_bot(
-    config: &ShepherdConfig,
-    server_addr: &str,
-    channels: &[&str],
-) -> (IrcClient, Shepherd) {
-    let mut human = IrcClient::connect(server_addr, "human").await;
-    for c in channels {
-        human.join(c).await;
-    }
-    let bot = Shepherd::serve(config).await;
-    for c in channels {
-        assert!(
-            human.wait_for(WAIT, joined(BOT, c)).await,
-            "the bot never joined {c}:\n{}\n{}",
-            human.transcript(),
-            bot.stderr()
-        );
-    }
-    bot.wait_http(WAIT).await;
-    (human, bot)
 }
 
 /// The bot's lines (PRIVMSG or NOTICE from any of its nicks) to `target`.
@@ -180,15 +144,6 @@ async fn notify(bot: &Shepherd, body: &Value) -> u16 {
         .expect("shepherd answers")
         .status()
         .as_u16()
-}
-
-async fn metrics(bot: &Shepherd) -> String {
-    reqwest::get(format!("{}/metrics", bot.base_url()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text")
 }
 
 /// No control character but the mIRC formatting codes.
@@ -317,7 +272,7 @@ async fn control_characters_from_every_source_reach_irc_made_safe() {
             .any(|l| l.contains("QUIT :bye") || l.contains("QUIT :pwned")),
         "the would-be commands arrive as text: {all:?}\n{reply}"
     );
-    let m = metrics(&bot).await;
+    let m = bot.metrics_text().await;
     assert_never_reconnected(&bot, &m);
     assert_eq!(metric_value(&m, "shepherd_irc_connected"), Some(1.0));
     human.quit().await;
@@ -382,7 +337,7 @@ async fn a_junk_flood_gets_the_limit_and_one_slow_down_and_a_bystander_is_answer
     };
     let deadline = Instant::now() + WAIT * 2;
     loop {
-        let m = metrics(&bot).await;
+        let m = bot.metrics_text().await;
         let pending = store
             .count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
             .await;
@@ -408,7 +363,7 @@ async fn a_junk_flood_gets_the_limit_and_one_slow_down_and_a_bystander_is_answer
         "{} replies to 300 junk lines (allowed {allowed}): {to_flooder:#?}",
         to_flooder.len()
     );
-    let m = metrics(&bot).await;
+    let m = bot.metrics_text().await;
     assert!(
         metric_value(&m, "shepherd_rate_limited_total{scope=\"identity\"}").unwrap_or(0.0)
             >= 300.0 - allowed,
@@ -471,7 +426,7 @@ async fn a_ctcp_flood_is_answered_within_its_limit_and_holds_nothing_back() {
     };
     let deadline = Instant::now() + WAIT * 2;
     let m = loop {
-        let m = metrics(&bot).await;
+        let m = bot.metrics_text().await;
         if seen(&m) >= 120.0 {
             break m;
         }
@@ -545,7 +500,7 @@ async fn refused_message_is_parked(backend: Backend) {
         "{}",
         bot.stderr()
     );
-    let m = metrics(&bot).await;
+    let m = bot.metrics_text().await;
     assert_eq!(
         metric_value(&m, "shepherd_outbox_parked_total{frontend=\"irc\"}"),
         Some(1.0),
@@ -661,7 +616,7 @@ async fn a_message_after_which_the_server_goes_silent_is_parked_and_the_rest_go_
             )
             .await
     );
-    let m = metrics(&bot).await;
+    let m = bot.metrics_text().await;
     assert_eq!(
         metric_value(&m, "shepherd_outbox_parked_total{frontend=\"irc\"}"),
         Some(1.0),
@@ -760,7 +715,7 @@ async fn notes_per_mr(backend: Backend) {
     );
     let notes = gitlab.notes(project, a);
     assert!(notes[0].body.starts_with("held-1") && notes[1].body.starts_with("held-2"));
-    let m = metrics(&bot).await;
+    let m = bot.metrics_text().await;
     assert_eq!(
         metric_value(&m, "shepherd_outbox_parked_total{frontend=\"gitlab\"}"),
         Some(1.0),
@@ -1025,7 +980,7 @@ async fn a_slowloris_neither_silences_the_server_nor_holds_it() {
     let _ = tokio::time::timeout(WAIT, s.read_to_string(&mut answer)).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
-    let m = metrics(&bot).await;
+    let m = bot.metrics_text().await;
     assert!(
         metric_value(
             &m,
@@ -1098,7 +1053,7 @@ async fn clients_that_never_read_do_not_hold_the_server() {
         .await
         .expect("healthz answered once a stalled connection was cut");
     assert_eq!(health.status(), 200);
-    let m = metrics(&bot).await;
+    let m = bot.metrics_text().await;
     assert!(
         metric_value(
             &m,

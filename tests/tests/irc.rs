@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shepherd_tests::gitlab::{AutoFinish, GitLabDouble};
 use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore, metric_value};
-use shepherd_tests::irc_client::{IrcClient, Message};
+use shepherd_tests::irc_client::{IrcClient, human_and_bot, joined};
 use shepherd_tests::ircd::{Ngircd, Throttle};
 use shepherd_tests::on_both_stores;
 use shepherd_tests::proxy::Proxy;
@@ -37,33 +37,6 @@ cancel = ["*"]
     )
 }
 
-fn joined(nick: &str, channel: &str) -> impl Fn(&[Message]) -> bool {
-    let (nick, channel) = (nick.to_string(), channel.to_string());
-    move |msgs: &[Message]| {
-        msgs.iter().any(|m| {
-            m.command == "JOIN"
-                && m.nick
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(&nick))
-                && m.param(0).is_some_and(|c| c.eq_ignore_ascii_case(&channel))
-        })
-    }
-}
-
-/// A human in #ops (its first member, so a channel operator) and the bot joining them.
-async fn human_and_bot(config: &ShepherdConfig, server: &Ngircd) -> (IrcClient, Shepherd) {
-    let mut human = IrcClient::connect(&server.addr(), "human").await;
-    human.join("#ops").await;
-    let bot = Shepherd::serve(config).await;
-    assert!(
-        human.wait_for(WAIT, joined(BOT, "#ops")).await,
-        "the bot never joined:\n{}\n{}",
-        human.transcript(),
-        bot.stderr()
-    );
-    (human, bot)
-}
-
 async fn round_trip(backend: Backend) {
     let store = TestStore::new(backend).await;
     let gitlab = GitLabDouble::start().await;
@@ -72,7 +45,7 @@ async fn round_trip(backend: Backend) {
     let server = Ngircd::start(Throttle::Off).await;
     let mut config = ShepherdConfig::new(&store, &gitlab);
     config.extra = irc_section(server.port(), "");
-    let (mut human, bot) = human_and_bot(&config, &server).await;
+    let (mut human, bot) = human_and_bot(&config, &server.addr(), &["#ops"]).await;
 
     human
         .privmsg("#ops", &format!("{BOT}: retrigger {} x=1", old.web_url))
@@ -153,7 +126,7 @@ async fn queries_chatter_and_bad_input() {
     let mut config = ShepherdConfig::new(&store, &gitlab);
     config.production = false;
     config.extra = irc_section(server.port(), "");
-    let (mut human, bot) = human_and_bot(&config, &server).await;
+    let (mut human, bot) = human_and_bot(&config, &server.addr(), &["#ops"]).await;
 
     // A query needs no prefix, and the reply comes back in the query.
     human.privmsg(BOT, "ping").await;
@@ -241,7 +214,7 @@ async fn server_restart_delivers_every_pending_line_once_in_order() {
     let proxy = Proxy::start(&server.addr()).await;
     let mut config = ShepherdConfig::new(&store, &gitlab);
     config.extra = irc_section(proxy.port(), "");
-    let (mut human, bot) = human_and_bot(&config, &server).await;
+    let (mut human, bot) = human_and_bot(&config, &server.addr(), &["#ops"]).await;
 
     for old in &olds {
         human
@@ -335,7 +308,7 @@ async fn a_long_reply_on_stock_flood_limits() {
     config.extra = irc_section(server.port(), "")
         .replace("flood_burst = 10", "flood_burst = 4")
         .replace("flood_rate = 50.0", "flood_rate = 2.0");
-    let (mut human, bot) = human_and_bot(&config, &server).await;
+    let (mut human, bot) = human_and_bot(&config, &server.addr(), &["#ops"]).await;
 
     human
         .privmsg("#ops", &format!("!retrigger {}", old.id))
@@ -377,7 +350,7 @@ async fn kicked_bot_rejoins_and_answers_by_notice_when_so_configured() {
     let server = Ngircd::start(Throttle::Off).await;
     let mut config = ShepherdConfig::new(&store, &gitlab);
     config.extra = irc_section(server.port(), "reply_with = \"notice\"");
-    let (mut human, _bot) = human_and_bot(&config, &server).await;
+    let (mut human, _bot) = human_and_bot(&config, &server.addr(), &["#ops"]).await;
     let seen = human.received_len();
     human
         .send_raw(&format!("KICK #ops {BOT} :out you go"))
@@ -518,7 +491,7 @@ async fn a_silent_server_is_detected_and_the_bot_comes_back() {
     let server = Ngircd::start(Throttle::Off).await;
     let mut config = ShepherdConfig::new(&store, &gitlab);
     config.extra = irc_section(server.port(), "");
-    let (human, bot) = human_and_bot(&config, &server).await;
+    let (human, bot) = human_and_bot(&config, &server.addr(), &["#ops"]).await;
     drop(human);
     let pid = server.pid().expect("running").to_string();
     let signal = |sig: &str| {

@@ -73,8 +73,8 @@ impl GitLabEvents {
         let stored: Stored = decode(item.payload.clone())?;
         let kind = HookKind::from_label(&stored.event)
             .ok_or_else(|| EventError::Unreadable(format!("unknown event {:?}", stored.event)))?;
-        let event = Event::from_value(kind, stored.body)
-            .map_err(|e| EventError::Unreadable(e.to_string()))?;
+        let event =
+            Event::read(kind, &stored.body).map_err(|e| EventError::Unreadable(e.to_string()))?;
         match event {
             Event::Note(note) => self.note(note).await,
             Event::MergeRequest(mr) => self.merge_request(mr).await,

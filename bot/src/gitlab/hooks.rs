@@ -96,7 +96,8 @@ fn delivery_key(headers: &HeaderMap, event: &str, body: &[u8]) -> String {
 }
 
 pub async fn receive(State(state): State<HookState>, request: Request<Body>) -> Response {
-    let headers = &request.headers().clone();
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let event = header(headers, "x-gitlab-event").unwrap_or("").to_string();
     let kind = HookKind::from_header(&event);
     let label = kind.map(HookKind::label).unwrap_or("other");
@@ -109,7 +110,7 @@ pub async fn receive(State(state): State<HookState>, request: Request<Body>) -> 
             json!({"error": "invalid X-Gitlab-Token"}),
         );
     }
-    let bytes = match read_body(request, state.max_body_bytes).await {
+    let bytes = match read_body(&parts, body, state.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => {
             state.count(label, e.label());

@@ -405,9 +405,7 @@ impl IrcFrontend {
         loop {
             // CTCP answers are few (limited when asked); they take their turn in the bucket.
             while let Ok(answer) = ctcp.try_recv() {
-                self.paced(&bucket).await;
-                sender.send_notice(&answer.to, answer.text)?;
-                self.metrics.lines_sent.inc();
+                self.send_ctcp(&bucket, &sender, answer).await?;
             }
             let waiter = self.outbox.notified().notified();
             let changed = shared.changed.notified();
@@ -421,6 +419,7 @@ impl IrcFrontend {
                 .chain(retry_at.keys())
                 .cloned()
                 .collect();
+            let open = |room: &str| !closed.iter().any(|c| c == room);
             let pending = match self.outbox.pending_except(FRONTEND, &closed, 50).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -436,9 +435,6 @@ impl IrcFrontend {
                 }
             }
             let nick = shared.nick();
-            let open = |room: &str| {
-                !retry_at.contains_key(room) && (!is_channel(room) || shared.is_joined(room))
-            };
             let is_configured = |channel: &str| configured.contains(channel);
             careful.retain(|_, until| *until > now);
             let is_careful = |room: &str| careful.contains_key(room);
@@ -473,11 +469,7 @@ impl IrcFrontend {
                 tokio::select! {
                     _ = waiter => {}
                     _ = changed => {}
-                    Some(answer) = ctcp.recv() => {
-                        self.paced(&bucket).await;
-                        sender.send_notice(&answer.to, answer.text)?;
-                        self.metrics.lines_sent.inc();
-                    }
+                    Some(answer) = ctcp.recv() => self.send_ctcp(&bucket, &sender, answer).await?,
                     _ = tokio::time::sleep(next_retry) => {}
                 }
                 continue;
@@ -575,6 +567,19 @@ impl IrcFrontend {
                 tracing::warn!(error = %e, "irc: cannot mark messages delivered");
             }
         }
+    }
+
+    /// Sends a CTCP answer in its turn of the flood-control bucket.
+    async fn send_ctcp(
+        &self,
+        bucket: &DefaultDirectRateLimiter,
+        sender: &irc::client::Sender,
+        answer: CtcpAnswer,
+    ) -> Result<(), SessionError> {
+        self.paced(bucket).await;
+        sender.send_notice(&answer.to, answer.text)?;
+        self.metrics.lines_sent.inc();
+        Ok(())
     }
 
     /// Waits for the flood-control bucket, counting the wait.
@@ -1030,12 +1035,9 @@ impl Reader {
                     .or_insert_with(|| (Vec::new(), None))
                     .0;
                 if waiting.len() >= WHOIS_WAITING_MAX {
-                    let metrics = &self.fe.dispatcher.metrics;
-                    metrics.rate_limited.with_label_values(&["identity"]).inc();
-                    metrics
-                        .commands
-                        .with_label_values(&["unknown", "rate_limited"])
-                        .inc();
+                    self.fe
+                        .dispatcher
+                        .count_limited("unknown", crate::limits::Scope::Identity);
                     return;
                 }
                 waiting.push(Waiting {
