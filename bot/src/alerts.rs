@@ -26,12 +26,12 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use shepherd_config::Config;
-use shepherd_core::Origin;
 use shepherd_core::alerts::{self, Notification, Router, decode_notification};
 use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::{self, Outbox};
 use shepherd_core::queue::{Enqueued, Leased, NewRequest, Queue};
 use shepherd_core::store::{AnyConnection, StoreError};
+use shepherd_core::{FrontEnds, Origin};
 use shepherd_plugins::alerts::AlertFormatter;
 
 use crate::http::{answer, read_body, same_secret, secret_digest};
@@ -178,6 +178,8 @@ pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>
 pub struct AlertRelay {
     pub router: Router,
     pub formatter: AlertFormatter,
+    /// Each room's lines are written for its front end's formatting.
+    pub frontends: FrontEnds,
     pub dedup_window_ms: i64,
     pub metrics: Arc<Metrics>,
 }
@@ -207,7 +209,12 @@ impl AlertRelay {
             tracing::warn!(request = %item.id, alerts = nowhere.len(), "alerts matched no route and there is no default target");
         }
         for (room, alerts) in &plan {
-            for (i, line) in self.formatter.lines(room, &n, alerts).iter().enumerate() {
+            for (i, line) in self
+                .formatter
+                .lines(self.frontends.of(room).formatting, &n, alerts)
+                .iter()
+                .enumerate()
+            {
                 outbox::push_in(
                     conn,
                     room,

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use shepherd_config::{AlertLines, AlertsConfig, Config};
-use shepherd_core::Origin;
 use shepherd_core::alerts::{Alertmanager, AlertmanagerSettings, Matcher, Route, Router};
 use shepherd_core::audit::AuditLog;
 use shepherd_core::canary::{Canary, CanaryProject, CanarySettings, Reference, ReferenceSource};
@@ -22,13 +21,15 @@ use shepherd_core::queue::{Queue, QueueSettings};
 use shepherd_core::retrigger::{Retrigger, RetriggerSettings};
 use shepherd_core::store::Store;
 use shepherd_core::watcher::{Watcher, WatcherSettings};
+use shepherd_core::{FrontEnds, Origin};
 use shepherd_plugins::alerts::{AlertFormatter, AlertWording};
-use shepherd_plugins::{PipelineReporter, Registry, Services};
+use shepherd_plugins::{BotAddress, PipelineReporter, Registry, Services};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::alerts::AlertRelay;
 use crate::dispatch::Dispatcher;
+use crate::frontend::{Context as FrontEndContext, FrontEnd};
 use crate::gitlab::events::GitLabEvents;
 use crate::worker::Worker;
 
@@ -45,8 +46,52 @@ pub struct App {
     pub shutdown: watch::Sender<bool>,
 }
 
+/// Everything `serve` would refuse in a configuration before it connects anywhere — the commands
+/// permissions name, the queue, alert matchers and templates, canary templates, identity
+/// patterns, the front ends' own settings. `shepherd config check` and `App::start` both call
+/// this, so they judge a configuration alike. (Canary templates and everything else the config
+/// crate can judge alone it checks while loading.)
+pub fn preflight(config: &Config) -> anyhow::Result<()> {
+    check_permissions(config)?;
+    check_queue(config)?;
+    policy_of(config, &Registry::new())?;
+    if let Some(a) = &config.alerts {
+        let metrics = Arc::new(Metrics::new().context("creating metrics")?);
+        alert_relay(a, metrics, FrontEnds::default())?;
+    }
+    crate::frontend::configured(config)?;
+    Ok(())
+}
+
+fn check_queue(config: &Config) -> anyhow::Result<()> {
+    if !config.queue.is_store() {
+        bail!(
+            "queue.url: `{}` — only the embedded queue (`store`) is available in this version",
+            config.queue.url
+        );
+    }
+    Ok(())
+}
+
+/// The people and the permission table in force (the configuration's, and each built command's
+/// defaults where it names none).
+fn policy_of(config: &Config, registry: &Registry) -> anyhow::Result<Policy> {
+    let permissions: BTreeMap<String, Vec<String>> =
+        registry.effective_permissions(&config.permissions);
+    let people: Vec<PersonSpec> = config
+        .people
+        .iter()
+        .map(|p| PersonSpec {
+            name: p.name.clone(),
+            identities: p.identities.clone(),
+            groups: p.groups.clone(),
+        })
+        .collect();
+    Ok(Policy::new(&people, permissions)?)
+}
+
 /// Checks what the config crate cannot know: that permissions name real commands.
-pub fn check_permissions(config: &Config) -> anyhow::Result<()> {
+fn check_permissions(config: &Config) -> anyhow::Result<()> {
     let unknown: Vec<&String> = config
         .permissions
         .keys()
@@ -67,14 +112,10 @@ pub fn check_permissions(config: &Config) -> anyhow::Result<()> {
 }
 
 impl App {
-    pub async fn start(config: Config) -> anyhow::Result<Self> {
-        check_permissions(&config)?;
-        if !config.queue.is_store() {
-            bail!(
-                "queue.url: `{}` — only the embedded queue (`store`) is available in this version",
-                config.queue.url
-            );
-        }
+    /// Starts the shared services; `frontends` are the declarations of the front ends that may
+    /// run (see `frontend::configured`).
+    pub async fn start(config: Config, frontends: FrontEnds) -> anyhow::Result<Self> {
+        preflight(&config)?;
         let metrics = Arc::new(Metrics::new().context("creating metrics")?);
         let store = Store::connect(config.store.url.expose()).await?;
         tracing::info!(backend = ?store.backend(), "store ready (migrations applied)");
@@ -93,18 +134,7 @@ impl App {
         )?;
 
         let registry = Arc::new(Registry::new());
-        let permissions: BTreeMap<String, Vec<String>> =
-            registry.effective_permissions(&config.permissions);
-        let people: Vec<PersonSpec> = config
-            .people
-            .iter()
-            .map(|p| PersonSpec {
-                name: p.name.clone(),
-                identities: p.identities.clone(),
-                groups: p.groups.clone(),
-            })
-            .collect();
-        let policy = Arc::new(Policy::new(&people, permissions)?);
+        let policy = Arc::new(policy_of(&config, &registry)?);
 
         let queue = Queue::new(
             store.clone(),
@@ -141,13 +171,14 @@ impl App {
         )
         .context("canary.projects")?;
         let reporter = Arc::new(PipelineReporter::new(
-            config.bot.name.clone(),
-            config.bot.prefix.clone(),
+            BotAddress::new(config.bot.name.clone(), config.bot.prefix.clone()),
+            frontends.clone(),
         ));
         let services = Arc::new(Services {
             production: config.production,
             bot_name: config.bot.name.clone(),
             prefix: config.bot.prefix.clone(),
+            frontends: frontends.clone(),
             default_project: config.gitlab.default_project.clone(),
             gitlab: gitlab.clone(),
             store: store.clone(),
@@ -166,6 +197,7 @@ impl App {
             WatcherSettings {
                 poll_interval: config.watcher.poll_interval(),
                 max_poll_interval: config.watcher.max_poll_interval(),
+                frontends: frontends.clone(),
             },
             reporter,
             metrics.clone(),
@@ -190,7 +222,11 @@ impl App {
         });
 
         let relay = match &config.alerts {
-            Some(a) => Some(Arc::new(alert_relay(a, metrics.clone())?)),
+            Some(a) => Some(Arc::new(alert_relay(
+                a,
+                metrics.clone(),
+                frontends.clone(),
+            )?)),
             None => None,
         };
 
@@ -227,6 +263,7 @@ impl App {
             let queue = queue.clone();
             let outbox_for_metrics = outbox.clone();
             let metrics_for_outbox = metrics.clone();
+            let names: Vec<&'static str> = frontends.names().collect();
             let mut rx = shutdown_rx.clone();
             tasks.spawn(async move {
                 loop {
@@ -235,7 +272,7 @@ impl App {
                     }
                     match outbox_for_metrics.pending_by_frontend().await {
                         Ok(counts) => {
-                            for frontend in ["console", "irc", "gitlab", "matrix"] {
+                            for &frontend in &names {
                                 let n = counts
                                     .iter()
                                     .find(|(f, _)| f == frontend)
@@ -316,6 +353,40 @@ impl App {
             tasks,
             shutdown,
         })
+    }
+
+    /// What a front end may use while it runs.
+    pub fn context(&self) -> Arc<FrontEndContext> {
+        Arc::new(FrontEndContext {
+            dispatcher: self.dispatcher.clone(),
+            services: self.services.clone(),
+            outbox: self.outbox.clone(),
+            queue: self.queue.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Runs `front_ends` until shutdown; one that cannot start stops the process (it would
+    /// otherwise leave its rooms silent while everything looks up).
+    pub fn spawn_front_ends(&mut self, front_ends: Vec<Box<dyn FrontEnd>>) {
+        let ctx = self.context();
+        for fe in front_ends {
+            let name = fe.capabilities().name;
+            let rx = self.shutdown_rx();
+            let stop = self.shutdown.clone();
+            let ctx = ctx.clone();
+            self.tasks.spawn(async move {
+                if let Err(e) = fe.run(ctx, rx).await {
+                    tracing::error!(
+                        front_end = name,
+                        error = format!("{e:#}"),
+                        "front end failed to start; shutting down"
+                    );
+                    let _ = stop.send(true);
+                }
+            });
+        }
     }
 
     pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
@@ -405,7 +476,11 @@ fn alertmanager_client(config: &Config) -> anyhow::Result<Option<Alertmanager>> 
 
 /// The `[alerts]` routes and wording; a matcher Alertmanager would not accept is an error
 /// naming its key.
-fn alert_relay(a: &AlertsConfig, metrics: Arc<Metrics>) -> anyhow::Result<AlertRelay> {
+fn alert_relay(
+    a: &AlertsConfig,
+    metrics: Arc<Metrics>,
+    frontends: FrontEnds,
+) -> anyhow::Result<AlertRelay> {
     let mut routes = Vec::new();
     for (i, r) in a.routes.iter().enumerate() {
         let mut matchers = Vec::new();
@@ -438,6 +513,7 @@ fn alert_relay(a: &AlertsConfig, metrics: Arc<Metrics>) -> anyhow::Result<AlertR
                 .collect(),
         },
         formatter,
+        frontends,
         dedup_window_ms: i64::try_from(a.dedup_window_minutes.saturating_mul(60_000))
             .unwrap_or(i64::MAX),
         metrics,

@@ -9,18 +9,80 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use shepherd_commands::Frontend;
-use shepherd_core::Origin;
+use shepherd_config::Config;
 use shepherd_core::outbox::Outbox;
 use shepherd_core::queue::Queue;
 use shepherd_core::store::{Store, StoreError};
 use shepherd_core::watcher;
+use shepherd_core::{Capabilities, CommandStyle, Formatting, Origin};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use crate::dispatch::{Dispatcher, Inbound};
+use crate::frontend::{Context, FrontEnd};
 
 pub const FRONTEND: &str = "console";
+
+/// The console as one of `serve`'s front ends: stdin is one more chat, stdout shows its room.
+pub struct ConsoleFrontend {
+    identity: String,
+    room: String,
+}
+
+impl ConsoleFrontend {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            identity: config.console.identity().to_string(),
+            room: config.console.room.clone(),
+        }
+    }
+
+    /// The console of a running app.
+    pub fn console(&self, ctx: &Context) -> Console {
+        Console {
+            dispatcher: ctx.dispatcher.clone(),
+            outbox: ctx.outbox.clone(),
+            queue: ctx.queue.clone(),
+            store: ctx.store.clone(),
+            identity: self.identity.clone(),
+            room: self.room.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl FrontEnd for ConsoleFrontend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: FRONTEND,
+            edits: false,
+            formatting: Formatting::Plain,
+            style: CommandStyle::Bare,
+            max_message_bytes: None,
+            messages_per_second: None,
+        }
+    }
+
+    async fn run(
+        self: Box<Self>,
+        ctx: Arc<Context>,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let console = Arc::new(self.console(&ctx));
+        // EOF just ends this chat, the service goes on. Not awaited: a pending read of stdin
+        // cannot be cancelled, and it must not hold a shutdown.
+        let reader = console.clone();
+        tokio::spawn(async move {
+            if let Err(e) = reader.read_stdin().await {
+                tracing::error!(error = %e, "console: store error; console input stopped");
+            }
+        });
+        console.deliver(shutdown).await;
+        Ok(())
+    }
+}
 
 pub struct Console {
     pub dispatcher: Arc<Dispatcher>,
@@ -64,6 +126,7 @@ impl Console {
                 mr: None,
                 dedup: None,
                 rate_room: None,
+                bot_user_id: None,
             };
             self.dispatcher.handle(&inbound).await?;
         }

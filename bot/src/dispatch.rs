@@ -38,6 +38,9 @@ pub struct Inbound {
     /// The room's rate-limit key when it is not the origin: all of IRC's direct messages share
     /// one (`irc:(queries)`), so a flood spread over queries and nicks is one room's flood.
     pub rate_room: Option<String>,
+    /// The bot's own id on this network when people can mention it (Matrix: `@shepherd:server`):
+    /// a line starting with it is addressed to the bot.
+    pub bot_user_id: Option<String>,
 }
 
 /// The keys of a message's commands: the n-th copy of the same words gets occurrence n.
@@ -130,6 +133,7 @@ impl Dispatcher {
         let addressing = Addressing {
             bot_name: &self.services.bot_name,
             prefix: &self.services.prefix,
+            user_id: inbound.bot_user_id.as_deref(),
         };
         addressed(inbound.frontend, &inbound.text, &addressing)
             .into_iter()

@@ -9,10 +9,12 @@ mod alerts;
 mod app;
 mod console;
 mod dispatch;
+mod frontend;
 mod gitlab;
 mod http;
 mod irc;
 mod limits;
+mod matrix;
 mod safe_text;
 mod worker;
 
@@ -26,7 +28,7 @@ use shepherd_config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 use crate::app::App;
-use crate::console::Console;
+use crate::console::ConsoleFrontend;
 
 #[derive(Parser)]
 #[command(
@@ -138,11 +140,37 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Directives added to every log filter that does not name these crates itself: matrix-sdk logs
+/// each sync request at info and a missing key backup at warn on every sync, which would drown
+/// shepherd's own lines (shepherd logs the Matrix connection's life itself).
+const QUIET_LIBRARIES: &[(&str, &str)] = &[
+    ("matrix_sdk", "matrix_sdk=warn"),
+    (
+        "matrix_sdk_crypto",
+        "matrix_sdk_crypto=warn,matrix_sdk_crypto::backups=error",
+    ),
+    ("matrix_sdk_base", "matrix_sdk_base=warn"),
+];
+
+fn log_filter(directives: &str) -> Option<EnvFilter> {
+    let mut text = directives.to_string();
+    for (name, quiet) in QUIET_LIBRARIES {
+        let named = directives
+            .split(',')
+            .any(|d| d.trim().split(['=', ':', '[']).next() == Some(name));
+        if !named {
+            text.push(',');
+            text.push_str(quiet);
+        }
+    }
+    EnvFilter::try_new(text).ok()
+}
+
 fn init_logging(config: &Config) {
     let filter = std::env::var("SHEPHERD_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(&config.log.filter).ok())
+        .and_then(|f| log_filter(&f))
+        .or_else(|| log_filter(&config.log.filter))
         .unwrap_or_else(|| EnvFilter::new("info"));
     // Libraries that log through the `log` crate reach tracing through this bridge — except the
     // IRC library, which logs every raw line it sends (PASS, AUTHENTICATE, NickServ IDENTIFY
@@ -174,7 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ConfigCmd::Check { config },
         } => {
             let config = load(config)?;
-            app::check_permissions(&config)?;
+            app::preflight(&config)?;
             for w in config.warnings() {
                 eprintln!("warning: {w}");
             }
@@ -214,25 +242,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn console_for(app: &App) -> Console {
-    Console {
-        dispatcher: app.dispatcher.clone(),
-        outbox: app.outbox.clone(),
-        queue: app.queue.clone(),
-        store: app.store.clone(),
-        identity: app.config.console.identity().to_string(),
-        room: app.config.console.room.clone(),
-    }
-}
-
 fn spawn_http(app: &mut App) {
     let state = http::HttpState {
         metrics: app.metrics.clone(),
         store: app.store.clone(),
         reference: Arc::new(app.registry.reference(
             &app.services.policy,
-            &app.config.bot.prefix,
-            &app.config.bot.name,
+            &app.services.address(),
+            &app.services.frontends,
         )),
         alert_hooks: app.config.alerts.as_ref().map(|a| {
             alerts::AlertHookState::new(
@@ -275,57 +292,15 @@ fn spawn_http(app: &mut App) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let mut app = App::start(config).await?;
+    let front_ends = frontend::configured(&config)?;
+    let mut app = App::start(config, frontend::declared(&front_ends)).await?;
     // Fail early and clearly when the port is taken.
     let probe = tokio::net::TcpListener::bind(app.config.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot listen on {}", app.config.http.listen))?;
     drop(probe);
     spawn_http(&mut app);
-    if let Some(cfg) = app.config.irc.clone() {
-        let metrics =
-            irc::IrcMetrics::register(app.metrics.registry()).context("registering IRC metrics")?;
-        let frontend = irc::IrcFrontend {
-            cfg,
-            bot_name: app.config.bot.name.clone(),
-            prefix: app.config.bot.prefix.clone(),
-            dispatcher: app.dispatcher.clone(),
-            outbox: app.outbox.clone(),
-            metrics,
-        };
-        let rx = app.shutdown_rx();
-        app.tasks.spawn(frontend.run(rx));
-    }
-    if app.config.gitlab_comments.is_some() {
-        let metrics = gitlab::notes::NotesMetrics::register(app.metrics.registry())
-            .context("registering GitLab note metrics")?;
-        let notes = gitlab::notes::NotesFrontend {
-            gitlab: app.services.gitlab.clone(),
-            outbox: app.outbox.clone(),
-            production: app.config.production,
-            metrics,
-            core_metrics: app.metrics.clone(),
-            poll_interval: std::time::Duration::from_secs(5),
-        };
-        let rx = app.shutdown_rx();
-        app.tasks.spawn(notes.run(rx));
-    }
-    let console = Arc::new(console_for(&app));
-    {
-        let c = console.clone();
-        let rx = app.shutdown_rx();
-        app.tasks.spawn(async move { c.deliver(rx).await });
-    }
-    {
-        // In serve mode stdin is one more chat: EOF just ends it, the service goes on.
-        // Not one of the app's tasks: a pending read of stdin cannot be cancelled.
-        let c = console.clone();
-        tokio::spawn(async move {
-            if let Err(e) = c.read_stdin().await {
-                tracing::error!(error = %e, "console: store error; console input stopped");
-            }
-        });
-    }
+    app.spawn_front_ends(front_ends);
     let mut stopped = app.shutdown_rx();
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
@@ -335,12 +310,15 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The console as the only chat: the other front ends are declared (their rooms keep their
+/// capabilities) but not run.
 async fn console(config: Config, with_http: bool) -> anyhow::Result<ExitCode> {
-    let mut app = App::start(config).await?;
+    let front_ends = frontend::configured(&config)?;
+    let mut app = App::start(config, frontend::declared(&front_ends)).await?;
     if with_http {
         spawn_http(&mut app);
     }
-    let console = Arc::new(console_for(&app));
+    let console = Arc::new(ConsoleFrontend::new(&app.config).console(&app.context()));
     let deliver = {
         let c = console.clone();
         let rx = app.shutdown_rx();

@@ -316,7 +316,14 @@ impl Worker {
         }
         if let Some(change) = &outcome.canary {
             let run = canary::apply_in(&mut tx, change, &item.origin, &item.identity).await?;
-            canary::publish_in(&mut tx, &run, self.watcher.reporter(), Publish::Always).await?;
+            canary::publish_in(
+                &mut tx,
+                &run,
+                self.watcher.reporter(),
+                &self.services.frontends,
+                Publish::Always,
+            )
+            .await?;
         }
         if !self.queue.complete_in(&mut tx, item).await? {
             tx.rollback().await?;

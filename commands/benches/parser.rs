@@ -33,6 +33,7 @@ fn bench(c: &mut Criterion) {
     let addr = Addressing {
         bot_name: "shepherd",
         prefix: "!",
+        user_id: None,
     };
     let ctx = ParseContext::in_mr(MrRef {
         instance: None,

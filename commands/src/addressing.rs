@@ -25,6 +25,9 @@ pub struct Addressing<'a> {
     pub bot_name: &'a str,
     /// The chat command prefix, e.g. `!`.
     pub prefix: &'a str,
+    /// The bot's own id on a network that has one people mention (Matrix: `@shepherd:example.org`):
+    /// in chat a line may also start with it, followed by `:`, `,` or white space.
+    pub user_id: Option<&'a str>,
 }
 
 /// Returns the command texts addressed to the bot in `message`, in order, address stripped.
@@ -32,7 +35,8 @@ pub struct Addressing<'a> {
 /// - Console: each non-empty trimmed line; a leading prefix or `name:` is stripped if present.
 /// - Chat: the first line, if it starts with the prefix directly followed by a letter (`!retrigger`,
 ///   not `!!!`) or with the name followed by `:` or `,` (`shepherd: ping`, `shepherd:ping`,
-///   `@shepherd: ping`; not `shepherd::x`).
+///   `@shepherd: ping`; not `shepherd::x`), or with the bot's `user_id` (`@shepherd:example.org: ping`,
+///   `@shepherd:example.org ping`).
 ///   Leading quoted lines (`> ...`, Matrix's reply fallback) and blank lines are skipped first.
 /// - GitLabComment: every line starting with `@name` followed by whitespace, end of line, or `:`/`,`
 ///   (`@shepherdx` is someone else), outside fenced (```` ``` ````, `~~~`) and indented code blocks,
@@ -56,7 +60,18 @@ pub fn addressed<'m>(frontend: Frontend, message: &'m str, addr: &Addressing) ->
             .map(str::trim)
             .find(|l| !l.is_empty() && !l.starts_with('>'))
             .and_then(|l| {
-                strip_name(l, addr.bot_name).or_else(|| strip_chat_prefix(l, addr.prefix))
+                addr.user_id
+                    .and_then(|id| strip_user_id(l, id))
+                    .or_else(|| {
+                        // Where users have ids, `@shepherd:other.org ping` names someone else.
+                        strip_name(l, addr.bot_name).filter(|rest| {
+                            addr.user_id.is_none()
+                                || !l.starts_with('@')
+                                || rest.is_empty()
+                                || rest.starts_with(char::is_whitespace)
+                        })
+                    })
+                    .or_else(|| strip_chat_prefix(l, addr.prefix))
             })
             .map(str::trim)
             .into_iter()
@@ -82,6 +97,17 @@ fn strip_name<'l>(line: &'l str, name: &str) -> Option<&'l str> {
 fn strip_at_name<'l>(s: &'l str, name: &str) -> Option<&'l str> {
     let head = s.get(..name.len())?;
     (!name.is_empty() && head.eq_ignore_ascii_case(name)).then(|| s.get(name.len()..))?
+}
+
+/// A user id (`@bot:server`) at the start, ignoring case, followed by `:`, `,`, white space or
+/// the end; returns the rest.
+fn strip_user_id<'l>(line: &'l str, id: &str) -> Option<&'l str> {
+    let rest = strip_at_name(line, id)?;
+    let rest = rest
+        .strip_prefix(':')
+        .or_else(|| rest.strip_prefix(','))
+        .unwrap_or(rest);
+    (rest.is_empty() || rest.starts_with(char::is_whitespace)).then_some(rest)
 }
 
 /// The prefix followed directly by a letter (so `!!!` or `! wow` are not commands).

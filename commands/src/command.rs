@@ -115,7 +115,7 @@ pub fn usage(command: &str) -> Option<&'static str> {
         ("retrigger", "retrigger <pipeline> [key=value ...]"),
         ("test", "test [key=value ...]"),
         ("canary", "canary <mr> [key=value ...]"),
-        ("retest", "retest <mr>"),
+        ("retest", "retest [<mr>]"),
         ("status", "status <pipeline or mr>"),
         ("cancel", "cancel <pipeline or mr>"),
         ("deploy", "deploy <service> <mr or tag> [to <env>]"),

@@ -9,7 +9,7 @@
 //! ```
 //! use shepherd_commands::{Addressing, Command, Frontend, ParseContext, PipelineRef, Var, addressed, parse};
 //!
-//! let addr = Addressing { bot_name: "shepherd", prefix: "!" };
+//! let addr = Addressing { bot_name: "shepherd", prefix: "!", user_id: None };
 //! let texts = addressed(Frontend::Chat, "!retrigger group/project/pipelines/42 DEBUG=1", &addr);
 //! assert_eq!(texts, ["retrigger group/project/pipelines/42 DEBUG=1"]);
 //! let command = parse(texts[0], &ParseContext::default()).unwrap();

@@ -5,6 +5,7 @@ use shepherd_commands::{Addressing, Frontend, addressed};
 const ADDR: Addressing = Addressing {
     bot_name: "shepherd",
     prefix: "!",
+    user_id: None,
 };
 
 fn chat(message: &str) -> Vec<&str> {
@@ -69,6 +70,7 @@ fn chat_with_other_prefix_and_no_prefix() {
     let addr = Addressing {
         bot_name: "bot",
         prefix: ".",
+        user_id: None,
     };
     assert_eq!(addressed(Frontend::Chat, ".ping", &addr), vec!["ping"]);
     assert_eq!(
@@ -78,6 +80,7 @@ fn chat_with_other_prefix_and_no_prefix() {
     let no_prefix = Addressing {
         bot_name: "bot",
         prefix: "",
+        user_id: None,
     };
     assert_eq!(
         addressed(Frontend::Chat, "ping", &no_prefix),
@@ -90,6 +93,7 @@ fn chat_with_other_prefix_and_no_prefix() {
     let no_name = Addressing {
         bot_name: "",
         prefix: "!",
+        user_id: None,
     };
     assert_eq!(
         addressed(Frontend::Chat, ": ping", &no_name),
@@ -151,4 +155,30 @@ fn gitlab_ignores_inline_code_spans() {
         gitlab("`@shepherd retrigger 1`\n@shepherd ping"),
         vec!["ping"]
     );
+}
+
+#[test]
+fn chat_lines_may_start_with_the_bots_user_id() {
+    let addr = Addressing {
+        bot_name: "shepherd",
+        prefix: "!",
+        user_id: Some("@shepherd:example.org"),
+    };
+    for (line, expected) in [
+        ("@shepherd:example.org: ping", Some("ping")),
+        ("@shepherd:example.org ping", Some("ping")),
+        (
+            "@Shepherd:Example.org, help retrigger",
+            Some("help retrigger"),
+        ),
+        ("@shepherd:example.org:", Some("")),
+        ("@shepherd:example.orgx ping", None),
+        ("@shepherd:example.org.evil ping", None),
+        ("@other:example.org: ping", None),
+        ("shepherd: ping", Some("ping")),
+        ("!ping", Some("ping")),
+    ] {
+        let got = addressed(Frontend::Chat, line, &addr);
+        assert_eq!(got.first().copied(), expected, "{line:?}");
+    }
 }

@@ -146,6 +146,7 @@ fn generated_input_never_panics_and_round_trips() {
     let addr = Addressing {
         bot_name: "shepherd",
         prefix: "!",
+        user_id: None,
     };
     let contexts = [
         ParseContext::default(),
@@ -193,6 +194,7 @@ fn pathological_shapes() {
             let addr = Addressing {
                 bot_name: "shepherd",
                 prefix: "!",
+                user_id: None,
             };
             for t in addressed(frontend, text, &addr) {
                 let _ = parse(t, &ctx).map_err(|e| e.reply(t));

@@ -25,8 +25,8 @@ pub use model::{
     CanaryProjectConfig, CanaryReference, CommentProjectConfig, Config, ConsoleConfig,
     DEFAULT_FIRING_TEMPLATE, DEFAULT_GROUP_TEMPLATE, DEFAULT_RESOLVED_TEMPLATE,
     GitlabCommentsConfig, GitlabConfig, HttpConfig, IrcConfig, IrcReplyKind, LogConfig, LogFormat,
-    Person, QueueConfig, RateLimitsConfig, RetriggerConfig, StoreConfig, WatcherConfig,
-    parse_channel_keys,
+    MatrixConfig, MatrixEncryptFor, Person, QueueConfig, RateLimitsConfig, RetriggerConfig,
+    StoreConfig, WatcherConfig, parse_channel_keys,
 };
 pub use secret::{Secret, SecretUrl, redact_url};
 pub use sources::{CONVENTIONAL_SECRET_VARS, ENV_PREFIX, NOT_KEY_VARS};
@@ -105,6 +105,11 @@ fn fill_runtime_defaults(config: &mut Config, vars: &BTreeMap<String, String>) {
         && irc.nick.is_none()
     {
         irc.nick = Some(config.bot.name.clone());
+    }
+    if let Some(matrix) = &mut config.matrix
+        && matrix.display_name.is_none()
+    {
+        matrix.display_name = Some(config.bot.name.clone());
     }
 }
 
@@ -200,6 +205,20 @@ fn resolve_secrets(
         )?;
         irc.channel_keys =
             r.resolve("irc", "channel_keys", irc.channel_keys_env.as_deref(), None)?;
+    }
+    if let Some(matrix) = &mut config.matrix {
+        matrix.password = r.resolve(
+            "matrix",
+            "password",
+            matrix.password_env.as_deref(),
+            matrix.password_file.as_deref(),
+        )?;
+        matrix.store_passphrase = r.resolve(
+            "matrix",
+            "store_passphrase",
+            matrix.store_passphrase_env.as_deref(),
+            None,
+        )?;
     }
     if let Some(comments) = &mut config.gitlab_comments {
         comments.webhook_secret = r.resolve(

@@ -38,6 +38,9 @@ pub struct Config {
     /// The IRC front end; absent means it is not started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub irc: Option<IrcConfig>,
+    /// The Matrix front end; absent means it is not started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<MatrixConfig>,
     /// Commands in GitLab merge-request comments (the Note Hook); absent means not enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gitlab_comments: Option<GitlabCommentsConfig>,
@@ -514,6 +517,132 @@ pub struct IrcConfig {
     /// the rest are ignored. Answers go through the same flood pacing as every other line.
     #[serde(default = "default_ctcp_per_minute")]
     pub ctcp_per_minute: u32,
+}
+
+/// `[matrix]`: the Matrix front end (client-server API, end-to-end encryption).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixConfig {
+    /// The client-server API base URL (required): `https://matrix.example.org`.
+    pub homeserver: Url,
+    /// The bot's account (required): `@shepherd:example.org`.
+    pub user: String,
+    /// The password, for the first login only: the session is kept in `store_path` after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    #[serde(
+        skip_deserializing,
+        skip_serializing_if = "SecretSlot::is_not_configured"
+    )]
+    pub(crate) password: SecretSlot,
+    /// The session (access token, device id), the sync position and the state and end-to-end
+    /// crypto store. Keep it across restarts: a fresh login is a new device.
+    #[serde(default = "default_matrix_store")]
+    pub store_path: PathBuf,
+    /// Passphrase that encrypts the state and crypto store at rest; optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_passphrase_env: Option<String>,
+    #[serde(
+        skip_deserializing,
+        skip_serializing_if = "SecretSlot::is_not_configured"
+    )]
+    pub(crate) store_passphrase: SecretSlot,
+    /// Rooms joined at start, by id (`!abc:example.org`) or alias (`#ops:example.org`); alert
+    /// and say targets must be among these.
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    /// Invites from users matching these globs (`@*:example.org`) are accepted; others refused.
+    #[serde(default)]
+    pub autojoin: Vec<String>,
+    /// The bot's display name (default `bot.name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The name of the bot's device, shown to people verifying it.
+    #[serde(default = "default_device_name")]
+    pub device_name: String,
+    /// Commands that arrived while the bot was away are run if younger than this; older ones
+    /// get one reply saying they were skipped.
+    #[serde(default = "default_catch_up_minutes")]
+    pub catch_up_minutes: u64,
+    /// Whose devices get the keys of the bot's encrypted messages.
+    #[serde(default)]
+    pub encrypt_for: MatrixEncryptFor,
+    /// Longest wait between attempts to log in, sync or join after failures (exponential
+    /// backoff with jitter up to this).
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_secs: u64,
+    /// How long one sync request waits on the server for news.
+    #[serde(default = "default_sync_timeout")]
+    pub sync_timeout_secs: u64,
+    /// Sends of one message that the homeserver refused before it is parked (kept and listed by
+    /// `shepherd outbox parked`) so the messages behind it go on.
+    #[serde(default = "default_max_send_attempts")]
+    pub max_send_attempts: u32,
+    /// The longest message body, in bytes; a longer one is cut there with a note saying so
+    /// (Matrix events are at most 64 KiB, the HTML twin included).
+    #[serde(default = "default_matrix_max_bytes")]
+    pub max_message_bytes: u32,
+}
+
+/// Whose devices an encrypted message from the bot is readable on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MatrixEncryptFor {
+    /// Every device of every member, verified or not (what mainstream clients do).
+    #[default]
+    AllDevices,
+    /// Only devices their owner cross-signed (a member without cross-signing reads nothing).
+    CrossSigned,
+}
+
+fn default_matrix_store() -> PathBuf {
+    PathBuf::from("matrix-store")
+}
+fn default_device_name() -> String {
+    "shepherd".to_owned()
+}
+fn default_catch_up_minutes() -> u64 {
+    10
+}
+fn default_sync_timeout() -> u64 {
+    30
+}
+fn default_matrix_max_bytes() -> u32 {
+    30_000
+}
+
+impl MatrixConfig {
+    /// The password for the first login, if one is configured.
+    pub fn password(&self) -> Option<&Secret> {
+        self.password.get()
+    }
+    pub fn set_password(&mut self, password: Option<Secret>) {
+        self.password = slot(password);
+    }
+    /// The store passphrase, if any.
+    pub fn store_passphrase(&self) -> Option<&Secret> {
+        self.store_passphrase.get()
+    }
+    /// The display name; after [`crate::load`] it is always set (default `bot.name`).
+    pub fn display_name(&self) -> &str {
+        self.display_name.as_deref().unwrap_or("shepherd")
+    }
+    pub fn catch_up(&self) -> Duration {
+        Duration::from_secs(self.catch_up_minutes.saturating_mul(60))
+    }
+    /// Whether `room` (an id or an alias) is one of `rooms`. Ids compare exactly, aliases
+    /// without case.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.iter().any(|r| {
+            if r.starts_with('#') {
+                r.eq_ignore_ascii_case(room)
+            } else {
+                r == room
+            }
+        })
+    }
 }
 
 /// How the IRC front end sends replies.

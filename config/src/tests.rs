@@ -734,7 +734,28 @@ fn targets_must_be_rooms_a_configured_front_end_is_in() {
         "[alerts]\ndefault_targets = [\"matrix:!r:example.org\"]\n",
         &[],
     );
-    assert!(e.contains("names matrix, which is not configured"), "{e}");
+    assert!(
+        e.contains("names Matrix, but [matrix] is not configured"),
+        "{e}"
+    );
+    let matrix = "[matrix]\nhomeserver = \"http://127.0.0.1:8008\"\nuser = \"@bot:x\"\nrooms = [\"!r:example.org\", \"#ops:example.org\"]\n";
+    let e = err(
+        &format!("{matrix}[alerts]\ndefault_targets = [\"matrix:!other\"]\n"),
+        &[],
+    );
+    assert!(e.contains("!other is not one of matrix.rooms"), "{e}");
+    let e = err(
+        &format!("{matrix}[alerts]\ndefault_targets = [\"matrix:@alice:x\"]\n"),
+        &[],
+    );
+    assert!(e.contains("is not a Matrix room"), "{e}");
+    load_text(
+        &format!(
+            "{matrix}[alerts]\ndefault_targets = [\"matrix:!r:example.org\", \"matrix:#OPS:example.org\"]\n"
+        ),
+        &[],
+    )
+    .expect("a room id and an alias (without case) of matrix.rooms");
     // Channels compare without case; a query (a nick) is always a place IRC can deliver to.
     load_text(
         &format!(
@@ -743,4 +764,41 @@ fn targets_must_be_rooms_a_configured_front_end_is_in() {
         &[],
     )
     .expect("valid targets");
+}
+
+#[test]
+fn matrix_section_defaults_secrets_and_mistakes() {
+    let c = load_text(
+        "[bot]\nname = \"herder\"\n[matrix]\nhomeserver = \"https://matrix.example.org\"\nuser = \"@herder:example.org\"\npassword_env = \"MX_PW\"\nrooms = [\"!abc:example.org\"]\nautojoin = [\"@*:example.org\"]\n",
+        &[("MX_PW", "hunter2-matrix")],
+    )
+    .expect("load");
+    let m = c.matrix.as_ref().expect("matrix section");
+    assert_eq!(
+        m.display_name(),
+        "herder",
+        "display name defaults to bot.name"
+    );
+    assert_eq!(m.catch_up_minutes, 10);
+    assert_eq!(m.store_path, PathBuf::from("matrix-store"));
+    assert_eq!(m.encrypt_for, MatrixEncryptFor::AllDevices);
+    assert_eq!(m.password().map(Secret::expose), Some("hunter2-matrix"));
+    let printed = c.redacted_toml();
+    assert!(!printed.contains("hunter2-matrix"), "{printed}");
+    assert!(printed.contains("[matrix]"), "{printed}");
+
+    let e = err(
+        "[matrix]\nhomeserver = \"ftp://x\"\nuser = \"shepherd\"\nrooms = [\"ops\", \"#noserver\"]\nautojoin = [\"alice\"]\nmax_message_bytes = 70000\n",
+        &[],
+    );
+    for expected in [
+        "matrix.homeserver",
+        "matrix.user: \"shepherd\" is not a Matrix user id",
+        "matrix.rooms[0]",
+        "matrix.rooms[1]",
+        "matrix.autojoin[0]",
+        "matrix.max_message_bytes",
+    ] {
+        assert!(e.contains(expected), "{expected} missing from: {e}");
+    }
 }

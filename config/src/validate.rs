@@ -126,6 +126,14 @@ pub fn is_room_name(room: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || c == '\u{feff}')
 }
 
+/// Whether `id` looks like a Matrix user id: `@localpart:server`, no white space.
+fn is_matrix_user_id(id: &str) -> bool {
+    id.strip_prefix('@')
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(local, server)| !local.is_empty() && !server.is_empty())
+        && is_room_name(id)
+}
+
 impl Config {
     /// Why `target` (`<front end>:<room>`) is not a room a configured front end can deliver to,
     /// if it is not: a target nothing could ever say is a start-up error (alert routes) or a 400
@@ -154,6 +162,18 @@ impl Config {
                         irc.channels.join(", ")
                     ))
                 }
+                Some(_) => None,
+            },
+            "matrix" => match &self.matrix {
+                None => Some("names Matrix, but [matrix] is not configured".to_owned()),
+                Some(_) if !room.starts_with(['!', '#']) => Some(format!(
+                    "{room} is not a Matrix room (expected a room id !id or an alias #name:server)"
+                )),
+                Some(m) if !m.has_room(room) => Some(format!(
+                    "{room} is not one of matrix.rooms ({}): the bot is not sure to be in it, so \
+                     nothing could be said there",
+                    m.rooms.join(", ")
+                )),
                 Some(_) => None,
             },
             "gitlab" if self.gitlab_comments.is_none() => {
@@ -371,6 +391,65 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
                 format!(
                     "{} is not allowed (expected lines per second > 0)",
                     irc.flood_rate
+                ),
+            );
+        }
+    }
+
+    if let Some(m) = &config.matrix {
+        c.http_url("matrix.homeserver", &m.homeserver);
+        if !is_matrix_user_id(&m.user) {
+            c.fail(
+                "matrix.user",
+                format!(
+                    "{:?} is not a Matrix user id (expected @name:server)",
+                    m.user
+                ),
+            );
+        }
+        if m.store_path.as_os_str().is_empty() {
+            c.fail("matrix.store_path", "must not be empty");
+        }
+        for (j, room) in m.rooms.iter().enumerate() {
+            let ok = is_room_name(room)
+                && match room.chars().next() {
+                    Some('!') => room.len() > 1,
+                    Some('#') => room
+                        .get(1..)
+                        .is_some_and(|r| r.contains(':') && !r.starts_with(':')),
+                    _ => false,
+                };
+            if !ok {
+                c.fail(
+                    &format!("matrix.rooms[{j}]"),
+                    format!(
+                        "{room:?} is not a room (expected a room id !id or an alias #name:server)"
+                    ),
+                );
+            }
+        }
+        for (j, pattern) in m.autojoin.iter().enumerate() {
+            let key = format!("matrix.autojoin[{j}]");
+            if !pattern.starts_with('@') {
+                c.fail(&key, format!("{pattern:?} is not a user glob (expected @name:server, with * and ? allowed)"));
+            } else if let Err(err) = globset::Glob::new(pattern) {
+                c.fail(
+                    &key,
+                    format!("{pattern:?} is not a valid glob: {}", err.kind()),
+                );
+            }
+        }
+        c.not_empty("matrix.device_name", &m.device_name);
+        c.at_least("matrix.reconnect_max_secs", m.reconnect_max_secs, 1);
+        c.at_least("matrix.sync_timeout_secs", m.sync_timeout_secs, 1);
+        c.at_least("matrix.max_send_attempts", m.max_send_attempts.into(), 1);
+        c.at_least("matrix.max_message_bytes", m.max_message_bytes.into(), 1000);
+        if m.max_message_bytes > 60_000 {
+            c.fail(
+                "matrix.max_message_bytes",
+                format!(
+                    "{} is too large (expected at most 60000: an event is at most 64 KiB, the HTML twin included)",
+                    m.max_message_bytes
                 ),
             );
         }

@@ -20,6 +20,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
 use crate::effects;
+use crate::frontend::FrontEnds;
 use crate::gitlab::{GitLab, GitLabError, Job, Pipeline, PipelineQuery, PipelineStatus, Variable};
 use crate::origin::Origin;
 use crate::outbox;
@@ -904,6 +905,7 @@ pub async fn publish_in(
     conn: &mut AnyConnection,
     run_id: &str,
     reporter: &dyn Reporter,
+    frontends: &FrontEnds,
     when: Publish,
 ) -> Result<bool, StoreError> {
     // The revision bump locks the run first (see `lock_run`), then the view is read.
@@ -919,7 +921,7 @@ pub async fn publish_in(
     let Some(view) = load_view(conn, run_id).await? else {
         return Ok(false);
     };
-    if when == Publish::WhereEditable && !view.origin.can_edit() {
+    if when == Publish::WhereEditable && !frontends.edits(&view.origin) {
         return Ok(false);
     }
     let text = reporter.canary_summary(&view);

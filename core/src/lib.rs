@@ -7,6 +7,7 @@ pub mod audit;
 pub mod backoff;
 pub mod canary;
 pub mod effects;
+pub mod frontend;
 pub mod gitlab;
 pub mod metrics;
 pub mod origin;
@@ -17,4 +18,5 @@ pub mod retrigger;
 pub mod store;
 pub mod watcher;
 
+pub use frontend::{Capabilities, CommandStyle, Formatting, FrontEnds};
 pub use origin::Origin;

@@ -56,12 +56,6 @@ impl Origin {
         (!project.is_empty()).then_some((project, iid))
     }
 
-    /// Whether the front end edits a message in place when a newer one of the same slot comes
-    /// (a GitLab note); elsewhere every message is a new line.
-    pub fn can_edit(&self) -> bool {
-        self.frontend == "gitlab"
-    }
-
     /// Parses `frontend:room`; the room may itself contain colons (`matrix:!a:b`). No network
     /// names a room with white space or control characters in it, and a room is written into
     /// protocol lines (`PRIVMSG <room> :...`), so such a target is refused here, where targets
@@ -116,7 +110,6 @@ mod tests {
         let o = Origin::merge_request("group/sub/project", 12);
         assert_eq!(o.to_string(), "gitlab:group/sub/project!12");
         assert_eq!(o.as_merge_request(), Some(("group/sub/project", 12)));
-        assert!(o.can_edit());
         assert_eq!(Origin::new("irc", "#ops").as_merge_request(), None);
         assert_eq!(Origin::new("gitlab", "g/p!x").as_merge_request(), None);
     }

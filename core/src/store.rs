@@ -169,6 +169,26 @@ pub async fn prune(store: &Store, before: i64) -> Result<Pruned, StoreError> {
     })
 }
 
+/// Whether anything was stored for a message named `base` (a request or a reply whose dedup key
+/// is `base:...`, see the dispatcher's command keys): a front end that sees a message again after
+/// a restart asks this before treating it as new. Rare (only old messages), so a prefix match
+/// without an index is fine.
+pub async fn message_known(store: &Store, base: &str) -> Result<bool, StoreError> {
+    let escaped = base
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    let pattern = format!("{escaped}:%");
+    let n: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM requests WHERE dedup_key LIKE $1 ESCAPE '\\') \
+              + (SELECT COUNT(*) FROM outbox WHERE dedup_key LIKE $1 ESCAPE '\\')",
+    )
+    .bind(&pattern)
+    .fetch_one(store.pool())
+    .await?;
+    Ok(n > 0)
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

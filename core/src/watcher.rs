@@ -15,6 +15,7 @@ use sqlx::{AnyConnection, Row};
 use tokio::sync::{Notify, watch};
 
 use crate::canary::{self, Observation, Publish, RunView};
+use crate::frontend::FrontEnds;
 use crate::gitlab::{GitLab, GitLabError, Job, Pipeline};
 use crate::metrics::Metrics;
 use crate::origin::Origin;
@@ -25,6 +26,8 @@ use crate::store::{Store, StoreError, new_id, now_ms};
 pub struct WatcherSettings {
     pub poll_interval: Duration,
     pub max_poll_interval: Duration,
+    /// What the rooms' front ends can do (a canary's progress is published where it is edited in place).
+    pub frontends: FrontEnds,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -371,8 +374,14 @@ impl Watcher {
             )
             .await?;
             if updated {
-                canary::publish_in(&mut tx, run, self.reporter.as_ref(), Publish::WhereEditable)
-                    .await?;
+                canary::publish_in(
+                    &mut tx,
+                    run,
+                    self.reporter.as_ref(),
+                    &self.settings.frontends,
+                    Publish::WhereEditable,
+                )
+                .await?;
             }
             self.reschedule_in(&mut tx, w, Some(&status), from_hook)
                 .await?;
@@ -437,7 +446,14 @@ impl Watcher {
                     } else {
                         Publish::WhereEditable
                     };
-                    canary::publish_in(&mut tx, run, self.reporter.as_ref(), when).await?;
+                    canary::publish_in(
+                        &mut tx,
+                        run,
+                        self.reporter.as_ref(),
+                        &self.settings.frontends,
+                        when,
+                    )
+                    .await?;
                 }
             }
             None => {

@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let addr = Addressing {
         bot_name: "shepherd",
         prefix: "!",
+        user_id: None,
     };
     let contexts = [
         ParseContext::default(),

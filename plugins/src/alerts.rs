@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use minijinja::{Environment, Value, context};
 use serde::Serialize;
-use shepherd_core::Origin;
+use shepherd_core::Formatting;
 use shepherd_core::alerts::{Alert, Notification};
 
 #[derive(Debug, Clone)]
@@ -320,10 +320,16 @@ impl AlertFormatter {
         }
     }
 
-    /// The lines for one room: one per alert (a storm: a summary line and the first few), or
-    /// one for the group.
-    pub fn lines(&self, room: &Origin, n: &Notification, alerts: &[&Alert]) -> Vec<String> {
-        let irc = room.frontend == "irc";
+    /// The lines for one room, written for its front end's `formatting` (severity colours where
+    /// it shows them): one per alert (a storm: a summary line and the first few), or one for the
+    /// group.
+    pub fn lines(
+        &self,
+        formatting: Formatting,
+        n: &Notification,
+        alerts: &[&Alert],
+    ) -> Vec<String> {
+        let irc = formatting.colours();
         if self.per_group {
             return vec![self.group_line(n, alerts, irc)];
         }
@@ -422,11 +428,11 @@ mod tests {
         let f = AlertFormatter::new(&wording(10)).expect("templates");
         let n = notification(vec![alert("DiskFull", "firing", "critical")]);
         let refs: Vec<&Alert> = n.alerts.iter().collect();
-        let irc = f.lines(&Origin::new("irc", "#ops"), &n, &refs);
+        let irc = f.lines(Formatting::Mirc, &n, &refs);
         assert_eq!(irc.len(), 1);
         assert!(irc[0].starts_with("\u{2}\u{3}04[CRITICAL]\u{f} DiskFull on db1:9100: DiskFull on db1 second line http://prom:9090/graph silence: http://am:9093/#/silences/new?filter="), "{:?}", irc[0]);
         assert!(irc[0].contains("alertname%3D%22DiskFull%22"), "{}", irc[0]);
-        let plain = f.lines(&Origin::new("matrix", "!r:x"), &n, &refs);
+        let plain = f.lines(Formatting::Markdown, &n, &refs);
         assert!(plain[0].starts_with("[CRITICAL] DiskFull"), "{}", plain[0]);
     }
 
@@ -435,7 +441,7 @@ mod tests {
         let f = AlertFormatter::new(&wording(10)).expect("templates");
         let n = notification(vec![alert("DiskFull", "resolved", "critical")]);
         let refs: Vec<&Alert> = n.alerts.iter().collect();
-        let lines = f.lines(&Origin::new("console", "c"), &n, &refs);
+        let lines = f.lines(Formatting::Plain, &n, &refs);
         assert_eq!(
             lines,
             ["[RESOLVED] DiskFull on db1:9100: DiskFull on db1 second line"]
@@ -450,7 +456,7 @@ mod tests {
             .collect();
         let n = notification(alerts);
         let refs: Vec<&Alert> = n.alerts.iter().collect();
-        let lines = f.lines(&Origin::new("console", "c"), &n, &refs);
+        let lines = f.lines(Formatting::Plain, &n, &refs);
         assert_eq!(lines.len(), 3, "{lines:#?}");
         assert!(lines[0].contains("alert storm in {alertname=DiskFull}: 50 firing, 0 resolved; the first 2 follow. all: http://am:9093/#/alerts"), "{}", lines[0]);
         assert!(lines[1].contains("A0") && lines[2].contains("A1"));
@@ -467,7 +473,7 @@ mod tests {
         alerts.push(alert("A0", "firing", "critical"));
         let n = notification(alerts);
         let refs: Vec<&Alert> = n.alerts.iter().collect();
-        let irc = f.lines(&Origin::new("irc", "#ops"), &n, &refs);
+        let irc = f.lines(Formatting::Mirc, &n, &refs);
         assert_eq!(
             irc,
             [
@@ -506,13 +512,13 @@ pub mod commands {
 
     static ALERTS: HelpEntry = HelpEntry {
         command: "alerts",
-        usage: "alerts [matchers]",
         summary: "Lists the alerts firing now (not silenced), optionally only those matching Alertmanager matchers.",
         examples: &[
             "alerts",
             "alerts severity=critical",
             "alerts alertname=~\"Disk.*\"",
         ],
+        comment_examples: &[],
         default_groups: &["*"],
         changes_something: false,
         queued: true,
@@ -520,12 +526,12 @@ pub mod commands {
 
     static SILENCE: HelpEntry = HelpEntry {
         command: "silence",
-        usage: "silence <matchers> for <duration> [reason]",
         summary: "Creates an Alertmanager silence (you are its creator) and says its id and end.",
         examples: &[
             "silence alertname=DiskFull for 1h maintenance",
             "silence alertname=DiskFull instance=~\"db.*\" for 30m replacing disks",
         ],
+        comment_examples: &[],
         default_groups: &["admins", "developers"],
         changes_something: true,
         queued: true,
@@ -533,9 +539,9 @@ pub mod commands {
 
     static UNSILENCE: HelpEntry = HelpEntry {
         command: "unsilence",
-        usage: "unsilence <silence id>",
         summary: "Expires an Alertmanager silence.",
         examples: &["unsilence 8a1b6f47-3c5d-4e2f-9a10-2b3c4d5e6f70"],
+        comment_examples: &[],
         default_groups: &["admins", "developers"],
         changes_something: true,
         queued: true,

@@ -19,9 +19,9 @@ pub struct Retest;
 
 static TEST: HelpEntry = HelpEntry {
     command: "test",
-    usage: "test [key=value ...]",
     summary: "In a merge request comment: re-runs the project's reference pipelines with this MR's code swapped in; one summary comment is kept up to date until the verdict.",
-    examples: &["@shepherd test", "@shepherd please test [debug=true]"],
+    examples: &[],
+    comment_examples: &["test", "please test [debug=true]"],
     default_groups: &["admins", "developers"],
     changes_something: true,
     queued: true,
@@ -29,12 +29,12 @@ static TEST: HelpEntry = HelpEntry {
 
 static CANARY: HelpEntry = HelpEntry {
     command: "canary",
-    usage: "canary <mr> [key=value ...]",
     summary: "Re-runs the reference pipelines of the MR's project with the MR's code swapped in, and reports the summary here.",
     examples: &[
         "canary group/project!12",
         "canary https://gitlab.com/group/project/-/merge_requests/12 debug=true",
     ],
+    comment_examples: &[],
     default_groups: &["admins", "developers"],
     changes_something: true,
     queued: true,
@@ -42,9 +42,9 @@ static CANARY: HelpEntry = HelpEntry {
 
 static RETEST: HelpEntry = HelpEntry {
     command: "retest",
-    usage: "retest [<mr>]",
     summary: "Re-runs only the canary pipelines of the MR's latest run that failed (the MR is implicit in its comments).",
-    examples: &["@shepherd retest", "retest group/project!12"],
+    examples: &["retest group/project!12"],
+    comment_examples: &["retest"],
     default_groups: &["admins", "developers"],
     changes_something: true,
     queued: true,
@@ -251,7 +251,7 @@ impl Plugin for Retest {
             RetestOutcome::Started(retest) => {
                 let (watches, started) = watches_for(call, &retest.run_id, &retest.rows);
                 let trees: Vec<&str> = retest.rows.iter().map(|r| r.tree.as_str()).collect();
-                let where_ = if call.origin.can_edit() {
+                let where_ = if services.frontends.edits(call.origin) {
                     "the summary above is updated as they run"
                 } else {
                     "I'll post the summary when they finish"

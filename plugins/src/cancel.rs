@@ -15,13 +15,12 @@ pub struct Cancel;
 
 static CANCEL: HelpEntry = HelpEntry {
     command: "cancel",
-    usage: "cancel <pipeline or mr>",
     summary: "Cancels a pipeline that shepherd started, or the running canary pipelines of an MR (implicit in its comments); the watch then reports them as canceled.",
     examples: &[
         "cancel group/project/pipelines/456",
         "cancel group/project!12",
-        "@shepherd cancel",
     ],
+    comment_examples: &["cancel"],
     default_groups: &["admins", "developers"],
     changes_something: true,
     queued: true,

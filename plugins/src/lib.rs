@@ -23,7 +23,6 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use shepherd_commands::Command;
-use shepherd_core::Origin;
 use shepherd_core::audit::AuditOutcome;
 use shepherd_core::canary::{Canary, CanaryChange};
 use shepherd_core::gitlab::GitLab;
@@ -31,6 +30,7 @@ use shepherd_core::policy::{Policy, Principal};
 use shepherd_core::retrigger::Retrigger;
 use shepherd_core::store::Store;
 use shepherd_core::watcher::NewWatch;
+use shepherd_core::{CommandStyle, FrontEnds, Origin};
 
 pub use canary::welcome_text;
 pub use report::PipelineReporter;
@@ -39,9 +39,14 @@ pub use report::PipelineReporter;
 #[derive(Debug, Clone, Copy)]
 pub struct HelpEntry {
     pub command: &'static str,
-    pub usage: &'static str,
     pub summary: &'static str,
+    /// Examples as typed after the address (`retrigger 123 x=1`); help shows them addressed the
+    /// way the asker's front end addresses the bot. The usage line is the command language's own
+    /// ([`shepherd_commands::usage`]), so it is written once.
     pub examples: &'static [&'static str],
+    /// Examples that only work in a merge-request comment (the MR is implicit there); always
+    /// shown as comment commands (`@shepherd test`).
+    pub comment_examples: &'static [&'static str],
     /// Groups allowed when the configuration says nothing about this command.
     pub default_groups: &'static [&'static str],
     /// Changes something outside shepherd (audited; a "would do" in non-production mode).
@@ -50,11 +55,40 @@ pub struct HelpEntry {
     pub queued: bool,
 }
 
+/// How the bot is addressed (from `[bot]`), to show a command the way people type it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotAddress {
+    pub bot_name: String,
+    pub prefix: String,
+}
+
+impl BotAddress {
+    pub fn new(bot_name: impl Into<String>, prefix: impl Into<String>) -> Self {
+        Self {
+            bot_name: bot_name.into(),
+            prefix: prefix.into(),
+        }
+    }
+
+    /// `command` (the words after the address) as typed on a front end of `style`:
+    /// `!ping`, `shepherd: ping`, `@shepherd ping`, or `ping` on the console.
+    pub fn show(&self, style: CommandStyle, command: &str) -> String {
+        match style {
+            CommandStyle::Bare => command.to_string(),
+            CommandStyle::Prefix => format!("{}{command}", self.prefix),
+            CommandStyle::Name => format!("{}: {command}", self.bot_name),
+            CommandStyle::Mention => format!("@{} {command}", self.bot_name),
+        }
+    }
+}
+
 /// Everything a plugin may use. Built once at start.
 pub struct Services {
     pub production: bool,
     pub bot_name: String,
     pub prefix: String,
+    /// What each front end can do: how it formats, whether it edits, how the bot is addressed.
+    pub frontends: FrontEnds,
     pub default_project: Option<String>,
     pub gitlab: GitLab,
     pub store: Store,
@@ -68,6 +102,19 @@ pub struct Services {
     /// Words reports and canary summaries (shared with the watcher).
     pub reporter: Arc<PipelineReporter>,
     pub started_at: Instant,
+}
+
+impl Services {
+    /// How the bot is addressed (from `[bot]`).
+    pub fn address(&self) -> BotAddress {
+        BotAddress::new(self.bot_name.clone(), self.prefix.clone())
+    }
+
+    /// `command` as people type it in `origin`'s room (`!ping`, `shepherd: ping`, `@shepherd ping`).
+    pub fn show(&self, origin: &Origin, command: &str) -> String {
+        self.address()
+            .show(self.frontends.of(origin).style, command)
+    }
 }
 
 /// One command being carried out.
@@ -183,8 +230,13 @@ impl Registry {
     }
 
     /// The command reference, as served on `GET /help`.
-    pub fn reference(&self, policy: &Policy, prefix: &str, bot_name: &str) -> String {
-        help::reference(self, policy, prefix, bot_name)
+    pub fn reference(
+        &self,
+        policy: &Policy,
+        address: &BotAddress,
+        frontends: &FrontEnds,
+    ) -> String {
+        help::reference(self, policy, address, frontends)
     }
 
     /// The reply to a command that parses but whose capability is not built or not enabled.

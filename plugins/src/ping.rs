@@ -8,9 +8,9 @@ pub struct Ping;
 
 static PING: HelpEntry = HelpEntry {
     command: "ping",
-    usage: "ping",
     summary: "Checks that shepherd is alive and answering.",
     examples: &["ping"],
+    comment_examples: &[],
     default_groups: &["*"],
     changes_something: false,
     queued: false,
@@ -31,9 +31,9 @@ pub struct Version;
 
 static VERSION: HelpEntry = HelpEntry {
     command: "version",
-    usage: "version",
     summary: "Shows shepherd's version, its uptime and whether it runs in production mode.",
     examples: &["version"],
+    comment_examples: &[],
     default_groups: &["*"],
     changes_something: false,
     queued: false,

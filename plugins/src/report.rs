@@ -4,32 +4,33 @@
 
 use shepherd_core::canary::{RowView, RunView, short_sha};
 use shepherd_core::watcher::{Reporter, Watch, WatchEnd};
+use shepherd_core::{Capabilities, Formatting, FrontEnds};
 
+use crate::BotAddress;
 use crate::util::human_duration;
 
 /// Formats watch reports and canary summaries for the core watcher.
 pub struct PipelineReporter {
-    /// How people address the bot in a merge request comment (`@shepherd`).
-    pub bot_name: String,
-    /// And in chat (`!`).
-    pub prefix: String,
+    /// How people address the bot (summaries say how to retest).
+    pub address: BotAddress,
+    /// What the rooms can do: a Markdown table where the summary is a note edited in place,
+    /// lines elsewhere.
+    pub frontends: FrontEnds,
 }
 
 impl PipelineReporter {
-    pub fn new(bot_name: impl Into<String>, prefix: impl Into<String>) -> Self {
-        Self {
-            bot_name: bot_name.into(),
-            prefix: prefix.into(),
-        }
+    pub fn new(address: BotAddress, frontends: FrontEnds) -> Self {
+        Self { address, frontends }
     }
 }
 
 impl Reporter for PipelineReporter {
     fn canary_summary(&self, run: &RunView) -> String {
-        if run.origin.can_edit() {
+        let room = self.frontends.of(&run.origin);
+        if room.edits && room.formatting == Formatting::Markdown {
             self.summary_markdown(run)
         } else {
-            self.summary_lines(run)
+            self.summary_lines(run, &room)
         }
     }
 
@@ -141,7 +142,7 @@ fn status_icon(status: &str) -> &'static str {
 
 impl PipelineReporter {
     fn summary_markdown(&self, run: &RunView) -> String {
-        let bot = &self.bot_name;
+        let bot = &self.address.bot_name;
         let mr = format!("!{}", run.mr_iid);
         let mut out = format!(
             "#### Canary pipelines for {mr} at `{}`\n\n",
@@ -200,7 +201,8 @@ impl PipelineReporter {
         out
     }
 
-    fn summary_lines(&self, run: &RunView) -> String {
+    /// The summary as lines; where it is edited in place (Matrix) the running pipelines say so.
+    fn summary_lines(&self, run: &RunView, room: &Capabilities) -> String {
         let mr = format!("{}!{}", run.project, run.mr_iid);
         let t = tally(run);
         let mut lines = vec![format!(
@@ -241,8 +243,13 @@ impl PipelineReporter {
             lines.push(line);
         }
         if t.finished == t.total {
-            let hint = format!("`{}retest {mr}` re-runs them.", self.prefix);
+            let hint = format!(
+                "`{}` re-runs them.",
+                self.address.show(room.style, &format!("retest {mr}"))
+            );
             lines.push(format!("verdict: {}", t.verdict(&hint)));
+        } else if room.edits {
+            lines.push("running: this message is updated as they progress.".to_string());
         }
         lines.join("\n")
     }

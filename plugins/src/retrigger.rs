@@ -14,13 +14,13 @@ pub struct RetriggerPlugin;
 
 static RETRIGGER: HelpEntry = HelpEntry {
     command: "retrigger",
-    usage: "retrigger <pipeline> [key=value ...]",
     summary: "Runs a new pipeline on the same ref as an old one, with its variables, your overrides and the retrigger marker; watches it and reports the end.",
     examples: &[
         "retrigger https://gitlab.com/group/project/-/pipelines/123 foo=bar",
         "retrigger group/project/pipelines/123 [skip_tests=true tree=mainline]",
         "retrigger 123 message=\"hello world\"",
     ],
+    comment_examples: &[],
     default_groups: &["admins", "developers"],
     changes_something: true,
     queued: true,

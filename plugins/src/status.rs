@@ -12,13 +12,13 @@ pub struct Status;
 
 static STATUS: HelpEntry = HelpEntry {
     command: "status",
-    usage: "status <pipeline or mr>",
     summary: "Shows a pipeline's state, ref, duration and link, and who asked shepherd to start it; or the summary of an MR's latest canary run.",
     examples: &[
         "status https://gitlab.com/group/project/-/pipelines/456",
         "status group/project/pipelines/456",
         "status group/project!12",
     ],
+    comment_examples: &["status"],
     default_groups: &["*"],
     changes_something: false,
     queued: true,

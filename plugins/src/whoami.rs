@@ -8,9 +8,9 @@ pub struct Whoami;
 
 static WHOAMI: HelpEntry = HelpEntry {
     command: "whoami",
-    usage: "whoami",
     summary: "Shows who shepherd thinks you are, your groups and the commands you may use.",
     examples: &["whoami"],
+    comment_examples: &[],
     default_groups: &["*"],
     changes_something: false,
     queued: false,

@@ -319,7 +319,7 @@ impl Ngircd {
             "\tMotdPhrase = \"shepherd test server\"\n{}",
             self.global_extra
         );
-        base.replacen("\tMotdPhrase = \"shepherd test server\"", &global, 1) + &self.extra
+        base.replacen("\tMotdPhrase = \"shepherd test server\"", &global, 1) + self.extra.as_str()
     }
 
     /// The server process, while it runs (for SIGSTOP/SIGCONT in liveness tests).

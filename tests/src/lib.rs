@@ -7,5 +7,7 @@ pub mod gitlab;
 pub mod harness;
 pub mod irc_client;
 pub mod ircd;
+pub mod matrix_client;
 pub mod proxy;
 pub mod services;
+pub mod synapse;

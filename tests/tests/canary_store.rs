@@ -11,6 +11,7 @@ use shepherd_core::canary::{
 use shepherd_core::gitlab::{Pipeline, PipelineStatus};
 use shepherd_core::store::Store;
 use shepherd_core::watcher::{Reporter, Watch, WatchEnd};
+use shepherd_core::{Capabilities, FrontEnds};
 use shepherd_tests::harness::{Backend, TestStore};
 use shepherd_tests::on_both_stores;
 
@@ -181,11 +182,38 @@ async fn run_state_machine(backend: Backend) {
         "project paths match case-insensitively"
     );
 
-    // Summaries: one slot, one message per revision.
+    // Summaries: one slot, one message per revision where the room edits in place; progress
+    // is not published where it does not.
+    let editing = FrontEnds::new([Capabilities {
+        name: "gitlab",
+        edits: true,
+        ..Capabilities::unknown()
+    }]);
+    let not_editing = FrontEnds::new([Capabilities {
+        name: "gitlab",
+        edits: false,
+        ..Capabilities::unknown()
+    }]);
+    {
+        let mut tx = store.pool().begin().await.expect("tx");
+        assert!(
+            !canary::publish_in(
+                &mut tx,
+                "run-1",
+                &Words,
+                &not_editing,
+                Publish::WhereEditable
+            )
+            .await
+            .expect("publish"),
+            "progress is not said where the summary cannot be edited"
+        );
+        tx.commit().await.expect("commit");
+    }
     for when in [Publish::Always, Publish::WhereEditable] {
         let mut tx = store.pool().begin().await.expect("tx");
         assert!(
-            canary::publish_in(&mut tx, "run-1", &Words, when)
+            canary::publish_in(&mut tx, "run-1", &Words, &editing, when)
                 .await
                 .expect("publish")
         );

@@ -852,13 +852,10 @@ async fn passwords_inside_urls_are_never_printed() {
         .expect("password");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("shepherd.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[store]\nurl = \"{store_url}\"\n[queue]\nurl = \"amqp://guest:queue-password-9c1e@127.0.0.1:5672/%2f\"\n"
-        ),
-    )
-    .expect("write config");
+    let write = |queue: &str| {
+        std::fs::write(&path, format!("[store]\nurl = \"{store_url}\"\n{queue}"))
+            .expect("write config");
+    };
     let run = |args: &[&str]| {
         let mut cmd = std::process::Command::new(shepherd_bin());
         cmd.args(args)
@@ -867,22 +864,28 @@ async fn passwords_inside_urls_are_never_printed() {
             .env_remove("SHEPHERD_CONFIG")
             .env_remove("SHEPHERD_BIN")
             .stdin(std::process::Stdio::null());
-        cmd.output().expect("run shepherd")
+        let output = cmd.output().expect("run shepherd");
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + String::from_utf8_lossy(&output.stderr).as_ref();
+        (output.status.success(), text)
     };
-    let check = run(&["config", "check"]);
-    let out = String::from_utf8_lossy(&check.stdout).to_string()
-        + &String::from_utf8_lossy(&check.stderr);
-    assert!(check.status.success(), "{out}");
+    write("");
+    let (ok, out) = run(&["config", "check"]);
+    assert!(ok, "{out}");
     assert!(out.contains("<redacted>"), "{out}");
-    // A queue this version cannot use: the start fails, naming the URL without its password.
-    let serve = run(&["serve"]);
-    let err = String::from_utf8_lossy(&serve.stderr).to_string()
-        + &String::from_utf8_lossy(&serve.stdout);
-    assert!(!serve.status.success(), "{err}");
-    assert!(
-        err.contains("queue.url") && err.contains("guest:<redacted>@"),
-        "{err}"
-    );
+    // A queue this version cannot use: `config check` and `serve` both refuse it, naming the
+    // URL without its password.
+    write("[queue]\nurl = \"amqp://guest:queue-password-9c1e@127.0.0.1:5672/%2f\"\n");
+    let (check_ok, check) = run(&["config", "check"]);
+    let (serve_ok, err) = run(&["serve"]);
+    for (ok, text) in [(check_ok, &check), (serve_ok, &err)] {
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains("queue.url") && text.contains("guest:<redacted>@"),
+            "{text}"
+        );
+    }
+    let out = out + check.as_str();
     for secret in ["store-password-7f3a", "queue-password-9c1e"] {
         assert!(!out.contains(secret), "{out}");
         assert!(!err.contains(secret), "{err}");

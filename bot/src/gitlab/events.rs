@@ -116,6 +116,7 @@ impl GitLabEvents {
             }),
             dedup: Some(format!("note:{}:{}", note.project.id, attrs.id)),
             rate_room: None,
+            bot_user_id: None,
         };
         let commands = self.dispatcher.commands_of(&inbound);
         if commands.is_empty() {
@@ -248,6 +249,7 @@ impl GitLabEvents {
                         &mut tx,
                         run,
                         self.watcher.reporter(),
+                        &self.services.frontends,
                         Publish::WhereEditable,
                     )
                     .await?;

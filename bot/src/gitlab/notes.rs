@@ -17,14 +17,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use async_trait::async_trait;
 use prometheus::{IntCounterVec, Opts, Registry};
+use shepherd_config::Config;
 use shepherd_core::gitlab::{GitLab, GitLabError};
 use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::{Outbox, OutboxMessage};
 use shepherd_core::store::StoreError;
+use shepherd_core::{Capabilities, CommandStyle, Formatting};
 use tokio::sync::watch;
 
 use super::events::MARKER_PREFIX;
+use crate::frontend::{Context, FrontEnd};
 
 pub const FRONTEND: &str = "gitlab";
 /// How many of the MR's newest notes are searched for a marker.
@@ -50,6 +55,54 @@ impl NotesMetrics {
         )?;
         registry.register(Box::new(notes.clone()))?;
         Ok(Self { notes })
+    }
+}
+
+/// MR notes as a front end in the wiring's list (see `frontend::configured`): comments come in
+/// through `POST /hooks/gitlab` and the workers; this delivers the `gitlab` outbox.
+pub struct Notes {
+    production: bool,
+}
+
+impl Notes {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            production: config.production,
+        }
+    }
+}
+
+#[async_trait]
+impl FrontEnd for Notes {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: FRONTEND,
+            edits: true,
+            formatting: Formatting::Markdown,
+            style: CommandStyle::Mention,
+            // GitLab refuses notes longer than a million characters.
+            max_message_bytes: Some(1_000_000),
+            messages_per_second: None,
+        }
+    }
+
+    async fn run(
+        self: Box<Self>,
+        ctx: Arc<Context>,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let metrics = NotesMetrics::register(ctx.metrics.registry())
+            .context("registering GitLab note metrics")?;
+        let notes = NotesFrontend {
+            gitlab: ctx.services.gitlab.clone(),
+            outbox: ctx.outbox.clone(),
+            production: self.production,
+            metrics,
+            core_metrics: ctx.metrics.clone(),
+            poll_interval: Duration::from_secs(5),
+        };
+        notes.run(shutdown).await;
+        Ok(())
     }
 }
 

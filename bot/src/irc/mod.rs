@@ -37,6 +37,8 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use async_trait::async_trait;
 use base64::Engine as _;
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota};
@@ -47,12 +49,13 @@ use irc::proto::CapSubCommand;
 use prometheus::IntCounterVec;
 use prometheus::{Counter, IntCounter, IntGauge, Registry};
 use shepherd_commands::{Addressing, Frontend, addressed};
-use shepherd_config::{IrcConfig, IrcReplyKind};
-use shepherd_core::Origin;
+use shepherd_config::{BotConfig, IrcConfig, IrcReplyKind};
 use shepherd_core::outbox::{Outbox, OutboxMessage};
+use shepherd_core::{Capabilities, CommandStyle, Formatting, Origin};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::dispatch::{Dispatcher, Inbound};
+use crate::frontend::{Context, FrontEnd};
 use accounts::{Account, AccountCache};
 
 pub const FRONTEND: &str = "irc";
@@ -109,6 +112,57 @@ impl IrcMetrics {
         registry.register(Box::new(m.refused.clone()))?;
         registry.register(Box::new(m.ctcp.clone()))?;
         Ok(m)
+    }
+}
+
+/// The IRC front end as the wiring lists it (see `frontend::configured`).
+pub struct Irc {
+    cfg: IrcConfig,
+    bot_name: String,
+    prefix: String,
+}
+
+impl Irc {
+    pub fn new(cfg: IrcConfig, bot: &BotConfig) -> Self {
+        Self {
+            cfg,
+            bot_name: bot.name.clone(),
+            prefix: bot.prefix.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl FrontEnd for Irc {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: FRONTEND,
+            edits: false,
+            formatting: Formatting::Mirc,
+            style: CommandStyle::Prefix,
+            // A protocol line, CRLF included; messages are split into as many as they need.
+            max_message_bytes: Some(512),
+            messages_per_second: Some(self.cfg.flood_rate),
+        }
+    }
+
+    async fn run(
+        self: Box<Self>,
+        ctx: Arc<Context>,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let metrics =
+            IrcMetrics::register(ctx.metrics.registry()).context("registering IRC metrics")?;
+        let frontend = IrcFrontend {
+            cfg: self.cfg,
+            bot_name: self.bot_name,
+            prefix: self.prefix,
+            dispatcher: ctx.dispatcher.clone(),
+            outbox: ctx.outbox.clone(),
+            metrics,
+        };
+        frontend.run(shutdown).await;
+        Ok(())
     }
 }
 
@@ -992,6 +1046,7 @@ impl Reader {
         let addressing = Addressing {
             bot_name: &self.fe.bot_name,
             prefix: &self.fe.prefix,
+            user_id: None,
         };
         let frontend = if direct {
             Frontend::Console
@@ -1086,6 +1141,7 @@ impl Reader {
             dedup: None,
             // Every query shares one room budget: a flood spread over nicks is still one flood.
             rate_room: direct.then(|| format!("{FRONTEND}:(queries)")),
+            bot_user_id: None,
         };
         if let Err(e) = self.fe.dispatcher.handle(&inbound).await {
             tracing::error!(error = %e, from = %nick, "irc: could not store a command; the asker got no answer");

@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn cuts_never_split_a_character() {
-        let text = "é".repeat(300) + &"日本".repeat(100); // 2- and 3-byte characters, no spaces
+        let text = "é".repeat(300) + "日本".repeat(100).as_str(); // 2- and 3-byte characters, no spaces
         for budget in [32, 33, 100, 101, 399] {
             let lines = split_lines(&text, budget);
             assert!(lines.iter().all(|l| l.len() <= budget));

@@ -1,0 +1,466 @@
+//! The Matrix front end against a real Synapse: a matrix-sdk client plays the human, the real
+//! `shepherd serve` is the bot, GitLab is the double.
+
+use std::time::Duration;
+
+use shepherd_tests::gitlab::{AutoFinish, GitLabDouble};
+use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore, metric_value};
+use shepherd_tests::matrix_client::{Human, Seen};
+use shepherd_tests::on_both_stores;
+use shepherd_tests::synapse::Synapse;
+
+const PROJECT: &str = "cki-project/pipeline-definition";
+const WAIT: Duration = Duration::from_secs(30);
+const BOT: &str = "@shepherd:localhost";
+const BOT_PASSWORD: &str = "shepherd-bot-password-3e1f";
+
+/// The `[matrix]` section for a bot in `rooms`, alice a known admin, and invites from alice
+/// accepted.
+fn matrix_section(
+    synapse: &Synapse,
+    store: &std::path::Path,
+    rooms: &[&str],
+    extra: &str,
+) -> String {
+    let rooms = rooms
+        .iter()
+        .map(|r| format!("\"{r}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r##"[matrix]
+homeserver = "{url}"
+user = "{BOT}"
+password_env = "TEST_MATRIX_PASSWORD"
+store_path = "{store}"
+rooms = [{rooms}]
+autojoin = ["@alice:localhost"]
+reconnect_max_secs = 2
+sync_timeout_secs = 5
+{extra}
+[[people]]
+name = "alice"
+identities = ["matrix:@alice:localhost"]
+groups = ["admins"]
+"##,
+        url = synapse.url(),
+        store = store.display(),
+    )
+}
+
+/// A Synapse with the bot's account and alice; alice's room (encrypted or not) with the bot
+/// invited; the bot's config; and the bot's store folder.
+struct Setup {
+    synapse: Synapse,
+    alice: Human,
+    room: String,
+    config: ShepherdConfig,
+    _bot_store: tempfile::TempDir,
+}
+
+async fn setup(store: &TestStore, gitlab: &GitLabDouble, encrypted: bool, extra: &str) -> Setup {
+    let synapse = Synapse::start().await;
+    synapse.register("shepherd", BOT_PASSWORD).await;
+    let alice = Human::new(&synapse, "alice").await;
+    let room = alice.create_room(encrypted, &[BOT]).await;
+    let bot_store = tempfile::tempdir().expect("bot store");
+    let mut config = ShepherdConfig::new(store, gitlab);
+    config.extra = matrix_section(&synapse, &bot_store.path().join("matrix"), &[&room], extra);
+    config
+        .env
+        .push(("TEST_MATRIX_PASSWORD".into(), BOT_PASSWORD.into()));
+    Setup {
+        synapse,
+        alice,
+        room,
+        config,
+        _bot_store: bot_store,
+    }
+}
+
+/// The bot's reply to `event`.
+fn reply_to<'a>(event: &'a str) -> impl Fn(&Seen) -> bool + 'a {
+    move |s: &Seen| s.sender == BOT && s.in_reply_to() == Some(event)
+}
+
+async fn round_trip(backend: Backend) {
+    let store = TestStore::new(backend).await;
+    let gitlab = GitLabDouble::start().await;
+    let old = gitlab.add_pipeline(PROJECT, "main", "success", &[("KERNEL", "6.12")]);
+    gitlab.set_auto_finish(Some(AutoFinish::success_after_polls(1, 1)));
+    let s = setup(&store, &gitlab, false, "").await;
+    let bot = Shepherd::serve(&s.config).await;
+    s.alice.wait_joined(&s.room, BOT, WAIT).await;
+
+    let asked = s
+        .alice
+        .send(&s.room, &format!("shepherd: retrigger {} x=1", old.web_url))
+        .await;
+    let reply = s
+        .alice
+        .wait_for(WAIT, "the retrigger reply", reply_to(&asked))
+        .await;
+    let created = gitlab.pipelines_created();
+    assert_eq!(created.len(), 1, "{}", bot.stderr());
+    assert_eq!(created[0].variable("x"), Some("1"));
+    assert_eq!(reply.msgtype(), "m.notice", "{}", reply.content);
+    assert!(
+        reply.body().contains("retriggered pipeline"),
+        "{}",
+        reply.content
+    );
+    assert!(
+        reply.body().contains(&created[0].web_url),
+        "{}",
+        reply.content
+    );
+    let html = reply.content["formatted_body"].as_str().unwrap_or("");
+    assert!(
+        html.contains(&format!("<a href=\"{}\">", created[0].web_url)),
+        "{html}"
+    );
+    assert_eq!(
+        reply.content["m.mentions"]["user_ids"][0], "@alice:localhost",
+        "the asker is mentioned"
+    );
+    let report = s
+        .alice
+        .wait_for(WAIT, "the final status", |m| {
+            m.sender == BOT && m.body().contains("finished: success")
+        })
+        .await;
+    assert_eq!(
+        report.in_reply_to(),
+        Some(asked.as_str()),
+        "reported to whoever asked"
+    );
+
+    // The prefix and the bot's user id address it too; help shows Matrix's own addressing.
+    let ping = s.alice.send(&s.room, "!ping").await;
+    let pong = s.alice.wait_for(WAIT, "pong", reply_to(&ping)).await;
+    assert_eq!(pong.body(), "pong");
+    let help = s.alice.send(&s.room, &format!("{BOT}: help ping")).await;
+    let help = s.alice.wait_for(WAIT, "help", reply_to(&help)).await;
+    assert!(help.body().contains("`shepherd: ping`"), "{}", help.body());
+
+    let metrics = bot.metrics_text().await;
+    let value = |series: &str| metric_value(&metrics, series);
+    assert_eq!(value("shepherd_matrix_connected "), Some(1.0), "{metrics}");
+    assert!(
+        value("shepherd_matrix_syncs_total{outcome=\"ok\"} ") >= Some(2.0),
+        "{metrics}"
+    );
+    assert!(
+        value("shepherd_matrix_sends_total{outcome=\"sent\"} ") >= Some(4.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value("shepherd_matrix_logins_total{outcome=\"logged_in\"} "),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+on_both_stores!(a_human_retriggers_from_a_room_and_hears_the_end, round_trip);
+
+/// Someone the configuration does not know is refused, audited, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_identity_is_refused_and_audited() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let old = gitlab.add_pipeline(PROJECT, "main", "success", &[]);
+    let s = setup(&store, &gitlab, false, "").await;
+    let mallory = Human::new(&s.synapse, "mallory").await;
+    s.alice.invite(&s.room, &mallory.user_id).await;
+    mallory
+        .client
+        .join_room_by_id(s.alice.room(&s.room).room_id())
+        .await
+        .expect("join");
+    let _bot = Shepherd::serve(&s.config).await;
+    s.alice.wait_joined(&s.room, BOT, WAIT).await;
+    mallory.wait_joined(&s.room, &mallory.user_id, WAIT).await;
+
+    let asked = mallory
+        .send(&s.room, &format!("shepherd: retrigger {}", old.web_url))
+        .await;
+    let refusal = mallory.wait_for(WAIT, "a refusal", reply_to(&asked)).await;
+    assert!(
+        refusal
+            .body()
+            .contains("matrix:@mallory:localhost is not a known identity"),
+        "{}",
+        refusal.body()
+    );
+    assert!(gitlab.pipelines_created().is_empty());
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM audit WHERE identity = 'matrix:@mallory:localhost' AND outcome = 'refused'")
+            .await,
+        1
+    );
+}
+
+/// In an encrypted room the bot reads the human's encrypted command and the human decrypts the
+/// bot's encrypted reply — and after a kill -9 and a restart the bot is the same device: it still
+/// decrypts new commands, and its replies still decrypt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_rooms_work_across_a_crash() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let s = setup(&store, &gitlab, true, "").await;
+    let mut bot = Shepherd::serve(&s.config).await;
+    s.alice.wait_joined(&s.room, BOT, WAIT).await;
+
+    let asked = s.alice.send(&s.room, "shepherd: ping").await;
+    let pong = s
+        .alice
+        .wait_for(WAIT, "an encrypted pong", reply_to(&asked))
+        .await;
+    assert!(pong.encrypted, "the reply was encrypted: {pong:?}");
+    assert_eq!(
+        pong.kind, "m.room.message",
+        "and alice decrypted it: {pong:?}"
+    );
+    assert_eq!(pong.body(), "pong");
+    let sent_encrypted = s
+        .alice
+        .seen()
+        .into_iter()
+        .any(|m| m.event_id == asked && m.encrypted);
+    assert!(sent_encrypted, "alice's command went encrypted");
+    let session = std::fs::read_to_string(s._bot_store.path().join("matrix/session.json"))
+        .expect("the session is kept");
+
+    bot.kill9().await;
+    let bot = Shepherd::serve(&s.config).await;
+    let asked = s.alice.send(&s.room, "!version").await;
+    let version = s
+        .alice
+        .wait_for(WAIT, "a reply after the restart", reply_to(&asked))
+        .await;
+    assert!(
+        version.encrypted && version.kind == "m.room.message",
+        "{version:?}"
+    );
+    assert!(
+        version.body().starts_with("shepherd "),
+        "{}",
+        version.body()
+    );
+    assert_eq!(
+        std::fs::read_to_string(s._bot_store.path().join("matrix/session.json"))
+            .expect("the session"),
+        session,
+        "the same device: no new login"
+    );
+    let metrics = bot.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "shepherd_matrix_logins_total{outcome=\"restored\"} "
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "shepherd_matrix_decryption_failures_total "),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(
+        bot.stderr().contains("session restored"),
+        "{}",
+        bot.stderr()
+    );
+}
+
+/// Commands sent while the bot is down are answered once when it is back; a command answered
+/// before the restart is not run again; one older than the catch-up window gets one reply saying
+/// it was skipped, and what is sent after the start runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_run_missed_commands_once_and_skip_old_ones() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let mut s = setup(&store, &gitlab, false, "").await;
+    let mut bot = Shepherd::serve(&s.config).await;
+    s.alice.wait_joined(&s.room, BOT, WAIT).await;
+    let before = s.alice.send(&s.room, "!ping").await;
+    s.alice.wait_for(WAIT, "pong", reply_to(&before)).await;
+    bot.kill9().await;
+
+    let missed = s.alice.send(&s.room, "shepherd: version").await;
+    let chatter = s.alice.send(&s.room, "the bot is down, isn't it?").await;
+    let bot = Shepherd::serve(&s.config).await;
+    let version = s
+        .alice
+        .wait_for(WAIT, "the missed command's reply", reply_to(&missed))
+        .await;
+    assert!(
+        version.body().starts_with("shepherd "),
+        "{}",
+        version.body()
+    );
+    // Everything after it has been read once it answered; let one more sync pass.
+    let after = s.alice.send(&s.room, "!ping").await;
+    s.alice
+        .wait_for(WAIT, "a live pong", reply_to(&after))
+        .await;
+    for event in [&before, &missed] {
+        let replies = s.alice.seen().iter().filter(|m| reply_to(event)(m)).count();
+        assert_eq!(replies, 1, "one answer to {event}");
+    }
+    assert!(!s.alice.seen().iter().any(|m| reply_to(&chatter)(m)));
+    drop(bot);
+
+    // A window of 0 minutes: what came while the bot was down is skipped, with a word.
+    let old = s.alice.send(&s.room, "!ping").await;
+    s.config
+        .env
+        .push(("SHEPHERD_MATRIX__CATCH_UP_MINUTES".into(), "0".into()));
+    let bot = Shepherd::serve(&s.config).await;
+    let skipped = s
+        .alice
+        .wait_for(WAIT, "the skipped reply", reply_to(&old))
+        .await;
+    assert!(
+        skipped.body().starts_with("I did not run this"),
+        "{}",
+        skipped.body()
+    );
+    assert!(
+        skipped.body().contains("older than 0 minutes"),
+        "{}",
+        skipped.body()
+    );
+    let live = s.alice.send(&s.room, "!ping").await;
+    let pong = s.alice.wait_for(WAIT, "a live pong", reply_to(&live)).await;
+    assert_eq!(pong.body(), "pong", "{}", bot.stderr());
+    assert_eq!(
+        s.alice.seen().iter().filter(|m| reply_to(&old)(m)).count(),
+        1,
+        "skipped once, never run"
+    );
+    assert_eq!(
+        metric_value(
+            &bot.metrics_text().await,
+            "shepherd_matrix_commands_skipped_total "
+        ),
+        Some(1.0)
+    );
+}
+
+const AM_TOKEN: &str = "am-token-matrix-7a2c";
+
+fn alert_notification(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "receiver": "shepherd",
+        "status": "firing",
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": format!("Alert{i:03}"), "severity": "critical"},
+            "annotations": {"summary": format!("alert number {i}")},
+            "startsAt": "2026-11-25T07:47:20Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://127.0.0.1:9090/graph",
+            "fingerprint": format!("fp{i}"),
+        }],
+        "groupLabels": {"alertname": format!("Alert{i:03}")},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:19093",
+        "version": "4",
+        "groupKey": format!("{{}}:{{alertname=\"Alert{i:03}\"}}"),
+        "truncatedAlerts": 0
+    })
+}
+
+/// Synapse killed and restarted while alert lines are queued: every line arrives, once, in
+/// order, with the severity as HTML colour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_lines_survive_a_homeserver_restart_in_order() {
+    const N: usize = 40;
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let mut s = setup(&store, &gitlab, false, "").await;
+    s.config.extra.push_str(&format!(
+        "[alerts]\nwebhook_token_env = \"TEST_AM_TOKEN\"\ndefault_targets = [\"matrix:{}\"]\n",
+        s.room
+    ));
+    s.config.env.push(("TEST_AM_TOKEN".into(), AM_TOKEN.into()));
+    let bot = Shepherd::serve(&s.config).await;
+    bot.wait_http(WAIT).await;
+    s.alice.wait_joined(&s.room, BOT, WAIT).await;
+    let client = reqwest::Client::new();
+    let notify = |i: usize| {
+        let client = client.clone();
+        let url = format!("{}/hooks/alertmanager", bot.base_url());
+        async move {
+            let r = client
+                .post(url)
+                .bearer_auth(AM_TOKEN)
+                .json(&alert_notification(i))
+                .send()
+                .await
+                .expect("shepherd answers");
+            assert_eq!(r.status().as_u16(), 200);
+        }
+    };
+    for i in 0..N / 2 {
+        notify(i).await;
+    }
+    s.synapse.kill().await;
+    for i in N / 2..N {
+        notify(i).await;
+    }
+    s.synapse.restart().await;
+
+    let numbers = |seen: &[Seen]| -> Vec<usize> {
+        seen.iter()
+            .filter(|m| m.sender == BOT && m.room == s.room)
+            .filter_map(|m| {
+                m.body()
+                    .split("Alert")
+                    .nth(1)
+                    .and_then(|rest| rest.get(..3))
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect()
+    };
+    let all_arrived = s
+        .alice
+        .until(Duration::from_secs(60), |seen| numbers(seen).len() >= N)
+        .await;
+    let got = numbers(&s.alice.seen());
+    assert!(
+        all_arrived,
+        "{} of {N} lines: {got:?}\n{}",
+        got.len(),
+        bot.stderr()
+    );
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "every line once, in order");
+    let line = s
+        .alice
+        .messages_from(&s.room, BOT)
+        .into_iter()
+        .find(|m| m.body().contains("Alert000"))
+        .expect("the first line");
+    assert!(
+        line.body().starts_with("[CRITICAL] Alert000"),
+        "{}",
+        line.body()
+    );
+    let html = line.content["formatted_body"].as_str().unwrap_or("");
+    assert!(
+        html.contains("data-mx-color=\"#ff0000\"") && html.contains("[CRITICAL]"),
+        "{html}"
+    );
+    assert!(
+        !line.body().contains('\u{3}'),
+        "no mIRC codes in the plain body"
+    );
+    assert_eq!(
+        line.content["m.mentions"],
+        serde_json::json!({}),
+        "alerts mention nobody"
+    );
+}
