@@ -141,10 +141,11 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
 }
 
 /// Directives added to every log filter that does not name these crates itself: matrix-sdk logs
-/// each sync request at info and a missing key backup at warn on every sync, which would drown
-/// shepherd's own lines (shepherd logs the Matrix connection's life itself).
+/// each sync request at info, a missing key backup at warn on every sync, and every 404 of an
+/// account-data lookup at error, which would drown shepherd's own lines (shepherd logs the Matrix
+/// connection's life and every failed send itself).
 const QUIET_LIBRARIES: &[(&str, &str)] = &[
-    ("matrix_sdk", "matrix_sdk=warn"),
+    ("matrix_sdk", "matrix_sdk=warn,matrix_sdk::http_client=off"),
     (
         "matrix_sdk_crypto",
         "matrix_sdk_crypto=warn,matrix_sdk_crypto::backups=error",

@@ -464,3 +464,442 @@ async fn alert_lines_survive_a_homeserver_restart_in_order() {
         "alerts mention nobody"
     );
 }
+
+/// A canary asked for in a room: its summary is one message, edited in place (`m.replace`) as
+/// the pipelines progress, until the verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_summary_is_one_message_edited_in_place() {
+    const PIPE_PROJECT: &str = "cki-project/cki-pipeline";
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let mainline = gitlab.add_pipeline(
+        PIPE_PROJECT,
+        "mainline",
+        "success",
+        &[("tree_name", "mainline")],
+    );
+    let rhel = gitlab.add_pipeline(PIPE_PROJECT, "rhel9", "success", &[("tree_name", "rhel9")]);
+    let author = gitlab.add_user("alice");
+    let mr = gitlab.add_mr(PROJECT, PROJECT, "fix-tests", author);
+    let canary = format!(
+        r#"
+[[canary.projects]]
+project = "{PROJECT}"
+variables = {{ PIPELINE_DEFINITION_REF = "{{{{ mr.ref }}}}" }}
+references = [
+  {{ tree = "mainline", project = "{PIPE_PROJECT}", pipeline = {} }},
+  {{ tree = "rhel9", project = "{PIPE_PROJECT}", pipeline = {} }},
+]
+"#,
+        mainline.id, rhel.id
+    );
+    let s = setup(&store, &gitlab, false, "").await;
+    let mut config = s.config.clone();
+    config.extra.push_str(&canary);
+    let bot = Shepherd::serve(&config).await;
+    s.alice.wait_joined(&s.room, BOT, WAIT).await;
+
+    s.alice
+        .send(&s.room, &format!("shepherd: canary {PROJECT}!{mr}"))
+        .await;
+    let summary = s
+        .alice
+        .wait_for(WAIT, "the canary summary", |m| {
+            m.sender == BOT && m.replaces().is_none() && m.body().starts_with("canary of")
+        })
+        .await;
+    assert!(
+        summary.body().contains("0 of 2 finished"),
+        "{}",
+        summary.body()
+    );
+    let created = gitlab.pipelines_created();
+    assert_eq!(created.len(), 2, "{}", bot.stderr());
+    gitlab.set_status(created[0].id, "running");
+    gitlab.set_status(created[0].id, "success");
+    let progress = s
+        .alice
+        .wait_for(WAIT, "an edit with progress", |m| {
+            m.replaces() == Some(summary.event_id.as_str())
+                && m.content["m.new_content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("1 of 2 finished"))
+        })
+        .await;
+    assert_eq!(progress.sender, BOT);
+    gitlab.set_status(created[1].id, "failed");
+    let verdict = s
+        .alice
+        .wait_for(WAIT, "the verdict, as an edit", |m| {
+            m.replaces() == Some(summary.event_id.as_str())
+                && m.content["m.new_content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("verdict: ❌ 1 of 2 failed"))
+        })
+        .await;
+    let body = verdict.content["m.new_content"]["body"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        body.contains(&format!("`shepherd: retest {PROJECT}!{mr}`")),
+        "the retest hint is addressed as in Matrix: {body}"
+    );
+    let summaries = s
+        .alice
+        .messages_from(&s.room, BOT)
+        .into_iter()
+        .filter(|m| m.replaces().is_none() && m.body().starts_with("canary of"))
+        .count();
+    assert_eq!(
+        summaries, 1,
+        "one summary message; the rest are edits of it"
+    );
+}
+
+/// What a homeserver or its users can send that is not a command: another bot's notice, a
+/// 40 kB message, an empty address, a message with only formatting, an unknown event type, an
+/// invite from someone outside `autojoin`. No crash, a clear reply where one is owed, and the bot
+/// goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_without_harm() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let s = setup(&store, &gitlab, false, "").await;
+    let bob = Human::new(&s.synapse, "bob").await;
+    let bobs_room = bob.create_room(false, &[]).await;
+    let bot = Shepherd::serve(&s.config).await;
+    s.alice.wait_joined(&s.room, BOT, WAIT).await;
+
+    let notice = s
+        .alice
+        .send_content(
+            &s.room,
+            serde_json::json!({"msgtype": "m.notice", "body": "!ping"}),
+        )
+        .await;
+    let huge = s
+        .alice
+        .send(&s.room, &format!("shepherd: {}", "x".repeat(40_000)))
+        .await;
+    let empty = s.alice.send(&s.room, "shepherd:").await;
+    let formatted = s
+        .alice
+        .send_content(
+            &s.room,
+            serde_json::json!({"msgtype": "m.text", "body": "", "format": "org.matrix.custom.html", "formatted_body": "<b>!ping</b>"}),
+        )
+        .await;
+    s.alice
+        .send_event(
+            &s.room,
+            "org.example.weird",
+            serde_json::json!({"body": "!ping", "junk": [1, {"x": null}]}),
+        )
+        .await;
+    bob.invite(&bobs_room, BOT).await;
+
+    let unknown = s
+        .alice
+        .wait_for(WAIT, "an answer to the 40 kB line", reply_to(&huge))
+        .await;
+    assert!(
+        unknown.body().starts_with("unknown command"),
+        "{}",
+        unknown.body()
+    );
+    assert!(
+        unknown.body().len() < 400,
+        "the reply quotes a little of it: {}",
+        unknown.body().len()
+    );
+    let told = s
+        .alice
+        .wait_for(WAIT, "an answer to the empty address", reply_to(&empty))
+        .await;
+    assert_eq!(told.body(), "empty command. Try `help`.");
+    // Still answering, after all of that.
+    let ping = s.alice.send(&s.room, "!ping").await;
+    s.alice.wait_for(WAIT, "pong", reply_to(&ping)).await;
+    for quiet in [&notice, &formatted] {
+        assert!(
+            !s.alice.seen().iter().any(|m| reply_to(quiet)(m)),
+            "no answer to {quiet}"
+        );
+    }
+    let bot_lines = s.alice.messages_from(&s.room, BOT).len();
+    assert_eq!(
+        bot_lines, 3,
+        "answers to the 40 kB line, the empty address and the ping only"
+    );
+    // Bob's invite is refused: the bot leaves his room without joining.
+    bob.wait_for(WAIT, "the bot refusing the invite", |m| {
+        m.room == bobs_room
+            && m.kind == "m.room.member"
+            && m.sender == BOT
+            && m.content["membership"] == "leave"
+    })
+    .await;
+    assert!(
+        !bob.seen()
+            .iter()
+            .any(|m| m.room == bobs_room && m.sender == BOT && m.content["membership"] == "join"),
+        "never joined"
+    );
+    let metrics = bot.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "shepherd_matrix_invites_total{outcome=\"refused\"} "
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(!bot.stderr().contains("panicked"), "{}", bot.stderr());
+}
+
+/// A command in a thread is answered in that thread, in reply to it; a direct chat needs no
+/// address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_and_direct_chats() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let s = setup(&store, &gitlab, false, "").await;
+    let _bot = Shepherd::serve(&s.config).await;
+    s.alice.wait_joined(&s.room, BOT, WAIT).await;
+    let root = s.alice.send(&s.room, "deploy day, questions below").await;
+    let asked = s
+        .alice
+        .send_content(
+            &s.room,
+            serde_json::json!({
+                "msgtype": "m.text",
+                "body": "!ping",
+                "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": true, "m.in_reply_to": {"event_id": root}},
+            }),
+        )
+        .await;
+    let pong = s
+        .alice
+        .wait_for(WAIT, "a reply in the thread", reply_to(&asked))
+        .await;
+    assert_eq!(
+        pong.content["m.relates_to"]["rel_type"], "m.thread",
+        "{}",
+        pong.content
+    );
+    assert_eq!(pong.content["m.relates_to"]["event_id"], root.as_str());
+
+    // A direct chat: alice makes one with the bot; every message there is for it.
+    let mut request = matrix_sdk::ruma::api::client::room::create_room::v3::Request::new();
+    request.is_direct = true;
+    request.invite = vec![matrix_sdk::ruma::OwnedUserId::try_from(BOT).expect("bot id")];
+    let dm = s
+        .alice
+        .client
+        .create_room(request)
+        .await
+        .expect("a direct chat");
+    let dm = dm.room_id().to_string();
+    s.alice.wait_joined(&dm, BOT, WAIT).await;
+    let asked = s.alice.send(&dm, "ping").await;
+    let pong = s
+        .alice
+        .wait_for(WAIT, "a pong in the direct chat", reply_to(&asked))
+        .await;
+    assert_eq!(pong.body(), "pong");
+}
+
+const API_TOKEN: &str = "api-token-matrix-55d1";
+
+/// `POST /api/v1/say` into `room`.
+async fn say(bot: &Shepherd, room: &str, text: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/say", bot.base_url()))
+        .bearer_auth(API_TOKEN)
+        .json(&serde_json::json!({"target": format!("matrix:{room}"), "text": text}))
+        .send()
+        .await
+        .expect("shepherd answers");
+    assert_eq!(
+        r.status().as_u16(),
+        202,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+}
+
+fn with_api_token(config: &mut ShepherdConfig) {
+    config.env.push((
+        "SHEPHERD_HTTP__API_TOKEN_ENV".into(),
+        "TEST_API_TOKEN".into(),
+    ));
+    config.env.push(("TEST_API_TOKEN".into(), API_TOKEN.into()));
+}
+
+/// A wrong password, then a homeserver that is not there: each is a clear log line and retries
+/// with backoff, never a crash; what was said meanwhile waits and arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_and_homeserver_failures_are_retried_and_lose_nothing() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let mut s = setup(&store, &gitlab, false, "").await;
+    with_api_token(&mut s.config);
+    let mut wrong = s.config.clone();
+    wrong
+        .env
+        .push(("TEST_MATRIX_PASSWORD".into(), "not-the-password".into()));
+    let bot = Shepherd::serve(&wrong).await;
+    bot.wait_http(WAIT).await;
+    say(&bot, &s.room, "said while the password was wrong").await;
+    let retried = shepherd_tests::harness::until(WAIT, || {
+        bot.stderr()
+            .matches("login as @shepherd:localhost failed")
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(retried, "a clear line, retried:\n{}", bot.stderr());
+    assert!(bot.stderr().contains("M_FORBIDDEN"), "{}", bot.stderr());
+    bot.wait_http(WAIT).await; // still up
+    drop(bot);
+
+    // The right password: the line said meanwhile arrives.
+    let mut bot = Shepherd::serve(&s.config).await;
+    s.alice
+        .wait_for(WAIT, "the line said while the password was wrong", |m| {
+            m.sender == BOT && m.body() == "said while the password was wrong"
+        })
+        .await;
+    bot.kill9().await;
+
+    // The homeserver away at start: the saved session waits for it.
+    s.synapse.kill().await;
+    let bot = Shepherd::serve(&s.config).await;
+    bot.wait_http(WAIT).await;
+    say(&bot, &s.room, "said while the homeserver was away").await;
+    let retried = shepherd_tests::harness::until(WAIT, || {
+        bot.stderr()
+            .matches("matrix: cannot start a session; trying again")
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(retried, "{}", bot.stderr());
+    s.synapse.restart().await;
+    s.alice
+        .wait_for(WAIT, "the line said while the homeserver was away", |m| {
+            m.sender == BOT && m.body() == "said while the homeserver was away"
+        })
+        .await;
+    let count = |text: &str| {
+        s.alice
+            .messages_from(&s.room, BOT)
+            .iter()
+            .filter(|m| m.body() == text)
+            .count()
+    };
+    assert_eq!(count("said while the password was wrong"), 1);
+    assert_eq!(count("said while the homeserver was away"), 1);
+}
+
+/// A homeserver that rate-limits the bot (429 M_LIMIT_EXCEEDED with retry_after_ms): every line
+/// still arrives, once, in order. (Synapse holds a request a moment before it answers 429, so the
+/// limit is strict enough here that holding does not suffice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_honoured() {
+    const N: usize = 5;
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let synapse = Synapse::start_with(shepherd_tests::synapse::RateLimit {
+        per_second: 1.0,
+        burst: 2,
+    })
+    .await;
+    synapse.register("shepherd", BOT_PASSWORD).await;
+    let alice = Human::new(&synapse, "alice").await;
+    let room = alice.create_room(false, &[BOT]).await;
+    let bot_store = tempfile::tempdir().expect("bot store");
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.extra = matrix_section(&synapse, &bot_store.path().join("matrix"), &[&room], "");
+    config
+        .env
+        .push(("TEST_MATRIX_PASSWORD".into(), BOT_PASSWORD.into()));
+    with_api_token(&mut config);
+    let bot = Shepherd::serve(&config).await;
+    bot.wait_http(WAIT).await;
+    alice.wait_joined(&room, BOT, WAIT).await;
+    for i in 0..N {
+        say(&bot, &room, &format!("line {i:02}")).await;
+    }
+    let lines = |alice: &Human| -> Vec<String> {
+        alice
+            .messages_from(&room, BOT)
+            .iter()
+            .map(|m| m.body().to_string())
+            .collect()
+    };
+    let all = alice
+        .until(Duration::from_secs(60), |_| lines(&alice).len() >= N)
+        .await;
+    assert!(all, "{:?}\n{}", lines(&alice), bot.stderr());
+    let expected: Vec<String> = (0..N).map(|i| format!("line {i:02}")).collect();
+    assert_eq!(lines(&alice), expected, "once each, in order");
+    let limited = synapse
+        .log()
+        .lines()
+        .filter(|l| l.contains("/send/m.room.message/shepherd.") && l.contains(" 429 "))
+        .count();
+    assert!(
+        limited >= 1,
+        "the homeserver did limit the bot:\n{}",
+        synapse.log()
+    );
+}
+
+/// A room named by its alias in `matrix.rooms` is joined (the bot is invited and the alias
+/// resolved), and `say` to the alias reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_by_alias() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let synapse = Synapse::start().await;
+    synapse.register("shepherd", BOT_PASSWORD).await;
+    let alice = Human::new(&synapse, "alice").await;
+    let mut request = matrix_sdk::ruma::api::client::room::create_room::v3::Request::new();
+    request.room_alias_name = Some("ops".into());
+    request.invite = vec![matrix_sdk::ruma::OwnedUserId::try_from(BOT).expect("bot id")];
+    let room = alice
+        .client
+        .create_room(request)
+        .await
+        .expect("a room with an alias");
+    let room = room.room_id().to_string();
+    let bot_store = tempfile::tempdir().expect("bot store");
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.extra = matrix_section(
+        &synapse,
+        &bot_store.path().join("matrix"),
+        &["#ops:localhost"],
+        "",
+    )
+    .replace("autojoin = [\"@alice:localhost\"]", "autojoin = []");
+    config
+        .env
+        .push(("TEST_MATRIX_PASSWORD".into(), BOT_PASSWORD.into()));
+    with_api_token(&mut config);
+    let bot = Shepherd::serve(&config).await;
+    bot.wait_http(WAIT).await;
+    let joined = alice
+        .until(WAIT, |seen| {
+            seen.iter()
+                .any(|m| m.room == room && m.sender == BOT && m.content["membership"] == "join")
+        })
+        .await;
+    assert!(joined, "the bot joined by alias:\n{}", bot.stderr());
+    say(&bot, "#ops:localhost", "hello by alias").await;
+    alice
+        .wait_for(WAIT, "the line said to the alias", |m| {
+            m.room == room && m.sender == BOT && m.body() == "hello by alias"
+        })
+        .await;
+}

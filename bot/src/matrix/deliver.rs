@@ -10,8 +10,9 @@
 //!   mentioning the asker; alert lines and `say` messages mention nobody.
 //! - A slot (a canary summary) is one message: the first is sent, later ones edit it (`m.replace`);
 //!   when several versions wait, only the newest is sent.
-//! - `429 M_LIMIT_EXCEEDED` is honoured (the SDK waits `retry_after_ms` and retries; if it still
-//!   is refused, the room waits that long) and is not counted against the message; neither is the
+//! - `429 M_LIMIT_EXCEEDED` is honoured: the SDK waits `retry_after_ms` and sends again; a 429
+//!   that outlasts its retries makes the room wait that long (the other rooms go on). Neither
+//!   counts against the message; neither does the
 //!   homeserver being unreachable: delivery pauses with growing delays and goes on when it is back.
 //!   A refusal (a 4xx: not allowed in the room, too large) counts a failed attempt; after
 //!   `max_send_attempts` the message is parked (`shepherd outbox parked`) and the ones behind it go on.
@@ -287,6 +288,8 @@ impl Delivery {
             ),
         };
         let txn = OwnedTransactionId::from(format!("shepherd.{}", m.id));
+        // The SDK retries a 429 itself after `retry_after_ms` (with the same transaction id);
+        // one it still gets after its retries comes back here, and the room waits.
         let sent = room
             .send_raw("m.room.message", content)
             .with_transaction_id(&txn)

@@ -438,8 +438,12 @@ impl MatrixFrontend {
                 return false;
             }
         };
+        // Configured aliases are resolved first, so an invite to one of those rooms is known
+        // as such.
+        self.resolve_aliases(client).await;
         let mut failures: u32 = 0;
         let mut joined_configured = false;
+        let mut last_join_check = std::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 return true;
@@ -468,8 +472,11 @@ impl MatrixFrontend {
                         tracing::error!(error = %e, "matrix: cannot save the sync position; commands may be read again after a restart (they run once: they are keyed by event id)");
                     }
                     position = Some(response.next_batch);
-                    if !joined_configured {
+                    // The configured rooms are joined after the first sync, and looked at again
+                    // every minute: a kick, or a join that gave up, is mended.
+                    if !joined_configured || last_join_check.elapsed() >= Duration::from_secs(60) {
                         joined_configured = true;
+                        last_join_check = std::time::Instant::now();
                         self.join_configured(client).await;
                     }
                 }
@@ -499,21 +506,32 @@ impl MatrixFrontend {
         }
     }
 
+    /// Resolves the configured aliases not resolved yet (best effort: a join by alias works too).
+    async fn resolve_aliases(&self, client: &Client) {
+        for room in &self.cfg.rooms {
+            if self.rooms.alias(room).is_some() {
+                continue;
+            }
+            let Ok(alias) = <&RoomAliasId>::try_from(room.as_str()) else {
+                continue;
+            };
+            match client.resolve_room_alias(alias).await {
+                Ok(r) => self.rooms.set_alias(room, r.room_id.clone()),
+                Err(e) => {
+                    tracing::warn!(room = %room, error = %e, "matrix: cannot resolve the alias yet; joining by alias")
+                }
+            }
+        }
+    }
+
     /// Joins the configured rooms the bot is not in yet, each with its own retries.
     async fn join_configured(self: &Arc<Self>, client: &Client) {
+        self.resolve_aliases(client).await;
         for room in &self.cfg.rooms {
             let Ok(target) = OwnedRoomOrAliasId::try_from(room.as_str()) else {
                 tracing::error!(room = %room, "matrix: not a room id or alias; not joined");
                 continue;
             };
-            if let Ok(alias) = <&RoomAliasId>::try_from(room.as_str()) {
-                match client.resolve_room_alias(alias).await {
-                    Ok(r) => self.rooms.set_alias(room, r.room_id.clone()),
-                    Err(e) => {
-                        tracing::warn!(room = %room, error = %e, "matrix: cannot resolve the alias yet; joining by alias")
-                    }
-                }
-            }
             let joined = self
                 .rooms
                 .alias(room)
@@ -524,7 +542,17 @@ impl MatrixFrontend {
                 })
                 .and_then(|id| client.get_room(&id))
                 .is_some_and(|r| r.state() == RoomState::Joined);
-            if !joined {
+            let id = self.rooms.alias(room).or_else(|| {
+                <&RoomId>::try_from(room.as_str())
+                    .ok()
+                    .map(ToOwned::to_owned)
+            });
+            // An invite to it in the same sync may be being accepted already.
+            let first = match (&id, self.rooms.joining.lock()) {
+                (Some(id), Ok(mut joining)) => joining.insert(id.clone()),
+                _ => true,
+            };
+            if !joined && first {
                 self.spawn_join(client.clone(), target, room.clone());
             }
         }
@@ -561,10 +589,15 @@ impl MatrixFrontend {
                 }
             }
             tracing::error!(room = %label, "matrix: gave up joining after 20 attempts; messages for it wait until it is joined");
-            if let Ok(target) = <&RoomId>::try_from(label.as_str())
+            let id = this.rooms.alias(&label).or_else(|| {
+                <&RoomId>::try_from(label.as_str())
+                    .ok()
+                    .map(ToOwned::to_owned)
+            });
+            if let Some(id) = id
                 && let Ok(mut joining) = this.rooms.joining.lock()
             {
-                joining.remove(target);
+                joining.remove(&id);
             }
         });
     }
@@ -631,12 +664,20 @@ impl MatrixFrontend {
                 return; // already being handled
             }
         }
-        let allowed = inviter
-            .as_deref()
-            .is_some_and(|who| self.autojoin.is_match(who));
+        // A configured room is joined whoever invites to it; others only from `autojoin` users.
+        let configured = self.cfg.has_room(room_id.as_str())
+            || self
+                .cfg
+                .rooms
+                .iter()
+                .any(|r| self.rooms.alias(r).as_deref() == Some(room_id));
+        let allowed = configured
+            || inviter
+                .as_deref()
+                .is_some_and(|who| self.autojoin.is_match(who));
         if allowed {
             self.metrics.invites.with_label_values(&["accepted"]).inc();
-            tracing::info!(room = %room_id, inviter = ?inviter, "matrix: invited by an autojoin user; joining");
+            tracing::info!(room = %room_id, inviter = ?inviter, configured, "matrix: invited; joining");
             self.spawn_join(
                 client.clone(),
                 room_id.to_owned().into(),
