@@ -169,6 +169,12 @@ fn shipped_commented_sections_are_valid_when_uncommented() {
     // The secret sources are named, their variables unset here: no secrets, no failure.
     assert!(irc.password().is_none() && irc.sasl_password().is_none());
     assert!(irc.channel_keys().is_empty());
+    let matrix = c.matrix.expect("matrix");
+    assert_eq!(matrix.user, "@shepherd:example.org");
+    assert_eq!(matrix.rooms, ["!abcdef:example.org", "#ops:example.org"]);
+    assert_eq!(matrix.catch_up_minutes, 10);
+    assert_eq!(matrix.encrypt_for, MatrixEncryptFor::AllDevices);
+    assert!(matrix.password().is_none());
     let comments = c.gitlab_comments.expect("gitlab_comments");
     assert_eq!(comments.min_access_level, AccessLevel::Developer);
     assert_eq!(comments.max_body_bytes, 2 * 1024 * 1024);

@@ -22,8 +22,9 @@ pub struct OutboxMessage {
     pub created_at: i64,
     /// Messages of one slot replace each other where the front end can edit.
     pub slot: Option<String>,
-    /// A front end began a non-idempotent send of it before (see [`Outbox::mark_sending`]).
-    pub send_started: bool,
+    /// When a front end began a send of it (see [`Outbox::mark_sending`]); front ends that send
+    /// several messages as one use the value as the batch's tag ([`Outbox::mark_sending_batch`]).
+    pub send_started_at: Option<i64>,
     /// Sends tried so far that were not acknowledged (see [`Outbox::note_attempts`]).
     pub attempts: u32,
 }
@@ -115,21 +116,27 @@ impl Outbox {
             q = q.bind(room.to_ascii_lowercase());
         }
         let rows = q.fetch_all(self.store.pool()).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxMessage {
-                    id: row.try_get("id")?,
-                    origin: origin_of(row)?,
-                    body: row.try_get("body")?,
-                    request_id: row.try_get("request_id")?,
-                    created_at: row.try_get("created_at")?,
-                    slot: row.try_get("slot")?,
-                    send_started: row.try_get::<Option<i64>, _>("send_started_at")?.is_some(),
-                    attempts: attempts_of(row)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        messages_of(&rows)
+    }
+
+    /// The undelivered messages of one batch (see [`Outbox::mark_sending_batch`]), in order.
+    pub async fn batch(
+        &self,
+        frontend: &str,
+        room: &str,
+        tag: i64,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, frontend, room, addressee, body, request_id, created_at, slot, send_started_at, attempts \
+             FROM outbox WHERE frontend = $1 AND room = $2 AND send_started_at = $3 \
+             AND delivered_at IS NULL AND parked_at IS NULL ORDER BY created_at, id",
+        )
+        .bind(frontend)
+        .bind(room)
+        .bind(tag)
+        .fetch_all(self.store.pool())
+        .await?;
+        messages_of(&rows)
     }
 
     pub async fn mark_delivered(&self, id: &str) -> Result<(), StoreError> {
@@ -236,6 +243,26 @@ impl Outbox {
         Ok(())
     }
 
+    /// Marks messages about to be sent together as one network message, with `tag` (unique to
+    /// this batch) as their `send_started_at`: a batch is pinned from its first send on, so a send
+    /// tried again — after an ambiguous answer, or by a restarted process — is the same batch
+    /// under the same transaction id, never a different mix of messages. Messages already marked
+    /// keep their tag.
+    pub async fn mark_sending_batch(&self, ids: &[&str], tag: i64) -> Result<(), StoreError> {
+        for chunk in ids.chunks(ID_CHUNK) {
+            let sql = format!(
+                "UPDATE outbox SET send_started_at = $1 WHERE send_started_at IS NULL AND id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tag);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(self.store.pool()).await?;
+        }
+        Ok(())
+    }
+
     /// What a slot was delivered as (a GitLab note id), if it was.
     pub async fn slot_target(&self, slot: &str) -> Result<Option<String>, StoreError> {
         let id = sqlx::query_scalar("SELECT external_id FROM outbox_slots WHERE slot = $1")
@@ -321,6 +348,24 @@ impl Outbox {
 enum Value<'a> {
     Millis(i64),
     Text(&'a str),
+}
+
+fn messages_of(rows: &[sqlx::any::AnyRow]) -> Result<Vec<OutboxMessage>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            Ok(OutboxMessage {
+                id: row.try_get("id")?,
+                origin: origin_of(row)?,
+                body: row.try_get("body")?,
+                request_id: row.try_get("request_id")?,
+                created_at: row.try_get("created_at")?,
+                slot: row.try_get("slot")?,
+                send_started_at: row.try_get("send_started_at")?,
+                attempts: attempts_of(row)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
 }
 
 /// A row's room: its `frontend`, `room` and `addressee` columns.

@@ -33,6 +33,8 @@ pub struct Seen {
     pub content: Value,
     /// Whether it arrived encrypted.
     pub encrypted: bool,
+    /// When this client's sync brought it.
+    pub received_at: std::time::Instant,
 }
 
 impl Seen {
@@ -282,6 +284,7 @@ async fn sync_loop(
         }
         match client.sync_once(settings).await {
             Ok(response) => {
+                let received_at = std::time::Instant::now();
                 let mut batch = Vec::new();
                 for (room_id, joined) in &response.rooms.joined {
                     for event in &joined.timeline.events {
@@ -296,6 +299,7 @@ async fn sync_loop(
                             kind: json["type"].as_str().unwrap_or("").to_string(),
                             content: json["content"].clone(),
                             encrypted: event.encryption_info().is_some() || event.kind.is_utd(),
+                            received_at,
                         });
                     }
                 }

@@ -337,7 +337,7 @@ impl NotesFrontend {
         body: &str,
     ) -> Result<u64, Failure> {
         let marker = marker(m);
-        if m.send_started
+        if m.send_started_at.is_some()
             && let Some(id) = self.find(project, iid, &marker).await?
         {
             self.metrics.notes.with_label_values(&["recovered"]).inc();
@@ -388,7 +388,7 @@ mod tests {
             request_id: Some("r1".into()),
             created_at: 0,
             slot: slot.map(str::to_string),
-            send_started: false,
+            send_started_at: None,
             attempts: 0,
         }
     }

@@ -152,7 +152,7 @@ mod tests {
             request_id: None,
             created_at: 0,
             slot: None,
-            send_started: false,
+            send_started_at: None,
             attempts,
         }
     }

@@ -10,6 +10,11 @@
 //!   mentioning the asker; alert lines and `say` messages mention nobody.
 //! - A slot (a canary summary) is one message: the first is sent, later ones edit it (`m.replace`);
 //!   when several versions wait, only the newest is sent.
+//! - A backlog of plain lines for one room (an alert storm, `say` calls) is sent as few messages of
+//!   many lines (see `Delivery::batch`): a homeserver persists each event on its own, so one event
+//!   per line would make a storm take minutes. A batch is pinned in the store (its members share
+//!   a tag in `send_started_at`) before its first send, so a send tried again — by this process
+//!   or a restarted one — is always the same content under the same transaction id.
 //! - `429 M_LIMIT_EXCEEDED` is honoured: the SDK waits `retry_after_ms` and sends again; a 429
 //!   that outlasts its retries makes the room wait that long (the other rooms go on). Neither
 //!   counts against the message; neither does the
@@ -52,6 +57,8 @@ pub struct Delivery {
     /// Growing pause while the homeserver is unavailable.
     unavailable: u32,
     counted_at: Option<Instant>,
+    /// The last batch tag given (see [`Delivery::next_tag`]).
+    last_tag: i64,
 }
 
 impl Delivery {
@@ -62,6 +69,7 @@ impl Delivery {
             waiting: HashMap::new(),
             unavailable: 0,
             counted_at: None,
+            last_tag: 0,
         }
     }
 
@@ -125,9 +133,11 @@ impl Delivery {
         }
         let mut progress = false;
         let mut held: HashSet<String> = HashSet::new();
+        // Messages already sent in this round as part of an earlier one's batch.
+        let mut done: HashSet<String> = HashSet::new();
         for (i, m) in pending.iter().enumerate() {
             let room = m.origin.room.to_ascii_lowercase();
-            if held.contains(&room) {
+            if held.contains(&room) || done.contains(&m.id) {
                 continue; // an earlier message of this room is not through: keep its order
             }
             if m.slot.is_some() && pending[i + 1..].iter().any(|later| later.slot == m.slot) {
@@ -142,15 +152,26 @@ impl Delivery {
                 progress = true;
                 continue;
             }
+            let batch = match self.batch(&pending, i).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "matrix: outbox unavailable");
+                    return Err(Duration::from_secs(1));
+                }
+            };
             let max = self.fe.cfg.max_send_attempts;
             if m.attempts >= max {
-                self.park(m, &format!("refused {} times", m.attempts)).await;
+                for b in &batch {
+                    self.park(b, &format!("refused {} times", b.attempts)).await;
+                    done.insert(b.id.clone());
+                }
                 progress = true;
                 continue;
             }
-            match self.send(m).await {
+            match self.send(&batch).await {
                 Ok(()) => {
                     self.unavailable = 0;
+                    done.extend(batch.iter().map(|b| b.id.clone()));
                     progress = true;
                 }
                 Err(Failure::RateLimited(wait)) => {
@@ -185,7 +206,7 @@ impl Delivery {
                         self.waiting
                             .insert(room.clone(), Instant::now() + Duration::from_secs(2));
                     } else {
-                        self.failed(m, "the bot is not in this room").await;
+                        self.failed(&batch, "the bot is not in this room").await;
                         self.waiting.insert(
                             room.clone(),
                             Instant::now() + Duration::from_secs(1u64 << m.attempts.min(5)),
@@ -195,8 +216,8 @@ impl Delivery {
                 }
                 Err(Failure::Refused(why)) => {
                     self.fe.metrics.sends.with_label_values(&["refused"]).inc();
-                    tracing::warn!(message = %m.id, room = %m.origin, attempt = m.attempts + 1, reason = %why, "matrix: the homeserver refused a message; it will be tried again");
-                    self.failed(m, &format!("refused: {why}")).await;
+                    tracing::warn!(message = %m.id, messages = batch.len(), room = %m.origin, attempt = m.attempts + 1, reason = %why, "matrix: the homeserver refused a message; it will be tried again");
+                    self.failed(&batch, &format!("refused: {why}")).await;
                     self.waiting.insert(
                         room.clone(),
                         Instant::now() + Duration::from_secs(1u64 << m.attempts.min(5)),
@@ -208,19 +229,78 @@ impl Delivery {
         Ok(progress)
     }
 
+    /// The messages sent together with `pending[i]`, it first. A message that was sent before
+    /// belongs to the batch it was first sent in (its tag): exactly that batch is sent again, so
+    /// its transaction id always means the same content. A new message takes along the waiting
+    /// messages of its room behind it that are plain lines too (no reply, no summary slot, never
+    /// tried), up to [`MAX_BATCH`] and half the room's message limit: an alert storm becomes a
+    /// few messages of many lines, not hundreds of events.
+    async fn batch(
+        &self,
+        pending: &[OutboxMessage],
+        i: usize,
+    ) -> Result<Vec<OutboxMessage>, shepherd_core::store::StoreError> {
+        let first = &pending[i];
+        if let Some(tag) = first.send_started_at {
+            let members = self
+                .fe
+                .ctx
+                .outbox
+                .batch(FRONTEND, &first.origin.room, tag)
+                .await?;
+            // Only the batch's members from this one on (earlier ones are delivered).
+            return Ok(if members.iter().any(|m| m.id == first.id) {
+                members
+            } else {
+                vec![first.clone()]
+            });
+        }
+        let plain = |m: &OutboxMessage| {
+            m.slot.is_none()
+                && m.origin.addressee.is_none()
+                && m.send_started_at.is_none()
+                && m.attempts == 0
+        };
+        let mut batch = vec![first.clone()];
+        if !plain(first) {
+            return Ok(batch);
+        }
+        let budget = self.fe.cfg.max_message_bytes as usize / 4;
+        let mut bytes = first.body.len();
+        for m in pending[i + 1..]
+            .iter()
+            .filter(|m| m.origin.room == first.origin.room)
+        {
+            if !plain(m) || batch.len() >= MAX_BATCH || bytes + m.body.len() + 1 > budget {
+                break;
+            }
+            bytes += m.body.len() + 1;
+            batch.push(m.clone());
+        }
+        Ok(batch)
+    }
+
+    /// A tag no earlier batch of this process had (milliseconds, kept increasing).
+    fn next_tag(&mut self) -> i64 {
+        let tag = shepherd_core::store::now_ms().max(self.last_tag + 1);
+        self.last_tag = tag;
+        tag
+    }
+
     fn is_joining(&self, room: &str) -> bool {
         <&RoomId>::try_from(room)
             .is_ok_and(|id| self.fe.rooms.joining.lock().is_ok_and(|j| j.contains(id)))
     }
 
-    async fn failed(&self, m: &OutboxMessage, why: &str) {
+    async fn failed(&self, batch: &[OutboxMessage], why: &str) {
         self.fe
             .ctx
             .metrics
             .outbox_send_failures
             .with_label_values(&[FRONTEND])
-            .inc();
-        if let Err(e) = self.fe.ctx.outbox.record_failure(&[&m.id], why).await {
+            .inc_by(batch.len() as u64);
+        let ids: Vec<&str> = batch.iter().map(|m| m.id.as_str()).collect();
+        if let Err(e) = self.fe.ctx.outbox.record_failure(&ids, why).await {
             tracing::warn!(error = %e, "matrix: cannot record a failed send");
         }
     }
@@ -267,11 +347,34 @@ impl Delivery {
             .ok_or(Failure::NotInRoom)
     }
 
-    async fn send(&self, m: &OutboxMessage) -> Result<(), Failure> {
+    /// Sends a batch (see [`Delivery::batch`]) as one message, its first message's id in the
+    /// transaction id, and marks all of it delivered.
+    async fn send(&mut self, batch: &[OutboxMessage]) -> Result<(), Failure> {
+        let Some(m) = batch.first() else {
+            return Ok(());
+        };
         let room = self.room(&m.origin.room).await?;
+        let outbox = self.fe.ctx.outbox.clone();
+        let ids: Vec<&str> = batch.iter().map(|b| b.id.as_str()).collect();
+        if m.send_started_at.is_none() {
+            // Pinned before the first send: whatever happens next, these go together.
+            let tag = self.next_tag();
+            outbox
+                .mark_sending_batch(&ids, tag)
+                .await
+                .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        }
         let max = self.fe.cfg.max_message_bytes as usize;
-        let r = render::render(&m.body, max);
-        let outbox = &self.fe.ctx.outbox;
+        let body = if batch.len() == 1 {
+            m.body.clone()
+        } else {
+            batch
+                .iter()
+                .map(|b| b.body.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let r = render::render(&body, max);
         let original = match &m.slot {
             Some(slot) => outbox
                 .slot_target(slot)
@@ -297,17 +400,21 @@ impl Delivery {
             .map_err(|e| classify(&e))?;
         let event_id = sent.response.event_id.to_string();
         let core = &self.fe.ctx.metrics;
-        core.outbox_delivered.with_label_values(&[FRONTEND]).inc();
-        let lag = (shepherd_core::store::now_ms() - m.created_at).max(0);
-        core.outbox_delivery_lag
+        core.outbox_delivered
             .with_label_values(&[FRONTEND])
-            .observe(lag as f64 / 1000.0);
+            .inc_by(batch.len() as u64);
+        let now = shepherd_core::store::now_ms();
+        for b in batch {
+            core.outbox_delivery_lag
+                .with_label_values(&[FRONTEND])
+                .observe((now - b.created_at).max(0) as f64 / 1000.0);
+        }
         let outcome = if original.is_some() { "edited" } else { "sent" };
         self.fe.metrics.sends.with_label_values(&[outcome]).inc();
         // Sent: whatever the store says next, it must not be sent again as a new message.
         let marked = match (&m.slot, original) {
             (Some(slot), None) => outbox.mark_slot_delivered(m, slot, &event_id).await,
-            _ => outbox.mark_delivered(&m.id).await,
+            _ => outbox.mark_all_delivered(&ids).await,
         };
         if let Err(e) = marked {
             tracing::warn!(error = %e, message = %m.id, "matrix: sent, but cannot mark it delivered; a retry reuses its transaction id");
@@ -315,6 +422,9 @@ impl Delivery {
         Ok(())
     }
 }
+
+/// Most messages sent as one Matrix message.
+const MAX_BATCH: usize = 50;
 
 fn retry_after(kind: &ErrorKind) -> Option<Duration> {
     match kind {
