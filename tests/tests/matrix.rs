@@ -903,3 +903,78 @@ async fn rooms_by_alias() {
         })
         .await;
 }
+
+/// Killed with kill -9 in the middle of delivering an alert burst: after the restart every line
+/// arrives, once, in order (a batch sent again is the same message under the same transaction
+/// id, which the homeserver recognises).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_burst_repeats_and_loses_nothing() {
+    const N: usize = 120;
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let mut s = setup(&store, &gitlab, false, "").await;
+    s.config.extra.push_str(&format!(
+        "[alerts]\nwebhook_token_env = \"TEST_AM_TOKEN\"\ndefault_targets = [\"matrix:{}\"]\nstorm_threshold = 1000\n",
+        s.room
+    ));
+    s.config.env.push(("TEST_AM_TOKEN".into(), AM_TOKEN.into()));
+    let mut bot = Shepherd::serve(&s.config).await;
+    bot.wait_http(WAIT).await;
+    s.alice.wait_joined(&s.room, BOT, WAIT).await;
+    // Alertmanager's part: POST each notification until it is answered 200, again after a
+    // failure (the bot dedups a repeated body).
+    let url = format!("{}/hooks/alertmanager", bot.base_url());
+    let poster = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        for i in 0..N {
+            loop {
+                let answered = client
+                    .post(&url)
+                    .bearer_auth(AM_TOKEN)
+                    .json(&alert_notification(i))
+                    .send()
+                    .await;
+                if answered.is_ok_and(|r| r.status().as_u16() == 200) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let numbers = |seen: &[Seen]| -> Vec<usize> {
+        seen.iter()
+            .filter(|m| m.sender == BOT && m.room == s.room)
+            .flat_map(|m| m.body().lines().map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|line| {
+                line.split("Alert")
+                    .nth(1)
+                    .and_then(|rest| rest.get(..3))
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect()
+    };
+    // The first lines are through while notifications are still coming: kill it now.
+    s.alice.until(WAIT, |seen| !numbers(seen).is_empty()).await;
+    bot.kill9().await;
+    let at_the_crash = numbers(&s.alice.seen()).len();
+    assert!(
+        at_the_crash < N,
+        "the crash came after everything was delivered"
+    );
+    let bot = Shepherd::serve(&s.config).await;
+    poster.await.expect("every notification answered 200");
+    let all = s
+        .alice
+        .until(Duration::from_secs(60), |seen| numbers(seen).len() >= N)
+        .await;
+    let got = numbers(&s.alice.seen());
+    assert!(all, "{} of {N}: {got:?}\n{}", got.len(), bot.stderr());
+    // Let anything repeated show up before judging.
+    s.alice.synced().await;
+    let got = numbers(&s.alice.seen());
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "every line once, in order ({at_the_crash} were through at the crash)"
+    );
+}
