@@ -1,4 +1,4 @@
-//! Fuzz target: addressing on every front end and parsing (with and without an MR context) must
+//! Fuzz target: addressing on every front end (Matrix's user-id address too) and parsing (with and without an MR context) must
 //! never panic, and an error's reply must be one line.
 #![no_main]
 
@@ -14,6 +14,11 @@ fuzz_target!(|data: &[u8]| {
         prefix: "!",
         user_id: None,
     };
+    // Matrix: the bot's user id addresses it too.
+    let matrix = Addressing {
+        user_id: Some("@shepherd:example.org"),
+        ..addr
+    };
     let contexts = [
         ParseContext::default(),
         ParseContext::in_mr(MrRef {
@@ -22,8 +27,14 @@ fuzz_target!(|data: &[u8]| {
             iid: 1,
         }),
     ];
-    for frontend in [Frontend::Console, Frontend::Chat, Frontend::GitLabComment] {
-        for text in addressed(frontend, message, &addr) {
+    let ways = [
+        (Frontend::Console, &addr),
+        (Frontend::Chat, &addr),
+        (Frontend::Chat, &matrix),
+        (Frontend::GitLabComment, &addr),
+    ];
+    for (frontend, addr) in ways {
+        for text in addressed(frontend, message, addr) {
             for ctx in &contexts {
                 match parse(text, ctx) {
                     Ok(command) => {

@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use matrix_sdk::config::SyncSettings;
+use matrix_sdk::ruma::api::client::filter::FilterDefinition;
 use matrix_sdk::ruma::api::client::room::create_room;
 use matrix_sdk::ruma::events::InitialStateEvent;
 use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
-use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomId};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomId, UInt};
 use matrix_sdk::{Client, Room};
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -278,7 +279,12 @@ async fn sync_loop(
 ) {
     let mut token: Option<String> = None;
     loop {
-        let mut settings = SyncSettings::default().timeout(Duration::from_secs(2));
+        // A high timeline limit: a burst between two syncs is seen whole, never as a gap.
+        let mut filter = FilterDefinition::default();
+        filter.room.timeline.limit = Some(UInt::from(1000u32));
+        let mut settings = SyncSettings::default()
+            .filter(filter.into())
+            .timeout(Duration::from_secs(2));
         if let Some(t) = &token {
             settings = settings.token(t.clone());
         }

@@ -233,7 +233,7 @@ impl Delivery {
     /// belongs to the batch it was first sent in (its tag): exactly that batch is sent again, so
     /// its transaction id always means the same content. A new message takes along the waiting
     /// messages of its room behind it that are plain lines too (no reply, no summary slot, never
-    /// tried), up to [`MAX_BATCH`] and half the room's message limit: an alert storm becomes a
+    /// tried), up to [`MAX_BATCH`] and the room's message limit: an alert storm becomes a
     /// few messages of many lines, not hundreds of events.
     async fn batch(
         &self,
@@ -265,16 +265,27 @@ impl Delivery {
         if !plain(first) {
             return Ok(batch);
         }
-        let budget = self.fe.cfg.max_message_bytes as usize / 4;
-        let mut bytes = first.body.len();
+        // Sized as sent (plain and HTML together), so the batch is never cut by the room's limit:
+        // a line cut off would be marked delivered without being shown.
+        let max = self.fe.cfg.max_message_bytes as usize;
+        let budget = max.saturating_sub(256);
+        let size = |m: &OutboxMessage| {
+            let r = render::render(&m.body, max);
+            r.plain.len() + r.html.len() + 8
+        };
+        let mut bytes = size(first);
         for m in pending[i + 1..]
             .iter()
             .filter(|m| m.origin.room == first.origin.room)
         {
-            if !plain(m) || batch.len() >= MAX_BATCH || bytes + m.body.len() + 1 > budget {
+            if !plain(m) || batch.len() >= MAX_BATCH {
                 break;
             }
-            bytes += m.body.len() + 1;
+            let more = size(m);
+            if bytes + more > budget {
+                break;
+            }
+            bytes += more;
             batch.push(m.clone());
         }
         Ok(batch)

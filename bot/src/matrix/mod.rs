@@ -58,6 +58,10 @@ use session::{Files, Saved};
 
 pub const FRONTEND: &str = "matrix";
 
+/// Events of one room that a sync returns at most: commands among more events than this that
+/// came while the bot was away are not read (a warning says so).
+const TIMELINE_LIMIT: u32 = 200;
+
 /// Matrix's own metrics, named like the IRC series.
 #[derive(Clone)]
 pub struct MatrixMetrics {
@@ -415,7 +419,7 @@ impl MatrixFrontend {
     fn sync_settings(&self, token: Option<&str>, timeout: Duration) -> SyncSettings {
         let mut filter = FilterDefinition::with_lazy_loading();
         // Enough of each room's news after a restart to find the commands sent meanwhile.
-        filter.room.timeline.limit = Some(UInt::from(50u32));
+        filter.room.timeline.limit = Some(UInt::from(TIMELINE_LIMIT));
         let settings = SyncSettings::default()
             .filter(filter.into())
             .timeout(timeout);
@@ -634,10 +638,11 @@ impl MatrixFrontend {
                 })
                 .collect();
             // What came before our own join is the room's history, not commands for us.
-            let start = read
-                .iter()
-                .rposition(|e| *e == Event::Joined)
-                .map_or(0, |i| i + 1);
+            let joined_now = read.iter().rposition(|e| *e == Event::Joined);
+            let start = joined_now.map_or(0, |i| i + 1);
+            if joined.timeline.limited && joined_now.is_none() {
+                tracing::warn!(room = %room_id, limit = TIMELINE_LIMIT, "matrix: more messages came in this room than one sync returns (after a long absence); only the newest were read for commands");
+            }
             let direct = match client.get_room(room_id) {
                 Some(room) => room.is_direct().await.unwrap_or(false),
                 None => false,
