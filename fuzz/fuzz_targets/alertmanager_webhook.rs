@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shepherd_core::Origin;
+use shepherd_core::{Formatting, Origin};
 use shepherd_core::alerts::{Matcher, Route, Router, decode_notification};
 use shepherd_plugins::alerts::{AlertFormatter, AlertWording};
 use std::sync::OnceLock;
@@ -42,8 +42,16 @@ fuzz_target!(|data: &[u8]| {
     let _ = notification.content_key();
     let (router, per_alert, per_group) = relay();
     let (plan, _nowhere) = router.plan(&notification);
-    for (room, alerts) in &plan {
-        let _ = per_alert.lines(room, &notification, alerts);
-        let _ = per_group.lines(room, &notification, alerts);
+    for (_room, alerts) in &plan {
+        // Every way a front end may show text.
+        for formatting in [
+            Formatting::Plain,
+            Formatting::Mirc,
+            Formatting::Markdown,
+            Formatting::Html,
+        ] {
+            let _ = per_alert.lines(formatting, &notification, alerts);
+            let _ = per_group.lines(formatting, &notification, alerts);
+        }
     }
 });
