@@ -48,6 +48,24 @@ groups = ["admins"]
     )
 }
 
+/// The bot's configuration on `synapse` for `rooms`, with its password; the returned folder holds
+/// its Matrix store.
+fn bot_config(
+    store: &TestStore,
+    gitlab: &GitLabDouble,
+    synapse: &Synapse,
+    rooms: &[&str],
+    extra: &str,
+) -> (ShepherdConfig, tempfile::TempDir) {
+    let bot_store = tempfile::tempdir().expect("bot store");
+    let mut config = ShepherdConfig::new(store, gitlab);
+    config.extra = matrix_section(synapse, &bot_store.path().join("matrix"), rooms, extra);
+    config
+        .env
+        .push(("TEST_MATRIX_PASSWORD".into(), BOT_PASSWORD.into()));
+    (config, bot_store)
+}
+
 /// A Synapse with the bot's account and alice; alice's room (encrypted or not) with the bot
 /// invited; the bot's config; and the bot's store folder.
 struct Setup {
@@ -63,12 +81,7 @@ async fn setup(store: &TestStore, gitlab: &GitLabDouble, encrypted: bool, extra:
     synapse.register("shepherd", BOT_PASSWORD).await;
     let alice = Human::new(&synapse, "alice").await;
     let room = alice.create_room(encrypted, &[BOT]).await;
-    let bot_store = tempfile::tempdir().expect("bot store");
-    let mut config = ShepherdConfig::new(store, gitlab);
-    config.extra = matrix_section(&synapse, &bot_store.path().join("matrix"), &[&room], extra);
-    config
-        .env
-        .push(("TEST_MATRIX_PASSWORD".into(), BOT_PASSWORD.into()));
+    let (config, bot_store) = bot_config(store, gitlab, &synapse, &[&room], extra);
     Setup {
         synapse,
         alice,
@@ -351,6 +364,21 @@ async fn restarts_run_missed_commands_once_and_skip_old_ones() {
 
 const AM_TOKEN: &str = "am-token-matrix-7a2c";
 
+/// The numbers of the alert lines (`AlertNNN`) the bot said in `room`, in the order they came;
+/// a message may carry many lines.
+fn alert_numbers(seen: &[Seen], room: &str) -> Vec<usize> {
+    seen.iter()
+        .filter(|m| m.sender == BOT && m.room == room)
+        .flat_map(|m| m.body().lines().map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|line| {
+            line.split("Alert")
+                .nth(1)
+                .and_then(|rest| rest.get(..3))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect()
+}
+
 fn alert_notification(i: usize) -> serde_json::Value {
     serde_json::json!({
         "receiver": "shepherd",
@@ -414,18 +442,7 @@ async fn alert_lines_survive_a_homeserver_restart_in_order() {
     }
     s.synapse.restart().await;
 
-    let numbers = |seen: &[Seen]| -> Vec<usize> {
-        seen.iter()
-            .filter(|m| m.sender == BOT && m.room == s.room)
-            .flat_map(|m| m.body().lines().map(str::to_string).collect::<Vec<_>>())
-            .filter_map(|line| {
-                line.split("Alert")
-                    .nth(1)
-                    .and_then(|rest| rest.get(..3))
-                    .and_then(|n| n.parse().ok())
-            })
-            .collect()
-    };
+    let numbers = |seen: &[Seen]| alert_numbers(seen, &s.room);
     let all_arrived = s
         .alice
         .until(Duration::from_secs(60), |seen| numbers(seen).len() >= N)
@@ -765,6 +782,16 @@ async fn login_and_homeserver_failures_are_retried_and_lose_nothing() {
     assert!(bot.stderr().contains("M_FORBIDDEN"), "{}", bot.stderr());
     bot.wait_http(WAIT).await; // still up
     drop(bot);
+    let litter: Vec<String> = std::fs::read_dir(s._bot_store.path().join("matrix"))
+        .expect("the store folder")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|name| name.starts_with("retired"))
+        .collect();
+    assert!(
+        litter.is_empty(),
+        "failed logins leave nothing behind: {litter:?}"
+    );
 
     // The right password: the line said meanwhile arrives.
     let mut bot = Shepherd::serve(&s.config).await;
@@ -821,12 +848,7 @@ async fn rate_limits_are_honoured() {
     synapse.register("shepherd", BOT_PASSWORD).await;
     let alice = Human::new(&synapse, "alice").await;
     let room = alice.create_room(false, &[BOT]).await;
-    let bot_store = tempfile::tempdir().expect("bot store");
-    let mut config = ShepherdConfig::new(&store, &gitlab);
-    config.extra = matrix_section(&synapse, &bot_store.path().join("matrix"), &[&room], "");
-    config
-        .env
-        .push(("TEST_MATRIX_PASSWORD".into(), BOT_PASSWORD.into()));
+    let (mut config, _bot_store) = bot_config(&store, &gitlab, &synapse, &[&room], "");
     with_api_token(&mut config);
     let bot = Shepherd::serve(&config).await;
     bot.wait_http(WAIT).await;
@@ -878,18 +900,11 @@ async fn rooms_by_alias() {
         .await
         .expect("a room with an alias");
     let room = room.room_id().to_string();
-    let bot_store = tempfile::tempdir().expect("bot store");
-    let mut config = ShepherdConfig::new(&store, &gitlab);
-    config.extra = matrix_section(
-        &synapse,
-        &bot_store.path().join("matrix"),
-        &["#ops:localhost"],
-        "",
-    )
-    .replace("autojoin = [\"@alice:localhost\"]", "autojoin = []");
-    config
-        .env
-        .push(("TEST_MATRIX_PASSWORD".into(), BOT_PASSWORD.into()));
+    let (mut config, _bot_store) = bot_config(&store, &gitlab, &synapse, &["#ops:localhost"], "");
+    // Invited by alice, who is not in `autojoin`: the configured room is joined all the same.
+    config.extra = config
+        .extra
+        .replace("autojoin = [\"@alice:localhost\"]", "autojoin = []");
     with_api_token(&mut config);
     let bot = Shepherd::serve(&config).await;
     bot.wait_http(WAIT).await;
@@ -945,18 +960,7 @@ async fn a_crash_mid_burst_repeats_and_loses_nothing() {
             }
         }
     });
-    let numbers = |seen: &[Seen]| -> Vec<usize> {
-        seen.iter()
-            .filter(|m| m.sender == BOT && m.room == s.room)
-            .flat_map(|m| m.body().lines().map(str::to_string).collect::<Vec<_>>())
-            .filter_map(|line| {
-                line.split("Alert")
-                    .nth(1)
-                    .and_then(|rest| rest.get(..3))
-                    .and_then(|n| n.parse().ok())
-            })
-            .collect()
-    };
+    let numbers = |seen: &[Seen]| alert_numbers(seen, &s.room);
     // The first lines are through while notifications are still coming: kill it now.
     s.alice.until(WAIT, |seen| !numbers(seen).is_empty()).await;
     bot.kill9().await;

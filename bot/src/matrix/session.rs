@@ -107,7 +107,7 @@ impl Files {
     pub fn retire(&self) -> Result<PathBuf, SessionError> {
         let aside = self.dir.join(format!(
             "retired-{}",
-            chrono::Utc::now().format("%Y%m%dT%H%M%S")
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")
         ));
         std::fs::create_dir_all(&aside).map_err(|source| self.io(&aside, source))?;
         for name in ["session.json", "sdk", "sync-position"] {
@@ -121,10 +121,19 @@ impl Files {
     }
 
     /// Before a first login: a device store without a session belongs to a device whose token is
-    /// lost; it cannot serve the new device, so it is moved aside.
+    /// lost (a login that failed, or a crash before its session was saved). Nobody can use that
+    /// device again and its keys cannot serve the new one, so the store and its sync position go.
     pub fn clear_orphaned_store(&self) -> Result<(), SessionError> {
-        if self.sdk_store().exists() && !self.session_path().exists() {
-            self.retire()?;
+        if self.session_path().exists() {
+            return Ok(());
+        }
+        let sdk = self.sdk_store();
+        if sdk.exists() {
+            std::fs::remove_dir_all(&sdk).map_err(|source| self.io(&sdk, source))?;
+        }
+        let sync = self.sync_path();
+        if sync.exists() {
+            std::fs::remove_file(&sync).map_err(|source| self.io(&sync, source))?;
         }
         Ok(())
     }
@@ -168,7 +177,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sync_positions_survive_and_orphaned_stores_are_moved_aside() {
+    fn sync_positions_survive_and_orphaned_stores_are_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = Files::new(&dir.path().join("store"));
         files.prepare().expect("prepare");
