@@ -170,14 +170,11 @@ impl App {
             canary_settings(&config),
         )
         .context("canary.projects")?;
-        let reporter = Arc::new(PipelineReporter::new(
-            BotAddress::new(config.bot.name.clone(), config.bot.prefix.clone()),
-            frontends.clone(),
-        ));
+        let address = BotAddress::new(config.bot.name.clone(), config.bot.prefix.clone());
+        let reporter = Arc::new(PipelineReporter::new(address.clone(), frontends.clone()));
         let services = Arc::new(Services {
             production: config.production,
-            bot_name: config.bot.name.clone(),
-            prefix: config.bot.prefix.clone(),
+            address,
             frontends: frontends.clone(),
             default_project: config.gitlab.default_project.clone(),
             gitlab: gitlab.clone(),
@@ -357,14 +354,7 @@ impl App {
 
     /// What a front end may use while it runs.
     pub fn context(&self) -> Arc<FrontEndContext> {
-        Arc::new(FrontEndContext {
-            dispatcher: self.dispatcher.clone(),
-            services: self.services.clone(),
-            outbox: self.outbox.clone(),
-            queue: self.queue.clone(),
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
-        })
+        Arc::new(FrontEndContext::new(self.dispatcher.clone()))
     }
 
     /// Runs `front_ends` until shutdown; one that cannot start stops the process (it would

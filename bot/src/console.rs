@@ -42,10 +42,10 @@ impl ConsoleFrontend {
     /// The console of a running app.
     pub fn console(&self, ctx: &Context) -> Console {
         Console {
-            dispatcher: ctx.dispatcher.clone(),
-            outbox: ctx.outbox.clone(),
-            queue: ctx.queue.clone(),
-            store: ctx.store.clone(),
+            dispatcher: ctx.dispatcher().clone(),
+            outbox: ctx.outbox().clone(),
+            queue: ctx.queue().clone(),
+            store: ctx.store().clone(),
             identity: self.identity.clone(),
             room: self.room.clone(),
         }

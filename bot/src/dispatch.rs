@@ -131,8 +131,8 @@ impl Dispatcher {
     /// The command lines of a message, as the front end's addressing rules find them.
     pub fn commands_of(&self, inbound: &Inbound) -> Vec<String> {
         let addressing = Addressing {
-            bot_name: &self.services.bot_name,
-            prefix: &self.services.prefix,
+            bot_name: &self.services.address.bot_name,
+            prefix: &self.services.address.prefix,
             user_id: inbound.bot_user_id.as_deref(),
         };
         addressed(inbound.frontend, &inbound.text, &addressing)
@@ -170,23 +170,8 @@ impl Dispatcher {
         let parsed = parse(text, &context);
         let name = parsed.as_ref().map(|c| c.name()).unwrap_or("unknown");
         // Every addressed line counts, junk included: what anyone can make the bot say is limited.
-        let rate_room = inbound
-            .rate_room
-            .clone()
-            .unwrap_or_else(|| origin.to_string());
-        match self.limits.check(&inbound.identity, &rate_room) {
-            Verdict::Go => {}
-            Verdict::Warn(scope) => {
-                self.count_limited(name, scope);
-                tracing::warn!(identity = %inbound.identity, origin = %origin, scope = scope.label(), "rate limit reached; told to slow down once, ignoring more for a minute");
-                self.reply(origin, &self.slow_down(scope, name), key)
-                    .await?;
-                return Ok(None);
-            }
-            Verdict::Drop(scope) => {
-                self.count_limited(name, scope);
-                return Ok(None);
-            }
+        if !self.within_limits(inbound, name, key).await? {
+            return Ok(None);
         }
         let command = match parsed {
             Ok(c) => c,
@@ -306,6 +291,53 @@ impl Dispatcher {
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
         Ok(None)
+    }
+
+    /// Counts a line against the sender's and the room's rate limits; false when it must not be
+    /// answered (over a limit: the one "slow down" of the minute is said here).
+    async fn within_limits(
+        &self,
+        inbound: &Inbound,
+        name: &str,
+        key: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let origin = &inbound.origin;
+        let rate_room = inbound
+            .rate_room
+            .clone()
+            .unwrap_or_else(|| origin.to_string());
+        match self.limits.check(&inbound.identity, &rate_room) {
+            Verdict::Go => Ok(true),
+            Verdict::Warn(scope) => {
+                self.count_limited(name, scope);
+                tracing::warn!(identity = %inbound.identity, origin = %origin, scope = scope.label(), "rate limit reached; told to slow down once, ignoring more for a minute");
+                self.reply(origin, &self.slow_down(scope, name), key)
+                    .await?;
+                Ok(false)
+            }
+            Verdict::Drop(scope) => {
+                self.count_limited(name, scope);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Answers a message with `why` instead of running it — a front end's own reason, such as a
+    /// command that came while the bot was away, longer ago than it catches up. The answer counts
+    /// against the same rate limits as any other, and is said once per message (`inbound.dedup`).
+    pub async fn decline(&self, inbound: &Inbound, why: &str) -> Result<(), StoreError> {
+        let key = inbound
+            .dedup
+            .as_deref()
+            .map(|base| format!("{base}:declined"));
+        if !self
+            .within_limits(inbound, "unknown", key.as_deref())
+            .await?
+        {
+            return Ok(());
+        }
+        self.count("unknown", "declined");
+        self.reply(&inbound.origin, why, key.as_deref()).await
     }
 
     /// The one warning a sender (or room) over its limit gets in a minute.

@@ -21,15 +21,40 @@ use tokio::sync::watch;
 
 use crate::dispatch::Dispatcher;
 
-/// What a running front end may use: the dispatcher for what comes in, the outbox for what goes
-/// out, the shared metrics registry for its own series.
+/// What a running front end may use: the dispatcher for what comes in, and through it the outbox
+/// for what goes out, the store, and the shared metrics registry for its own series.
 pub struct Context {
-    pub dispatcher: Arc<Dispatcher>,
-    pub services: Arc<Services>,
-    pub outbox: Outbox,
-    pub queue: Queue,
-    pub store: Store,
-    pub metrics: Arc<shepherd_core::metrics::Metrics>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Context {
+    pub fn new(dispatcher: Arc<Dispatcher>) -> Self {
+        Self { dispatcher }
+    }
+
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.dispatcher.services
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.dispatcher.outbox
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.dispatcher.queue
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.dispatcher.services.store
+    }
+
+    pub fn metrics(&self) -> &Arc<shepherd_core::metrics::Metrics> {
+        &self.dispatcher.metrics
+    }
 }
 
 #[async_trait]
@@ -56,10 +81,7 @@ pub fn configured(config: &Config) -> anyhow::Result<Vec<Box<dyn FrontEnd>>> {
         all.push(Box::new(crate::irc::Irc::new(irc.clone(), &config.bot)));
     }
     if let Some(matrix) = &config.matrix {
-        all.push(Box::new(crate::matrix::Matrix::new(
-            matrix.clone(),
-            config,
-        )?));
+        all.push(Box::new(crate::matrix::Matrix::new(matrix.clone())?));
     }
     if config.gitlab_comments.is_some() {
         all.push(Box::new(crate::gitlab::notes::Notes::new(config)));

@@ -249,7 +249,7 @@ fn spawn_http(app: &mut App) {
         store: app.store.clone(),
         reference: Arc::new(app.registry.reference(
             &app.services.policy,
-            &app.services.address(),
+            &app.services.address,
             &app.services.frontends,
         )),
         alert_hooks: app.config.alerts.as_ref().map(|a| {

@@ -70,12 +70,12 @@ impl Plugin for Help {
             return Err(PluginError::Refuse("help: unexpected command".into()));
         };
         let registry = &services.registry;
-        let address = services.address();
+        let address = &services.address;
         let style = services.frontends.of(call.origin).style;
         let show = |command: &str| address.show(style, command);
         let topic = topic.as_deref().map(|t| {
             t.trim_start_matches('@')
-                .trim_start_matches(services.prefix.as_str())
+                .trim_start_matches(address.prefix.as_str())
                 .to_lowercase()
         });
         let text = match topic {
@@ -93,7 +93,7 @@ impl Plugin for Help {
                     "{} — {} Examples: {}. Who: {}.",
                     show(usage(e)),
                     e.summary,
-                    examples(e, &address, style)
+                    examples(e, address, style)
                         .iter()
                         .map(|x| format!("`{x}`"))
                         .collect::<Vec<_>>()
@@ -112,48 +112,34 @@ impl Plugin for Help {
 
 /// How each kind of front end is addressed, for the reference's introduction.
 fn addressing_intro(address: &BotAddress, frontends: &FrontEnds) -> String {
-    let mut styles: Vec<CommandStyle> = Vec::new();
+    // The front ends by style, styles in the order their first front end comes.
+    let mut by_style: Vec<(CommandStyle, Vec<&str>)> = Vec::new();
     for name in frontends.names() {
-        if let Some(c) = frontends.get(name)
-            && !styles.contains(&c.style)
-        {
-            styles.push(c.style);
+        let Some(style) = frontends.get(name).map(|c| c.style) else {
+            continue;
+        };
+        match by_style.iter_mut().find(|(s, _)| *s == style) {
+            Some((_, names)) => names.push(name),
+            None => by_style.push((style, vec![name])),
         }
     }
-    let mut parts = Vec::new();
-    let named = |style: CommandStyle| -> Vec<&'static str> {
-        frontends
-            .names()
-            .filter(|n| frontends.get(n).is_some_and(|c| c.style == style))
-            .collect()
-    };
-    for style in styles {
-        let shown = address.show(style, "ping");
-        let line = match style {
-            CommandStyle::Bare => format!(
-                "on {}, type the command (`{shown}`)",
-                named(style).join(", ")
-            ),
-            CommandStyle::Prefix => format!(
-                "on {}, start a line with `{}` or `{}: ` (`{shown}`)",
-                named(style).join(", "),
-                address.prefix,
-                address.bot_name
-            ),
-            CommandStyle::Name => format!(
-                "on {}, start a message with `{}: ` or `{}` (`{shown}`)",
-                named(style).join(", "),
-                address.bot_name,
-                address.prefix
-            ),
-            CommandStyle::Mention => format!(
-                "on {}, start a line with `@{}` (`{shown}`)",
-                named(style).join(", "),
-                address.bot_name
-            ),
-        };
-        parts.push(line);
-    }
+    let (prefix, name) = (&address.prefix, &address.bot_name);
+    let parts: Vec<String> = by_style
+        .iter()
+        .map(|(style, names)| {
+            let how = match style {
+                CommandStyle::Bare => "type the command".to_string(),
+                CommandStyle::Prefix => format!("start a line with `{prefix}` or `{name}: `"),
+                CommandStyle::Name => format!("start a message with `{name}: ` or `{prefix}`"),
+                CommandStyle::Mention => format!("start a line with `@{name}`"),
+            };
+            format!(
+                "on {}, {how} (`{}`)",
+                names.join(", "),
+                address.show(*style, "ping")
+            )
+        })
+        .collect();
     if parts.is_empty() {
         return String::new();
     }

@@ -85,8 +85,8 @@ impl BotAddress {
 /// Everything a plugin may use. Built once at start.
 pub struct Services {
     pub production: bool,
-    pub bot_name: String,
-    pub prefix: String,
+    /// How the bot is addressed (`[bot]`: its name and the chat prefix).
+    pub address: BotAddress,
     /// What each front end can do: how it formats, whether it edits, how the bot is addressed.
     pub frontends: FrontEnds,
     pub default_project: Option<String>,
@@ -102,19 +102,6 @@ pub struct Services {
     /// Words reports and canary summaries (shared with the watcher).
     pub reporter: Arc<PipelineReporter>,
     pub started_at: Instant,
-}
-
-impl Services {
-    /// How the bot is addressed (from `[bot]`).
-    pub fn address(&self) -> BotAddress {
-        BotAddress::new(self.bot_name.clone(), self.prefix.clone())
-    }
-
-    /// `command` as people type it in `origin`'s room (`!ping`, `shepherd: ping`, `@shepherd ping`).
-    pub fn show(&self, origin: &Origin, command: &str) -> String {
-        self.address()
-            .show(self.frontends.of(origin).style, command)
-    }
 }
 
 /// One command being carried out.

@@ -8,6 +8,7 @@ pub mod harness;
 pub mod irc_client;
 pub mod ircd;
 pub mod matrix_client;
+pub mod measure;
 pub mod proxy;
 pub mod services;
 pub mod synapse;

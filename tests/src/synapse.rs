@@ -203,39 +203,28 @@ impl Synapse {
     pub async fn register(&self, name: &str, password: &str) -> String {
         let client = reqwest::Client::new();
         let url = format!("{}/_matrix/client/v3/register", self.url());
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "username": name,
             "password": password,
             "inhibit_login": true,
             "auth": {"type": "m.login.dummy"},
         });
-        let r = client
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .expect("register");
-        let status = r.status();
-        let json: serde_json::Value = r.json().await.unwrap_or_default();
-        if status.as_u16() == 401 {
-            // The first answer opens a session for the stage; the second completes it.
-            let session = json["session"].as_str().unwrap_or_default().to_string();
-            let mut body = body;
-            body["auth"]["session"] = serde_json::Value::String(session);
+        // A 401 opens a session for the dummy stage; the same request with it completes it.
+        for _ in 0..2 {
             let r = client
                 .post(&url)
                 .json(&body)
                 .send()
                 .await
                 .expect("register");
-            assert!(
-                r.status().is_success(),
-                "register {name}: {}",
-                r.text().await.unwrap_or_default()
-            );
-        } else {
-            assert!(status.is_success(), "register {name}: {status} {json}");
+            let status = r.status();
+            let json: serde_json::Value = r.json().await.unwrap_or_default();
+            if status.is_success() {
+                return format!("@{name}:{SERVER_NAME}");
+            }
+            assert_eq!(status.as_u16(), 401, "register {name}: {status} {json}");
+            body["auth"]["session"] = json["session"].clone();
         }
-        format!("@{name}:{SERVER_NAME}")
+        panic!("register {name}: the dummy stage did not complete");
     }
 }

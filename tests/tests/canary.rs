@@ -728,3 +728,49 @@ async fn the_commands_of_one_comment_run_in_order() {
         "status never ran before test"
     );
 }
+
+/// Help in a comment speaks the comment's own addressing: `@shepherd help <command>`, comment
+/// examples as `@shepherd test` — never the chat prefix (`!help`, `!@shepherd test`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_in_a_comment_is_addressed_as_in_a_comment() {
+    let env = setup(Backend::Sqlite).await;
+    let shepherd = env.serve().await;
+    env.gitlab
+        .comment(MR_PROJECT, env.mr, env.alice, "@shepherd help");
+    env.gitlab
+        .comment(MR_PROJECT, env.mr, env.alice, "@shepherd help test");
+    let answered = until(WAIT, || env.bot_notes().len() >= 2).await;
+    assert!(
+        answered,
+        "notes: {:#?}\nstderr:\n{}",
+        env.bot_notes(),
+        shepherd.stderr()
+    );
+    let notes = env.bot_notes();
+    let list = notes
+        .iter()
+        .find(|n| n.body.contains("commands:"))
+        .expect("the command list");
+    assert!(
+        list.body.contains("`@shepherd help <command>`"),
+        "{}",
+        list.body
+    );
+    let test = notes
+        .iter()
+        .find(|n| n.body.contains("Examples:"))
+        .expect("help for test");
+    assert!(test.body.contains("`@shepherd test`"), "{}", test.body);
+    assert!(
+        test.body.contains("@shepherd test [key=value ...] —"),
+        "{}",
+        test.body
+    );
+    for n in &notes {
+        assert!(
+            !n.body.contains("`!"),
+            "no chat prefix in a comment: {}",
+            n.body
+        );
+    }
+}

@@ -97,7 +97,7 @@ impl GitLabEvents {
         if attrs.noteable_type != "MergeRequest" || attrs.system {
             return Ok(());
         }
-        let bot = &self.services.bot_name;
+        let bot = &self.services.address.bot_name;
         if note.user.username.eq_ignore_ascii_case(bot) || attrs.note.contains(MARKER_PREFIX) {
             tracing::debug!(note = attrs.id, "gitlab: our own note; not a command");
             return Ok(());
@@ -226,7 +226,7 @@ impl GitLabEvents {
                     .is_some_and(|p| p.welcome);
                 if welcome {
                     let canary = self.services.canary.settings().project(project).is_some();
-                    let text = welcome_text(&self.services.bot_name, canary);
+                    let text = welcome_text(&self.services.address.bot_name, canary);
                     self.outbox
                         .push(
                             &Origin::merge_request(project, attrs.iid),

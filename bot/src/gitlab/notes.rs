@@ -91,14 +91,14 @@ impl FrontEnd for Notes {
         ctx: Arc<Context>,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let metrics = NotesMetrics::register(ctx.metrics.registry())
+        let metrics = NotesMetrics::register(ctx.metrics().registry())
             .context("registering GitLab note metrics")?;
         let notes = NotesFrontend {
-            gitlab: ctx.services.gitlab.clone(),
-            outbox: ctx.outbox.clone(),
+            gitlab: ctx.services().gitlab.clone(),
+            outbox: ctx.outbox().clone(),
             production: self.production,
             metrics,
-            core_metrics: ctx.metrics.clone(),
+            core_metrics: ctx.metrics().clone(),
             poll_interval: Duration::from_secs(5),
         };
         notes.run(shutdown).await;

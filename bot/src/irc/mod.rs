@@ -152,13 +152,13 @@ impl FrontEnd for Irc {
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let metrics =
-            IrcMetrics::register(ctx.metrics.registry()).context("registering IRC metrics")?;
+            IrcMetrics::register(ctx.metrics().registry()).context("registering IRC metrics")?;
         let frontend = IrcFrontend {
             cfg: self.cfg,
             bot_name: self.bot_name,
             prefix: self.prefix,
-            dispatcher: ctx.dispatcher.clone(),
-            outbox: ctx.outbox.clone(),
+            dispatcher: ctx.dispatcher().clone(),
+            outbox: ctx.outbox().clone(),
             metrics,
         };
         frontend.run(shutdown).await;

@@ -78,7 +78,7 @@ impl Delivery {
             if *shutdown.borrow() {
                 return;
             }
-            let outbox = self.fe.ctx.outbox.clone();
+            let outbox = self.fe.ctx.outbox().clone();
             let fe = self.fe.clone();
             let waiter = outbox.notified().notified();
             let joined = fe.rooms.changed.notified();
@@ -114,7 +114,7 @@ impl Delivery {
         let now = Instant::now();
         self.waiting.retain(|_, at| *at > now);
         let closed: Vec<String> = self.waiting.keys().cloned().collect();
-        let outbox = self.fe.ctx.outbox.clone();
+        let outbox = self.fe.ctx.outbox().clone();
         let pending = match outbox.pending_except(FRONTEND, &closed, 50).await {
             Ok(p) => p,
             Err(e) => {
@@ -161,7 +161,7 @@ impl Delivery {
             };
             let max = self.fe.cfg.max_send_attempts;
             if m.attempts >= max {
-                for b in &batch {
+                for b in &batch.messages {
                     self.park(b, &format!("refused {} times", b.attempts)).await;
                     done.insert(b.id.clone());
                 }
@@ -171,7 +171,7 @@ impl Delivery {
             match self.send(&batch).await {
                 Ok(()) => {
                     self.unavailable = 0;
-                    done.extend(batch.iter().map(|b| b.id.clone()));
+                    done.extend(batch.messages.iter().map(|b| b.id.clone()));
                     progress = true;
                 }
                 Err(Failure::RateLimited(wait)) => {
@@ -191,12 +191,11 @@ impl Delivery {
                         .with_label_values(&["unavailable"])
                         .inc();
                     self.unavailable = self.unavailable.saturating_add(1);
-                    let pause = shepherd_core::backoff::full_jitter(
+                    let pause = super::backoff(
                         Duration::from_millis(250),
                         Duration::from_secs(30),
-                        self.unavailable.min(16),
-                    )
-                    .max(Duration::from_millis(100));
+                        self.unavailable,
+                    );
                     tracing::warn!(room = %m.origin, error = %why, retry_in = ?pause, "matrix: the homeserver is unavailable; messages wait");
                     return Err(pause);
                 }
@@ -206,7 +205,8 @@ impl Delivery {
                         self.waiting
                             .insert(room.clone(), Instant::now() + Duration::from_secs(2));
                     } else {
-                        self.failed(&batch, "the bot is not in this room").await;
+                        self.failed(&batch.messages, "the bot is not in this room")
+                            .await;
                         self.waiting.insert(
                             room.clone(),
                             Instant::now() + Duration::from_secs(1u64 << m.attempts.min(5)),
@@ -216,8 +216,9 @@ impl Delivery {
                 }
                 Err(Failure::Refused(why)) => {
                     self.fe.metrics.sends.with_label_values(&["refused"]).inc();
-                    tracing::warn!(message = %m.id, messages = batch.len(), room = %m.origin, attempt = m.attempts + 1, reason = %why, "matrix: the homeserver refused a message; it will be tried again");
-                    self.failed(&batch, &format!("refused: {why}")).await;
+                    tracing::warn!(message = %m.id, messages = batch.messages.len(), room = %m.origin, attempt = m.attempts + 1, reason = %why, "matrix: the homeserver refused a message; it will be tried again");
+                    self.failed(&batch.messages, &format!("refused: {why}"))
+                        .await;
                     self.waiting.insert(
                         room.clone(),
                         Instant::now() + Duration::from_secs(1u64 << m.attempts.min(5)),
@@ -239,21 +240,25 @@ impl Delivery {
         &self,
         pending: &[OutboxMessage],
         i: usize,
-    ) -> Result<Vec<OutboxMessage>, shepherd_core::store::StoreError> {
+    ) -> Result<Batch, shepherd_core::store::StoreError> {
         let first = &pending[i];
+        let max = self.fe.cfg.max_message_bytes as usize;
+        let rendered = |m: &OutboxMessage| render::render(&m.body, max);
         if let Some(tag) = first.send_started_at {
             let members = self
                 .fe
                 .ctx
-                .outbox
+                .outbox()
                 .batch(FRONTEND, &first.origin.room, tag)
                 .await?;
             // Only the batch's members from this one on (earlier ones are delivered).
-            return Ok(if members.iter().any(|m| m.id == first.id) {
+            let messages = if members.iter().any(|m| m.id == first.id) {
                 members
             } else {
                 vec![first.clone()]
-            });
+            };
+            let text = render::join(messages.iter().map(rendered));
+            return Ok(Batch { messages, text });
         }
         let plain = |m: &OutboxMessage| {
             m.slot.is_none()
@@ -261,34 +266,35 @@ impl Delivery {
                 && m.send_started_at.is_none()
                 && m.attempts == 0
         };
-        let mut batch = vec![first.clone()];
-        if !plain(first) {
-            return Ok(batch);
-        }
-        // Sized as sent (plain and HTML together), so the batch is never cut by the room's limit:
-        // a line cut off would be marked delivered without being shown.
-        let max = self.fe.cfg.max_message_bytes as usize;
-        let budget = max.saturating_sub(256);
-        let size = |m: &OutboxMessage| {
-            let r = render::render(&m.body, max);
-            r.plain.len() + r.html.len() + 8
-        };
-        let mut bytes = size(first);
-        for m in pending[i + 1..]
-            .iter()
-            .filter(|m| m.origin.room == first.origin.room)
-        {
-            if !plain(m) || batch.len() >= MAX_BATCH {
-                break;
+        let mut messages = vec![first.clone()];
+        let mut parts = vec![rendered(first)];
+        if plain(first) {
+            // Sized as sent (plain and HTML together), so the batch is never cut by the room's
+            // limit: a line cut off would be marked delivered without being shown.
+            let budget = max.saturating_sub(256);
+            // Each part also costs its line breaks in the joined bodies.
+            let cost = |r: &render::Rendered| r.bytes() + 8;
+            let mut bytes = cost(&parts[0]);
+            for m in pending[i + 1..]
+                .iter()
+                .filter(|m| m.origin.room == first.origin.room)
+            {
+                if !plain(m) || messages.len() >= MAX_BATCH {
+                    break;
+                }
+                let part = rendered(m);
+                if bytes + cost(&part) > budget {
+                    break;
+                }
+                bytes += cost(&part);
+                messages.push(m.clone());
+                parts.push(part);
             }
-            let more = size(m);
-            if bytes + more > budget {
-                break;
-            }
-            bytes += more;
-            batch.push(m.clone());
         }
-        Ok(batch)
+        Ok(Batch {
+            messages,
+            text: render::join(parts),
+        })
     }
 
     /// A tag no earlier batch of this process had (milliseconds, kept increasing).
@@ -306,12 +312,12 @@ impl Delivery {
     async fn failed(&self, batch: &[OutboxMessage], why: &str) {
         self.fe
             .ctx
-            .metrics
+            .metrics()
             .outbox_send_failures
             .with_label_values(&[FRONTEND])
             .inc_by(batch.len() as u64);
         let ids: Vec<&str> = batch.iter().map(|m| m.id.as_str()).collect();
-        if let Err(e) = self.fe.ctx.outbox.record_failure(&ids, why).await {
+        if let Err(e) = self.fe.ctx.outbox().record_failure(&ids, why).await {
             tracing::warn!(error = %e, "matrix: cannot record a failed send");
         }
     }
@@ -321,11 +327,11 @@ impl Delivery {
         self.fe.metrics.sends.with_label_values(&["parked"]).inc();
         self.fe
             .ctx
-            .metrics
+            .metrics()
             .outbox_parked
             .with_label_values(&[FRONTEND])
             .inc();
-        if let Err(e) = self.fe.ctx.outbox.park(&m.id, why).await {
+        if let Err(e) = self.fe.ctx.outbox().park(&m.id, why).await {
             tracing::warn!(error = %e, "matrix: cannot park a message");
         }
     }
@@ -360,13 +366,13 @@ impl Delivery {
 
     /// Sends a batch (see [`Delivery::batch`]) as one message, its first message's id in the
     /// transaction id, and marks all of it delivered.
-    async fn send(&mut self, batch: &[OutboxMessage]) -> Result<(), Failure> {
-        let Some(m) = batch.first() else {
+    async fn send(&mut self, batch: &Batch) -> Result<(), Failure> {
+        let Some(m) = batch.messages.first() else {
             return Ok(());
         };
         let room = self.room(&m.origin.room).await?;
-        let outbox = self.fe.ctx.outbox.clone();
-        let ids: Vec<&str> = batch.iter().map(|b| b.id.as_str()).collect();
+        let outbox = self.fe.ctx.outbox().clone();
+        let ids: Vec<&str> = batch.messages.iter().map(|b| b.id.as_str()).collect();
         if m.send_started_at.is_none() {
             // Pinned before the first send: whatever happens next, these go together.
             let tag = self.next_tag();
@@ -375,17 +381,7 @@ impl Delivery {
                 .await
                 .map_err(|e| Failure::Unavailable(e.to_string()))?;
         }
-        let max = self.fe.cfg.max_message_bytes as usize;
-        let body = if batch.len() == 1 {
-            m.body.clone()
-        } else {
-            batch
-                .iter()
-                .map(|b| b.body.as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        let r = render::render(&body, max);
+        let r = &batch.text;
         let original = match &m.slot {
             Some(slot) => outbox
                 .slot_target(slot)
@@ -410,12 +406,12 @@ impl Delivery {
             .await
             .map_err(|e| classify(&e))?;
         let event_id = sent.response.event_id.to_string();
-        let core = &self.fe.ctx.metrics;
+        let core = &self.fe.ctx.metrics();
         core.outbox_delivered
             .with_label_values(&[FRONTEND])
-            .inc_by(batch.len() as u64);
+            .inc_by(batch.messages.len() as u64);
         let now = shepherd_core::store::now_ms();
-        for b in batch {
+        for b in &batch.messages {
             core.outbox_delivery_lag
                 .with_label_values(&[FRONTEND])
                 .observe((now - b.created_at).max(0) as f64 / 1000.0);
@@ -432,6 +428,12 @@ impl Delivery {
         }
         Ok(())
     }
+}
+
+/// Outbox messages sent as one Matrix message, and that message.
+struct Batch {
+    messages: Vec<OutboxMessage>,
+    text: render::Rendered,
 }
 
 /// Most messages sent as one Matrix message.

@@ -47,11 +47,11 @@ use matrix_sdk::{Client, RoomState};
 use matrix_sdk_base::crypto::CollectStrategy;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use shepherd_commands::Frontend;
-use shepherd_config::{Config, MatrixConfig, MatrixEncryptFor};
+use shepherd_config::{MatrixConfig, MatrixEncryptFor};
 use shepherd_core::{Capabilities, CommandStyle, Formatting, Origin};
 use tokio::sync::{Notify, watch};
 
-use crate::dispatch::{Dispatcher, Inbound};
+use crate::dispatch::Inbound;
 use crate::frontend::{Context, FrontEnd};
 use events::{Event, ReplyTo, TextMessage};
 use session::{Files, Saved};
@@ -61,6 +61,12 @@ pub const FRONTEND: &str = "matrix";
 /// Events of one room that a sync returns at most: commands among more events than this that
 /// came while the bot was away are not read (a warning says so).
 const TIMELINE_LIMIT: u32 = 200;
+
+/// The pause after the n-th failure in a row: exponential from `base` up to `cap`, with full
+/// jitter, never under 100 ms (logins, syncs, joins and delivery all back off this way).
+pub(crate) fn backoff(base: Duration, cap: Duration, failures: u32) -> Duration {
+    shepherd_core::backoff::full_jitter(base, cap, failures.min(16)).max(Duration::from_millis(100))
+}
 
 /// Matrix's own metrics, named like the IRC series.
 #[derive(Clone)]
@@ -137,7 +143,7 @@ pub struct Matrix {
 }
 
 impl Matrix {
-    pub fn new(cfg: MatrixConfig, _config: &Config) -> anyhow::Result<Self> {
+    pub fn new(cfg: MatrixConfig) -> anyhow::Result<Self> {
         let mut globs = GlobSetBuilder::new();
         for (i, pattern) in cfg.autojoin.iter().enumerate() {
             globs.add(Glob::new(pattern).with_context(|| format!("matrix.autojoin[{i}]"))?);
@@ -167,14 +173,13 @@ impl FrontEnd for Matrix {
         ctx: Arc<Context>,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let metrics = MatrixMetrics::register(ctx.metrics.registry())
+        let metrics = MatrixMetrics::register(ctx.metrics().registry())
             .context("registering Matrix metrics")?;
         let fe = Arc::new(MatrixFrontend {
             started_at_ms: shepherd_core::store::now_ms(),
             files: Files::new(&self.cfg.store_path),
             cfg: self.cfg,
             autojoin: self.autojoin,
-            dispatcher: ctx.dispatcher.clone(),
             ctx,
             metrics,
             rooms: Rooms::default(),
@@ -201,6 +206,12 @@ impl Rooms {
             .and_then(|a| a.get(&alias.to_ascii_lowercase()).cloned())
     }
 
+    /// The id of a room named by its id or by an alias resolved before.
+    fn id_of(&self, room: &str) -> Option<OwnedRoomId> {
+        self.alias(room)
+            .or_else(|| <&RoomId>::try_from(room).ok().map(ToOwned::to_owned))
+    }
+
     fn set_alias(&self, alias: &str, id: OwnedRoomId) {
         if let Ok(mut a) = self.aliases.lock() {
             a.insert(alias.to_ascii_lowercase(), id);
@@ -214,7 +225,6 @@ pub(crate) struct MatrixFrontend {
     started_at_ms: i64,
     autojoin: GlobSet,
     files: Files,
-    dispatcher: Arc<Dispatcher>,
     ctx: Arc<Context>,
     metrics: MatrixMetrics,
     rooms: Rooms,
@@ -288,12 +298,11 @@ impl MatrixFrontend {
     }
 
     fn backoff(&self, failures: u32) -> Duration {
-        shepherd_core::backoff::full_jitter(
+        backoff(
             Duration::from_millis(500),
             Duration::from_secs(self.cfg.reconnect_max_secs),
-            failures.min(16),
+            failures,
         )
-        .max(Duration::from_millis(100))
     }
 
     /// Builds the client on the store, restores the session or logs in once.
@@ -536,21 +545,11 @@ impl MatrixFrontend {
                 tracing::error!(room = %room, "matrix: not a room id or alias; not joined");
                 continue;
             };
-            let joined = self
-                .rooms
-                .alias(room)
-                .or_else(|| {
-                    <&RoomId>::try_from(room.as_str())
-                        .ok()
-                        .map(ToOwned::to_owned)
-                })
-                .and_then(|id| client.get_room(&id))
+            let id = self.rooms.id_of(room);
+            let joined = id
+                .as_ref()
+                .and_then(|id| client.get_room(id))
                 .is_some_and(|r| r.state() == RoomState::Joined);
-            let id = self.rooms.alias(room).or_else(|| {
-                <&RoomId>::try_from(room.as_str())
-                    .ok()
-                    .map(ToOwned::to_owned)
-            });
             // An invite to it in the same sync may be being accepted already.
             let first = match (&id, self.rooms.joining.lock()) {
                 (Some(id), Ok(mut joining)) => joining.insert(id.clone()),
@@ -581,24 +580,14 @@ impl MatrixFrontend {
                         return;
                     }
                     Err(e) => {
-                        let delay = shepherd_core::backoff::full_jitter(
-                            Duration::from_secs(1),
-                            cap,
-                            attempt.min(16),
-                        )
-                        .max(Duration::from_millis(200));
+                        let delay = backoff(Duration::from_secs(1), cap, attempt);
                         tracing::warn!(room = %label, attempt, error = %e, retry_in = ?delay, "matrix: cannot join yet");
                         tokio::time::sleep(delay).await;
                     }
                 }
             }
             tracing::error!(room = %label, "matrix: gave up joining after 20 attempts; messages for it wait until it is joined");
-            let id = this.rooms.alias(&label).or_else(|| {
-                <&RoomId>::try_from(label.as_str())
-                    .ok()
-                    .map(ToOwned::to_owned)
-            });
-            if let Some(id) = id
+            if let Some(id) = this.rooms.id_of(&label)
                 && let Ok(mut joining) = this.rooms.joining.lock()
             {
                 joining.remove(&id);
@@ -670,12 +659,11 @@ impl MatrixFrontend {
             }
         }
         // A configured room is joined whoever invites to it; others only from `autojoin` users.
-        let configured = self.cfg.has_room(room_id.as_str())
-            || self
-                .cfg
-                .rooms
-                .iter()
-                .any(|r| self.rooms.alias(r).as_deref() == Some(room_id));
+        let configured = self
+            .cfg
+            .rooms
+            .iter()
+            .any(|r| self.rooms.id_of(r).as_deref() == Some(room_id));
         let allowed = configured
             || inviter
                 .as_deref()
@@ -704,6 +692,7 @@ impl MatrixFrontend {
     }
 
     async fn on_text(&self, room_id: &RoomId, m: &TextMessage, direct: bool, me: &str) {
+        let key = format!("matrix:{}", m.event_id);
         let origin =
             Origin::new(FRONTEND, room_id.to_string()).addressed_to(ReplyTo::of(m).encode());
         let inbound = Inbound {
@@ -717,19 +706,18 @@ impl MatrixFrontend {
             identity: format!("matrix:{}", m.sender),
             text: m.body.clone(),
             mr: None,
-            dedup: Some(format!("matrix:{}", m.event_id)),
+            dedup: Some(key.clone()),
             rate_room: None,
             bot_user_id: Some(me.to_string()),
         };
-        if self.dispatcher.commands_of(&inbound).is_empty() {
+        if self.ctx.dispatcher().commands_of(&inbound).is_empty() {
             return; // room chatter
         }
-        let key = format!("matrix:{}", m.event_id);
         let before_start = m.sent_at < self.started_at_ms;
         if before_start {
             // Seen again after a restart (the sync position was saved after its commands were
             // stored): it was handled then, and is neither run nor skipped now.
-            match shepherd_core::store::message_known(&self.ctx.store, &key).await {
+            match shepherd_core::store::message_known(self.ctx.store(), &key).await {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(e) => {
@@ -752,18 +740,12 @@ impl MatrixFrontend {
                 self.cfg.catch_up_minutes
             );
             tracing::info!(event = %m.event_id, from = %m.sender, age_secs = age_ms / 1000, "matrix: command older than the catch-up window; skipped");
-            let skipped = format!("{key}:skipped");
-            if let Err(e) = self
-                .ctx
-                .outbox
-                .push(&origin, &text, Some(&skipped), None)
-                .await
-            {
+            if let Err(e) = self.ctx.dispatcher().decline(&inbound, &text).await {
                 tracing::error!(error = %e, "matrix: cannot store the skipped-command reply");
             }
             return;
         }
-        if let Err(e) = self.dispatcher.handle(&inbound).await {
+        if let Err(e) = self.ctx.dispatcher().handle(&inbound).await {
             tracing::error!(error = %e, from = %m.sender, "matrix: could not store a command; the asker got no answer");
         }
     }

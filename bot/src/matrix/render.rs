@@ -20,6 +20,24 @@ pub struct Rendered {
     pub html: String,
 }
 
+impl Rendered {
+    /// Both bodies together, in bytes (what counts against the event size).
+    pub fn bytes(&self) -> usize {
+        self.plain.len() + self.html.len()
+    }
+}
+
+/// Messages rendered one by one, as one message of their lines (what [`render`] makes of their
+/// texts joined by line breaks, without cutting).
+pub fn join(parts: impl IntoIterator<Item = Rendered>) -> Rendered {
+    let (plain, html): (Vec<String>, Vec<String>) =
+        parts.into_iter().map(|r| (r.plain, r.html)).unzip();
+    Rendered {
+        plain: plain.join("\n"),
+        html: html.join("<br>\n"),
+    }
+}
+
 /// The mIRC colour numbers as HTML colours (the 16 standard ones).
 const COLOURS: [&str; 16] = [
     "#ffffff", "#000000", "#00007f", "#009300", "#ff0000", "#7f0000", "#9c009c", "#fc7f00",
@@ -343,6 +361,13 @@ mod tests {
         let r = render("@room look\u{0}\u{1b}[2J", 30_000);
         assert_eq!(r.plain, "@\u{200b}room look\u{2400}\u{241b}[2J");
         assert!(r.html.starts_with("@\u{200b}room"));
+    }
+
+    #[test]
+    fn joined_messages_read_like_one_text_of_their_lines() {
+        let parts = ["\u{2}one\u{2} `a`", "two\nthree"];
+        let joined = join(parts.iter().map(|t| render(t, 30_000)));
+        assert_eq!(joined, render(&parts.join("\n"), 30_000));
     }
 
     #[test]

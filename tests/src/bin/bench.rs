@@ -39,6 +39,7 @@ use shepherd_tests::gitlab::{GitLabDouble, Route};
 use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore};
 use shepherd_tests::irc_client::{IrcClient, Message, round_trip_floor};
 use shepherd_tests::ircd::{Ngircd, Throttle};
+use shepherd_tests::measure::{ms, percentile, rss_kib};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const PROJECT: &str = "cki-project/pipeline-definition";
@@ -105,18 +106,6 @@ fn log_problems(run: &str, stderr: &str) -> (usize, usize) {
         eprintln!("[{run}] {n}x {m}");
     }
     (warnings, errors)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
 struct Row {
@@ -261,13 +250,7 @@ async fn idle_rss(backend: Backend) -> u64 {
     // Idle means idle: let start-up settle before reading.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pid = bot.pid().expect("running");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
+    let (kb, _) = rss_kib(pid).expect("VmRSS");
     bot.kill9().await;
     kb
 }

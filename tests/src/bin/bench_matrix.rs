@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use shepherd_tests::gitlab::GitLabDouble;
 use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore};
 use shepherd_tests::matrix_client::{Human, Seen};
+use shepherd_tests::measure::{Stats, ms, percentile, rss_kib};
 use shepherd_tests::synapse::Synapse;
 
 const BOT: &str = "@shepherd:localhost";
@@ -26,39 +27,19 @@ const BOT_PASSWORD: &str = "bench-bot-password";
 const AM_TOKEN: &str = "bench-am-token";
 const WAIT: Duration = Duration::from_secs(60);
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
-}
-
-fn row(name: &str, mut samples: Vec<Duration>) {
-    samples.sort_unstable();
+fn row(name: &str, samples: Vec<Duration>) {
+    let s = Stats::of(samples);
     println!(
         "| {name} | {} | {} | {} | {} |",
-        samples.len(),
-        ms(percentile(&samples, 50.0)),
-        ms(percentile(&samples, 99.0)),
-        ms(samples.last().copied().unwrap_or_default())
+        s.n,
+        ms(s.p50),
+        ms(s.p99),
+        ms(s.max)
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+fn rss(bot: &Shepherd) -> u64 {
+    bot.pid().and_then(rss_kib).map_or(0, |(rss, _)| rss)
 }
 
 /// The floor: `alice` writes `ping i`, `bob` answers `pong i` as soon as his client sees it.
@@ -177,7 +158,7 @@ dedup_window_minutes = 1
     floor(&alice, &bob, &plain, 3).await;
     floor(&alice, &bob, &encrypted, 3).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle = rss_kib(bot.pid().expect("running"));
+    let idle = rss(&bot);
 
     println!("## Command round trip on Synapse\n");
     println!("| path | n | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|");
@@ -229,7 +210,7 @@ dedup_window_minutes = 1
         assert_eq!(r.status().as_u16(), 200);
         answered.push(Instant::now());
         if i % 100 == 0 {
-            peak = peak.max(rss_kib(bot.pid().expect("running")));
+            peak = peak.max(rss(&bot));
         }
     }
     let posted = started.elapsed();
@@ -267,7 +248,7 @@ dedup_window_minutes = 1
         .collect();
     lags.sort_unstable();
     let in_order = lines.windows(2).all(|w| w[0].0 < w[1].0);
-    peak = peak.max(rss_kib(bot.pid().expect("running")));
+    peak = peak.max(rss(&bot));
     println!("\n## Alert lines into one room\n");
     println!(
         "| notifications | POSTs took s | all lines in after s | lines/s | Matrix messages | lag p50 ms | lag p99 ms | in order, once |"
@@ -287,7 +268,7 @@ dedup_window_minutes = 1
         }
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = rss_kib(bot.pid().expect("running"));
+    let after = rss(&bot);
     println!(
         "\nFloor in the same run: a plain client sending {floor_lines} lines, one event each, one after the other: {:.0} lines/s.",
         floor_lines as f64 / floor_secs

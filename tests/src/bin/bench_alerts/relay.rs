@@ -10,6 +10,8 @@ use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore, metr
 use shepherd_tests::irc_client::{IrcClient, Message};
 use shepherd_tests::ircd::{Ngircd, Throttle};
 
+pub use shepherd_tests::measure::{Stats, mib, ms, rss_kib};
+
 use super::cut::CutProxy;
 
 /// The one channel every relay says its alerts in.
@@ -473,55 +475,6 @@ pub async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Result<
     let status = r.status().as_u16();
     let _ = r.bytes().await;
     Ok(status)
-}
-
-/// `VmRSS` and `VmHWM` of a process, in KiB.
-pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-pub fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-/// p50, p99 and max of some durations.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Stats {
-    pub n: usize,
-    pub p50: Duration,
-    pub p99: Duration,
-    pub max: Duration,
-}
-
-impl Stats {
-    pub fn of(mut samples: Vec<Duration>) -> Stats {
-        samples.sort();
-        let at = |p: f64| {
-            if samples.is_empty() {
-                return Duration::ZERO;
-            }
-            let rank = ((p / 100.0) * (samples.len() as f64 - 1.0)).round() as usize;
-            samples[rank.min(samples.len() - 1)]
-        };
-        Stats {
-            n: samples.len(),
-            p50: at(50.0),
-            p99: at(99.0),
-            max: samples.last().copied().unwrap_or_default(),
-        }
-    }
-}
-
-pub fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
 pub fn secs(d: Duration) -> String {
