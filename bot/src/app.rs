@@ -13,11 +13,13 @@ use shepherd_config::{AlertLines, AlertsConfig, Config};
 use shepherd_core::alerts::{Alertmanager, AlertmanagerSettings, Matcher, Route, Router};
 use shepherd_core::audit::AuditLog;
 use shepherd_core::canary::{Canary, CanaryProject, CanarySettings, Reference, ReferenceSource};
+use shepherd_core::deploy::Deployer;
 use shepherd_core::gitlab::{GitLab, GitLabSettings};
 use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::Outbox;
 use shepherd_core::policy::{PersonSpec, Policy};
 use shepherd_core::queue::{Queue, QueueSettings};
+use shepherd_core::registry::{Registry as ImageRegistry, RegistrySettings};
 use shepherd_core::retrigger::{Retrigger, RetriggerSettings};
 use shepherd_core::store::Store;
 use shepherd_core::watcher::{Watcher, WatcherSettings};
@@ -182,6 +184,7 @@ impl App {
             retrigger,
             canary,
             alertmanager: alertmanager_client(&config)?,
+            deploy: deployer(&config, &gitlab, &store, &metrics)?,
             policy: policy.clone(),
             registry: registry.clone(),
             reporter: reporter.clone(),
@@ -462,6 +465,38 @@ fn alertmanager_client(config: &Config) -> anyhow::Result<Option<Alertmanager>> 
         retry_base: config.gitlab.retry_base(),
         retry_max: config.gitlab.retry_max(),
     })?))
+}
+
+/// The deploy service, when `[deploy]` is configured.
+fn deployer(
+    config: &Config,
+    gitlab: &GitLab,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Deployer>> {
+    let Some(d) = &config.deploy else {
+        return Ok(None);
+    };
+    let registry = ImageRegistry::new(
+        RegistrySettings {
+            base_url: d.registry.clone(),
+            username: d.registry_username.clone(),
+            password: d.registry_password().map(|p| p.expose().to_string()),
+            timeout: d.registry_timeout(),
+            max_retries: d.registry_max_retries,
+            retry_base: d.registry_retry_base(),
+            retry_max: d.registry_retry_max(),
+        },
+        metrics.clone(),
+    )
+    .context("deploy.registry")?;
+    Ok(Some(Deployer::new(
+        registry,
+        gitlab.clone(),
+        store.clone(),
+        d.clone(),
+        metrics.clone(),
+    )))
 }
 
 /// The `[alerts]` routes and wording; a matcher Alertmanager would not accept is an error

@@ -188,6 +188,11 @@ impl Dispatcher {
                 .await?;
             return Ok(None);
         };
+        if let Some(why) = plugin.unavailable(&self.services) {
+            self.count(name, "not_enabled");
+            self.reply(origin, &why, key).await?;
+            return Ok(None);
+        }
         let entry = plugin.help();
         let principal = self.services.policy.resolve(&inbound.identity);
         if let Err(refusal) = self.services.policy.check(&principal, name) {

@@ -298,6 +298,16 @@ impl Worker {
             )
             .await?;
         }
+        for (i, (room, text)) in outcome.announcements.iter().enumerate() {
+            outbox::push_in(
+                &mut tx,
+                room,
+                text,
+                Some(&format!("{}:announce:{i}", item.id)),
+                Some(&item.id),
+            )
+            .await?;
+        }
         for p in &outcome.started {
             watcher::record_pipeline_in(
                 &mut tx,

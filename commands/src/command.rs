@@ -53,6 +53,18 @@ pub enum Command {
     },
     Deployments {
         service: String,
+        env: Option<String>,
+    },
+    /// `confirm <code>`: carries out the dangerous command the same person asked for.
+    Confirm {
+        code: String,
+    },
+    Lock {
+        env: String,
+        reason: Option<String>,
+    },
+    Unlock {
+        env: String,
     },
     Alerts {
         filter: Vec<Matcher>,
@@ -77,12 +89,13 @@ pub enum Target {
     Mr(MrRef),
 }
 
-/// What `deploy` deploys: a merge request's image or an image tag.
+/// What `deploy` deploys: a merge request's image, an image tag, or a digest (`sha256:...`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploySource {
     Mr(MrRef),
     Tag(String),
+    Digest(String),
 }
 
 /// Every command word, in the order `help` lists them.
@@ -100,6 +113,9 @@ pub const COMMAND_NAMES: &[&str] = &[
     "deploy",
     "rollback",
     "deployments",
+    "confirm",
+    "lock",
+    "unlock",
     "alerts",
     "silence",
     "unsilence",
@@ -118,9 +134,15 @@ pub fn usage(command: &str) -> Option<&'static str> {
         ("retest", "retest [<mr>]"),
         ("status", "status <pipeline or mr>"),
         ("cancel", "cancel <pipeline or mr>"),
-        ("deploy", "deploy <service> <mr or tag> [to <env>]"),
-        ("rollback", "rollback <service> [in <env>] [to <version>]"),
-        ("deployments", "deployments <service>"),
+        ("deploy", "deploy <service> <mr, tag or digest> [to <env>]"),
+        (
+            "rollback",
+            "rollback <service> [in <env>] [to <tag or digest>]",
+        ),
+        ("deployments", "deployments <service> [in <env>]"),
+        ("confirm", "confirm <code>"),
+        ("lock", "lock <env> [reason ...]"),
+        ("unlock", "unlock <env>"),
         ("alerts", "alerts [matcher ...]"),
         (
             "silence",
@@ -151,6 +173,9 @@ impl Command {
             Command::Deploy { .. } => "deploy",
             Command::Rollback { .. } => "rollback",
             Command::Deployments { .. } => "deployments",
+            Command::Confirm { .. } => "confirm",
+            Command::Lock { .. } => "lock",
+            Command::Unlock { .. } => "unlock",
             Command::Alerts { .. } => "alerts",
             Command::Silence { .. } => "silence",
             Command::Unsilence { .. } => "unsilence",
@@ -168,6 +193,9 @@ impl Command {
                 | Command::Cancel { .. }
                 | Command::Deploy { .. }
                 | Command::Rollback { .. }
+                | Command::Confirm { .. }
+                | Command::Lock { .. }
+                | Command::Unlock { .. }
                 | Command::Silence { .. }
                 | Command::Unsilence { .. }
         )
@@ -187,7 +215,7 @@ impl fmt::Display for DeploySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DeploySource::Mr(m) => m.fmt(f),
-            DeploySource::Tag(t) => write_word(f, t),
+            DeploySource::Tag(t) | DeploySource::Digest(t) => write_word(f, t),
         }
     }
 }
@@ -236,7 +264,19 @@ impl fmt::Display for Command {
                     write_word(f, v)
                 })
             }
-            Command::Deployments { service } => write!(f, " {service}"),
+            Command::Deployments { service, env } => {
+                write!(f, " {service}")?;
+                env.iter().try_for_each(|e| write!(f, " in {e}"))
+            }
+            Command::Confirm { code } => write!(f, " {code}"),
+            Command::Lock { env, reason } => {
+                write!(f, " {env}")?;
+                reason.iter().try_for_each(|r| {
+                    f.write_str(" ")?;
+                    write_word(f, r)
+                })
+            }
+            Command::Unlock { env } => write!(f, " {env}"),
             Command::Alerts { filter } => write_all(f, filter),
             Command::Silence {
                 matchers,

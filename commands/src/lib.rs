@@ -29,5 +29,5 @@ mod refs;
 pub use addressing::{Addressing, Frontend, addressed};
 pub use command::{COMMAND_NAMES, Command, DeploySource, Target, usage};
 pub use error::{ParseError, ParseErrorKind};
-pub use parser::{ParseContext, parse};
+pub use parser::{ParseContext, is_digest, parse};
 pub use refs::{MatchOp, Matcher, MrRef, PipelineRef, Var};

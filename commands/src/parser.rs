@@ -31,7 +31,10 @@ const VAR_EXPECTED: &str =
     "KEY=value, KEY made of letters, digits and _ and not starting with a digit";
 const TARGET_EXPECTED: &str = "a pipeline URL, group/project/pipelines/ID, an ID, a merge request URL, group/project!IID or !IID";
 const NAME_EXPECTED: &str = "letters, digits, '.', '_' and '-', starting with a letter or digit";
-const TAG_EXPECTED: &str = "a merge request (URL, group/project!IID or !IID) or an image tag";
+const TAG_EXPECTED: &str =
+    "a merge request (URL, group/project!IID or !IID), an image tag or a digest (sha256:...)";
+const VERSION_EXPECTED: &str = "an image tag such as v1.2.3, or a digest (sha256:...)";
+const CODE_EXPECTED: &str = "the code shepherd gave when you asked, such as k7m2qz";
 const DURATION_EXPECTED: &str = "a duration of at least one second like 30m, 2h30m or 1d";
 const SILENCE_ID_EXPECTED: &str = "the silence's id, as shown by `silence`";
 
@@ -194,8 +197,46 @@ impl<'t> Args<'t> {
             "rollback" => self.rollback()?,
             "deployments" => {
                 let service = self.service()?;
+                let mut env = None;
+                if let Some(t) = self.take() {
+                    if !t.is_keyword("in") {
+                        return Err(self.unexpected(t));
+                    }
+                    env = Some(self.name("<env>", "environment name")?);
+                }
                 self.finish()?;
-                Command::Deployments { service }
+                Command::Deployments { service, env }
+            }
+            "confirm" => {
+                let t = self
+                    .optional_word()?
+                    .ok_or_else(|| self.missing("<code>"))?;
+                let valid = (4..=16).contains(&t.value.len())
+                    && t.value.chars().all(|c| c.is_ascii_alphanumeric());
+                if !valid {
+                    return Err(bad(t, "confirmation code", CODE_EXPECTED));
+                }
+                self.finish()?;
+                Command::Confirm {
+                    code: t.value.to_ascii_lowercase(),
+                }
+            }
+            "lock" => {
+                let env = self.name("<env>", "environment name")?;
+                let mut reason = Vec::new();
+                while let Some(t) = self.take() {
+                    reason.push(t.value.as_str());
+                }
+                let reason = reason.join(" ");
+                Command::Lock {
+                    env,
+                    reason: (!reason.is_empty()).then_some(reason),
+                }
+            }
+            "unlock" => {
+                let env = self.name("<env>", "environment name")?;
+                self.finish()?;
+                Command::Unlock { env }
             }
             "alerts" => {
                 let mut filter = Vec::new();
@@ -242,8 +283,9 @@ impl<'t> Args<'t> {
             self.reject_bracket(t)?;
             let parsed = match MrRef::parse(&t.value) {
                 Some(mr) => DeploySource::Mr(mr),
+                None if is_digest(&t.value) => DeploySource::Digest(t.value.to_ascii_lowercase()),
                 None if is_tag(&t.value) => DeploySource::Tag(t.value.clone()),
-                None => return Err(bad(t, "merge request or image tag", TAG_EXPECTED)),
+                None => return Err(bad(t, "merge request, image tag or digest", TAG_EXPECTED)),
             };
             source = Some(parsed);
         }
@@ -255,7 +297,7 @@ impl<'t> Args<'t> {
         self.finish()?;
         let source = match source {
             Some(s) => s,
-            None => DeploySource::Mr(self.implicit_mr("<mr or tag>")?),
+            None => DeploySource::Mr(self.implicit_mr("<mr, tag or digest>")?),
         };
         Ok(Command::Deploy {
             service,
@@ -286,11 +328,17 @@ impl<'t> Args<'t> {
             *slot = Some(if t.is_keyword("in") {
                 self.name("<env>", "environment name")?
             } else {
-                let v = self.take().ok_or_else(|| self.missing("<version>"))?;
-                if !is_tag(&v.value) || v.in_bracket {
-                    return Err(bad(v, "version", "an image tag such as v1.2.3"));
+                let v = self.take().ok_or_else(|| self.missing("<tag or digest>"))?;
+                if v.in_bracket {
+                    return Err(bad(v, "version", VERSION_EXPECTED));
                 }
-                v.value.clone()
+                if is_digest(&v.value) {
+                    v.value.to_ascii_lowercase()
+                } else if is_tag(&v.value) {
+                    v.value.clone()
+                } else {
+                    return Err(bad(v, "version", VERSION_EXPECTED));
+                }
             });
         }
         Ok(Command::Rollback { service, env, to })
@@ -499,6 +547,14 @@ fn is_name(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// An image digest as shepherd takes it: `sha256:` and 64 hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("sha256:"))
+        && s.len() == 71
+        && s[7..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// Container image tags: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.

@@ -290,9 +290,81 @@ fn rollback_and_deployments() {
     assert_eq!(
         plain("deployments web"),
         Command::Deployments {
-            service: "web".into()
+            service: "web".into(),
+            env: None,
         }
     );
+    assert_eq!(
+        plain("deployments web in staging"),
+        Command::Deployments {
+            service: "web".into(),
+            env: Some("staging".into()),
+        }
+    );
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    assert_eq!(
+        plain(&format!(
+            "rollback web to {}",
+            digest.to_uppercase().replace("SHA256", "sha256")
+        )),
+        Command::Rollback {
+            service: "web".into(),
+            env: None,
+            to: Some(digest.clone())
+        }
+    );
+    assert_eq!(
+        plain(&format!("deploy web {digest} to staging")),
+        Command::Deploy {
+            service: "web".into(),
+            source: DeploySource::Digest(digest.clone()),
+            env: Some("staging".into()),
+        }
+    );
+}
+
+#[test]
+fn confirm_lock_unlock() {
+    assert_eq!(
+        plain("confirm K7M2QZ"),
+        Command::Confirm {
+            code: "k7m2qz".into()
+        }
+    );
+    assert_eq!(
+        plain("lock production release freeze until Monday"),
+        Command::Lock {
+            env: "production".into(),
+            reason: Some("release freeze until Monday".into()),
+        }
+    );
+    assert_eq!(
+        plain("lock staging"),
+        Command::Lock {
+            env: "staging".into(),
+            reason: None,
+        }
+    );
+    assert_eq!(
+        plain("unlock staging"),
+        Command::Unlock {
+            env: "staging".into()
+        }
+    );
+    for bad in [
+        "confirm",
+        "confirm k7-m2",
+        "confirm abc",
+        "confirm k7m2qz extra",
+        "lock",
+        "unlock",
+        "unlock a b",
+        "deployments web at staging",
+        "rollback web to sha256:abc",
+    ] {
+        let parsed = parse(bad, &ParseContext::default());
+        assert!(parsed.is_err(), "{bad:?} should not parse: {parsed:?}");
+    }
 }
 
 #[test]
@@ -366,6 +438,9 @@ fn names_and_usages() {
         "deploy web v1",
         "rollback web",
         "deployments web",
+        "confirm abcdef",
+        "lock production",
+        "unlock production",
         "alerts",
         "silence a=b for 1h",
         "unsilence abc",

@@ -87,19 +87,19 @@ fn missing_argument() {
     );
     assert_eq!(
         reply("deploy web"),
-        "deploy: missing <mr or tag> (usage: `deploy <service> <mr or tag> [to <env>]`). See `help deploy`."
+        "deploy: missing <mr, tag or digest> (usage: `deploy <service> <mr, tag or digest> [to <env>]`). See `help deploy`."
     );
     assert_eq!(
         reply("deploy to prod"),
-        "deploy: missing <service> (usage: `deploy <service> <mr or tag> [to <env>]`). See `help deploy`."
+        "deploy: missing <service> (usage: `deploy <service> <mr, tag or digest> [to <env>]`). See `help deploy`."
     );
     assert_eq!(
         reply("deploy web v1 to"),
-        "deploy: missing <env> (usage: `deploy <service> <mr or tag> [to <env>]`). See `help deploy`."
+        "deploy: missing <env> (usage: `deploy <service> <mr, tag or digest> [to <env>]`). See `help deploy`."
     );
     assert_eq!(
         reply("rollback web to"),
-        "rollback: missing <version> (usage: `rollback <service> [in <env>] [to <version>]`). See `help rollback`."
+        "rollback: missing <tag or digest> (usage: `rollback <service> [in <env>] [to <tag or digest>]`). See `help rollback`."
     );
     assert_eq!(
         reply("silence for 1h"),
@@ -120,7 +120,7 @@ fn missing_argument() {
     );
     assert_eq!(
         reply("deployments"),
-        "deployments: missing <service> (usage: `deployments <service>`). See `help deployments`."
+        "deployments: missing <service> (usage: `deployments <service> [in <env>]`). See `help deployments`."
     );
 }
 
@@ -168,7 +168,7 @@ fn bad_value() {
     );
     assert_eq!(
         reply("deploy web -v1"),
-        "deploy: `-v1` at column 12 is not a merge request or image tag (expected a merge request (URL, group/project!IID or !IID) or an image tag). See `help deploy`."
+        "deploy: `-v1` at column 12 is not a merge request, image tag or digest (expected a merge request (URL, group/project!IID or !IID), an image tag or a digest (sha256:...)). See `help deploy`."
     );
     assert_eq!(
         reply("alerts severity"),
@@ -219,7 +219,7 @@ fn unexpected_argument() {
     );
     assert_eq!(
         reply("rollback web at prod"),
-        "rollback: unexpected argument `at` at column 14 (usage: `rollback <service> [in <env>] [to <version>]`). See `help rollback`."
+        "rollback: unexpected argument `at` at column 14 (usage: `rollback <service> [in <env>] [to <tag or digest>]`). See `help rollback`."
     );
     assert_eq!(
         reply("status [A=1]"),

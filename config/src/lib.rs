@@ -23,10 +23,11 @@ pub use error::ConfigError;
 pub use model::{
     AccessLevel, AlertLines, AlertRoute, AlertsConfig, BotConfig, CanaryConfig,
     CanaryProjectConfig, CanaryReference, CommentProjectConfig, Config, ConsoleConfig,
-    DEFAULT_FIRING_TEMPLATE, DEFAULT_GROUP_TEMPLATE, DEFAULT_RESOLVED_TEMPLATE,
-    GitlabCommentsConfig, GitlabConfig, HttpConfig, IrcConfig, IrcReplyKind, LogConfig, LogFormat,
-    MatrixConfig, MatrixEncryptFor, Person, QueueConfig, RateLimitsConfig, RetriggerConfig,
-    StoreConfig, WatcherConfig, parse_channel_keys,
+    DEFAULT_FIRING_TEMPLATE, DEFAULT_GROUP_TEMPLATE, DEFAULT_RESOLVED_TEMPLATE, DeployConfig,
+    DeployEnvironment, DeployPipeline, DeployService, GitlabCommentsConfig, GitlabConfig,
+    HttpConfig, IrcConfig, IrcReplyKind, LogConfig, LogFormat, MatrixConfig, MatrixEncryptFor,
+    Person, QueueConfig, RateLimitsConfig, RetriggerConfig, StoreConfig, WatcherConfig,
+    parse_channel_keys,
 };
 pub use secret::{Secret, SecretUrl, redact_url};
 pub use sources::{CONVENTIONAL_SECRET_VARS, ENV_PREFIX, NOT_KEY_VARS};
@@ -234,6 +235,14 @@ fn resolve_secrets(
             "webhook_token",
             alerts.webhook_token_env.as_deref(),
             alerts.webhook_token_file.as_deref(),
+        )?;
+    }
+    if let Some(deploy) = &mut config.deploy {
+        deploy.registry_password = r.resolve(
+            "deploy",
+            "registry_password",
+            deploy.registry_password_env.as_deref(),
+            deploy.registry_password_file.as_deref(),
         )?;
     }
     config.warnings.extend(r.warnings);

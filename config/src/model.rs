@@ -49,6 +49,9 @@ pub struct Config {
     /// Alertmanager webhook, alert routes, silences; absent means not enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertsConfig>,
+    /// Deploying merge-request images to environments; absent means not enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployConfig>,
     #[serde(skip)]
     pub(crate) warnings: Vec<String>,
 }
@@ -1056,6 +1059,154 @@ pub struct AlertRoute {
     /// Go on to the next routes after this one matched (Alertmanager's `continue`).
     #[serde(default, rename = "continue")]
     pub continue_matching: bool,
+}
+
+/// `[deploy]`: merge-request images deployed to environments by registry retag (or a pipeline).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// The OCI Distribution API base URL (`https://registry.example.org`; `http://` allowed).
+    pub registry: Url,
+    /// The registry user; the password or token comes from `registry_password_env`/`_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_password_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_password_file: Option<PathBuf>,
+    #[serde(
+        default,
+        skip_deserializing,
+        skip_serializing_if = "SecretSlot::is_not_configured"
+    )]
+    pub(crate) registry_password: SecretSlot,
+    /// Per registry request, from connecting to the end of the body.
+    #[serde(default = "default_registry_timeout_ms")]
+    pub registry_timeout_ms: u64,
+    /// Retries of a registry request after the first attempt (connection errors, 5xx, 429).
+    #[serde(default = "default_registry_max_retries")]
+    pub registry_max_retries: u32,
+    #[serde(default = "default_registry_retry_base_ms")]
+    pub registry_retry_base_ms: u64,
+    #[serde(default = "default_registry_retry_max_ms")]
+    pub registry_retry_max_ms: u64,
+    /// How long a `confirm <code>` stays valid.
+    #[serde(default = "default_confirm_timeout")]
+    pub confirm_timeout_seconds: u64,
+    /// Groups whose members may lift a lock someone else holds (`unlock <env>`).
+    #[serde(default = "default_lock_breakers")]
+    pub lock_breakers: Vec<String>,
+    /// What can be deployed.
+    pub services: Vec<DeployService>,
+    /// Where it can be deployed; the first is the default of `deploy`.
+    pub environments: Vec<DeployEnvironment>,
+}
+
+fn default_registry_timeout_ms() -> u64 {
+    30_000
+}
+fn default_registry_max_retries() -> u32 {
+    5
+}
+fn default_registry_retry_base_ms() -> u64 {
+    500
+}
+fn default_registry_retry_max_ms() -> u64 {
+    30_000
+}
+fn default_confirm_timeout() -> u64 {
+    300
+}
+fn default_lock_breakers() -> Vec<String> {
+    vec!["admins".to_owned()]
+}
+fn default_mr_tag() -> String {
+    "mr-{iid}".to_owned()
+}
+
+impl DeployConfig {
+    /// The registry password or token; `None` means anonymous (or the username alone).
+    pub fn registry_password(&self) -> Option<&Secret> {
+        self.registry_password.get()
+    }
+    pub fn set_registry_password(&mut self, password: Option<Secret>) {
+        self.registry_password = slot(password);
+    }
+    pub fn registry_timeout(&self) -> Duration {
+        Duration::from_millis(self.registry_timeout_ms)
+    }
+    pub fn registry_retry_base(&self) -> Duration {
+        Duration::from_millis(self.registry_retry_base_ms)
+    }
+    pub fn registry_retry_max(&self) -> Duration {
+        Duration::from_millis(self.registry_retry_max_ms)
+    }
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_secs(self.confirm_timeout_seconds)
+    }
+    /// The service named `name` (without case).
+    pub fn service(&self, name: &str) -> Option<&DeployService> {
+        self.services
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(name))
+    }
+    /// The environment named `name` (without case); `None` names the default (the first).
+    pub fn environment(&self, name: Option<&str>) -> Option<&DeployEnvironment> {
+        match name {
+            Some(name) => self
+                .environments
+                .iter()
+                .find(|e| e.name.eq_ignore_ascii_case(name)),
+            None => self.environments.first(),
+        }
+    }
+}
+
+/// One `[[deploy.services]]` entry: an image repository and where its MR images come from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployService {
+    /// The name used in commands (`deploy herder !12`).
+    pub name: String,
+    /// The image repository in the registry (`cki/pipeline-herder`).
+    pub repository: String,
+    /// The project whose merge requests `!12` and MR URLs refer to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mr_project: Option<String>,
+    /// The tag an MR's pipeline pushes; `{iid}` is the MR's number.
+    #[serde(default = "default_mr_tag")]
+    pub mr_tag: String,
+    /// Rooms where deploys and rollbacks of this service are announced.
+    #[serde(default)]
+    pub announce: Vec<String>,
+}
+
+/// One `[[deploy.environments]]` entry: a tag to point, or a deploy pipeline to run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployEnvironment {
+    pub name: String,
+    /// Deploying points this tag of the service's repository at the source's digest ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// ... or runs this project's pipeline with DEPLOY_SERVICE, DEPLOY_IMAGE, DEPLOY_ENVIRONMENT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<DeployPipeline>,
+    /// The asker must `confirm <code>` within `confirm_timeout_seconds`.
+    #[serde(default)]
+    pub confirm: bool,
+    /// Who may deploy here, on top of `[permissions]` deploy / rollback; empty: no extra check.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// A deploy pipeline: `{ project = "cki/deployment-all", ref = "main" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployPipeline {
+    pub project: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
 }
 
 fn slot(secret: Option<Secret>) -> SecretSlot {

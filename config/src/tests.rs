@@ -197,6 +197,62 @@ fn shipped_commented_sections_are_valid_when_uncommented() {
     let alerts = c.alerts.expect("alerts");
     assert_eq!(alerts.routes[0].targets, ["irc:#ops"]);
     assert_eq!(alerts.routes[0].matchers, [r#"severity=~"critical|page""#]);
+    let deploy = c.deploy.expect("deploy");
+    assert_eq!(deploy.registry.as_str(), "https://registry.example.org/");
+    assert_eq!(deploy.confirm_timeout_seconds, 300);
+    let herder = deploy.service("HERDER").expect("herder");
+    assert_eq!(herder.mr_tag, "mr-{iid}");
+    assert_eq!(herder.announce, ["irc:#ops"]);
+    let production = deploy.environment(None).expect("the default environment");
+    assert_eq!(production.name, "production");
+    assert!(production.confirm);
+    assert_eq!(production.groups, ["admins"]);
+    assert_eq!(
+        deploy
+            .environment(Some("staging"))
+            .and_then(|e| e.tag.clone()),
+        Some("staging".into())
+    );
+    assert!(deploy.registry_password().is_none());
+}
+
+#[test]
+fn deploy_sections_are_checked_key_by_key() {
+    let base = |services: &str, environments: &str| {
+        format!(
+            "[deploy]\nregistry = \"ftp://r\"\nregistry_password_env = \"PW\"\nconfirm_timeout_seconds = 1\n{services}{environments}"
+        )
+    };
+    let text = base(
+        "[[deploy.services]]\nname = \"her der\"\nrepository = \"Cki/Herder\"\nmr_tag = \"mr {iid}\"\nannounce = [\"irc:#nowhere\"]\n[[deploy.services]]\nname = \"HER DER\"\nrepository = \"ok/repo\"\n",
+        "[[deploy.environments]]\nname = \"prod\"\n[[deploy.environments]]\nname = \"x\"\ntag = \"-bad\"\npipeline = { project = \"p\", ref = \"\" }\n",
+    );
+    let e = load_text(&text, &[]).expect_err("refused");
+    let shown = e.to_string();
+    for key in [
+        "deploy.registry",
+        "deploy.registry_username",
+        "deploy.confirm_timeout_seconds",
+        "deploy.services[0].name",
+        "deploy.services[0].repository",
+        "deploy.services[0].mr_tag",
+        "deploy.services[0].announce[0]",
+        "deploy.services[1].name",
+        "deploy.environments[0]",
+        "deploy.environments[1]",
+    ] {
+        assert!(shown.contains(key), "{key} not named in:\n{shown}");
+    }
+    let empty = load_text(
+        "[deploy]\nregistry = \"https://r\"\nservices = []\nenvironments = []\n",
+        &[],
+    )
+    .expect_err("refused");
+    let shown = empty.to_string();
+    assert!(
+        shown.contains("deploy.services") && shown.contains("deploy.environments"),
+        "{shown}"
+    );
 }
 
 #[test]

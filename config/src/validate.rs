@@ -551,5 +551,152 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
         c.at_least("alerts.max_body_bytes", alerts.max_body_bytes as u64, 1024);
     }
 
+    if let Some(deploy) = &config.deploy {
+        validate_deploy(&mut c, deploy, config);
+    }
+
     c.problems
+}
+
+/// Whether `tag` is a valid image tag (OCI: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`).
+pub fn is_image_tag(tag: &str) -> bool {
+    let mut chars = tag.chars();
+    tag.len() <= 128
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Whether `name` is a repository name as the OCI distribution spec allows
+/// (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`).
+pub fn is_repository_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('/').all(|part| {
+            let bytes = part.as_bytes();
+            !part.is_empty()
+                && bytes[0].is_ascii_alphanumeric()
+                && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+                && part.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+                })
+        })
+}
+
+fn validate_deploy(c: &mut Checker, deploy: &crate::model::DeployConfig, config: &Config) {
+    c.http_url("deploy.registry", &deploy.registry);
+    if deploy.registry_username.is_none()
+        && (deploy.registry_password_env.is_some() || deploy.registry_password_file.is_some())
+    {
+        c.fail(
+            "deploy.registry_username",
+            "is needed with registry_password_env / registry_password_file (basic auth and token requests send both)",
+        );
+    }
+    c.at_least(
+        "deploy.confirm_timeout_seconds",
+        deploy.confirm_timeout_seconds,
+        10,
+    );
+    c.at_least(
+        "deploy.registry_timeout_ms",
+        deploy.registry_timeout_ms,
+        100,
+    );
+    c.ordered(
+        "deploy.registry_retry_base_ms",
+        deploy.registry_retry_base_ms,
+        "deploy.registry_retry_max_ms",
+        deploy.registry_retry_max_ms,
+    );
+    if deploy.services.is_empty() {
+        c.fail("deploy.services", "must list at least one service");
+    }
+    if deploy.environments.is_empty() {
+        c.fail("deploy.environments", "must list at least one environment");
+    }
+    let mut names = BTreeSet::new();
+    for (i, service) in deploy.services.iter().enumerate() {
+        let at = format!("deploy.services[{i}]");
+        name_like(c, &format!("{at}.name"), &service.name);
+        if !names.insert(service.name.to_ascii_lowercase()) {
+            c.fail(
+                &format!("{at}.name"),
+                format!("{:?} is configured twice", service.name),
+            );
+        }
+        if !is_repository_name(&service.repository) {
+            c.fail(
+                &format!("{at}.repository"),
+                format!(
+                    "{:?} is not a repository name (expected lower-case path parts such as cki/pipeline-herder)",
+                    service.repository
+                ),
+            );
+        }
+        if let Some(project) = &service.mr_project {
+            c.project_path(&format!("{at}.mr_project"), project);
+        }
+        let example = service.mr_tag.replace("{iid}", "12");
+        if !is_image_tag(&example) {
+            c.fail(
+                &format!("{at}.mr_tag"),
+                format!(
+                    "{:?} does not make an image tag (expected letters, digits, `.`, `_`, `-` and the placeholder {{iid}})",
+                    service.mr_tag
+                ),
+            );
+        }
+        for (j, target) in service.announce.iter().enumerate() {
+            c.room(&format!("{at}.announce[{j}]"), target, config);
+        }
+    }
+    let mut envs = BTreeSet::new();
+    for (i, env) in deploy.environments.iter().enumerate() {
+        let at = format!("deploy.environments[{i}]");
+        name_like(c, &format!("{at}.name"), &env.name);
+        if !envs.insert(env.name.to_ascii_lowercase()) {
+            c.fail(
+                &format!("{at}.name"),
+                format!("{:?} is configured twice", env.name),
+            );
+        }
+        match (&env.tag, &env.pipeline) {
+            (Some(tag), None) => {
+                if !is_image_tag(tag) {
+                    c.fail(
+                        &format!("{at}.tag"),
+                        format!("{tag:?} is not an image tag (expected letters, digits, `.`, `_`, `-`)"),
+                    );
+                }
+            }
+            (None, Some(pipeline)) => {
+                c.project_path(&format!("{at}.pipeline.project"), &pipeline.project);
+                c.not_empty(&format!("{at}.pipeline.ref"), &pipeline.git_ref);
+            }
+            _ => c.fail(
+                &at,
+                "needs exactly one of `tag` (the tag pointed at the image) or `pipeline` (a deploy pipeline to run)",
+            ),
+        }
+        for (j, group) in env.groups.iter().enumerate() {
+            c.word(&format!("{at}.groups[{j}]"), group);
+        }
+    }
+}
+
+/// A service or environment name as commands take it: letters, digits, `.`, `_`, `-`.
+fn name_like(c: &mut Checker, key: &str, name: &str) {
+    let ok = name.len() <= 64
+        && name.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
+    if !ok {
+        c.fail(
+            key,
+            format!("{name:?} is not a name (expected a letter or digit, then letters, digits, `.`, `_`, `-`)"),
+        );
+    }
 }

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Senders and rooms the rate limiters currently keep state for (pruned every minute).
     pub rate_limiter_keys: IntGauge,
+    /// Registry API calls by method (`TOKEN` for token requests) and status (`error`: no answer).
+    pub registry_requests: IntCounterVec,
+    /// Deploys and rollbacks by service, environment and outcome.
+    pub deployments: IntCounterVec,
 }
 
 impl Metrics {
@@ -238,6 +242,22 @@ impl Metrics {
         registry.register(Box::new(gitlab_retries.clone()))?;
         registry.register(Box::new(watched_pipelines.clone()))?;
         registry.register(Box::new(outbox_pending.clone()))?;
+        let registry_requests = IntCounterVec::new(
+            Opts::new(
+                "registry_requests_total",
+                "Container registry API calls by method and status",
+            ),
+            &["method", "status"],
+        )?;
+        let deployments = IntCounterVec::new(
+            Opts::new(
+                "deployments_total",
+                "Deploys and rollbacks by service, environment and outcome (done, would, refused, failed, confirmation)",
+            ),
+            &["service", "environment", "outcome"],
+        )?;
+        registry.register(Box::new(registry_requests.clone()))?;
+        registry.register(Box::new(deployments.clone()))?;
         Ok(Self {
             registry,
             commands,
@@ -262,6 +282,8 @@ impl Metrics {
             outbox_parked,
             rate_limited,
             rate_limiter_keys,
+            registry_requests,
+            deployments,
         })
     }
 

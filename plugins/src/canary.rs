@@ -269,6 +269,7 @@ impl Plugin for Retest {
                     watches,
                     started,
                     canary: Some(CanaryChange::Retest(retest)),
+                    ..Outcome::default()
                 })
             }
             RetestOutcome::Would { trees, .. } => Ok(Outcome {

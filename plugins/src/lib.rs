@@ -9,6 +9,7 @@
 pub mod alerts;
 mod canary;
 mod cancel;
+mod deploy;
 mod help;
 mod ping;
 mod report;
@@ -96,6 +97,8 @@ pub struct Services {
     pub canary: Canary,
     /// Alertmanager's API, for `alerts`, `silence` and `unsilence` (when configured).
     pub alertmanager: Option<shepherd_core::alerts::Alertmanager>,
+    /// Deploys and rollbacks (when `[deploy]` is configured).
+    pub deploy: Option<shepherd_core::deploy::Deployer>,
     pub policy: Arc<Policy>,
     /// The plugins of this build (help and whoami list them).
     pub registry: Arc<Registry>,
@@ -134,6 +137,8 @@ pub struct Outcome {
     pub audit: Option<(AuditOutcome, String)>,
     /// A canary run started or retested; the worker records it and publishes its summary.
     pub canary: Option<CanaryChange>,
+    /// Messages for other rooms than the asker's (a deploy's announcement).
+    pub announcements: Vec<(Origin, String)>,
 }
 
 impl Outcome {
@@ -159,6 +164,11 @@ pub enum PluginError {
 #[async_trait]
 pub trait Plugin: Send + Sync {
     fn help(&self) -> &'static HelpEntry;
+    /// Why the command cannot run on this shepherd (its section is not configured), if so: the
+    /// dispatcher answers this at once instead of queueing the command.
+    fn unavailable(&self, _services: &Services) -> Option<String> {
+        None
+    }
     async fn run(&self, services: &Services, call: &Call<'_>) -> Result<Outcome, PluginError>;
 }
 
@@ -189,6 +199,12 @@ impl Registry {
             Box::new(alerts::commands::Alerts),
             Box::new(alerts::commands::SilencePlugin),
             Box::new(alerts::commands::Unsilence),
+            Box::new(deploy::DeployPlugin),
+            Box::new(deploy::Confirm),
+            Box::new(deploy::Rollback),
+            Box::new(deploy::Deployments),
+            Box::new(deploy::LockPlugin),
+            Box::new(deploy::Unlock),
         ];
         let plugins = all.into_iter().map(|p| (p.help().command, p)).collect();
         Self { plugins }

@@ -92,7 +92,7 @@ impl Plugin for RetriggerPlugin {
                     AuditOutcome::Done,
                     format!("created pipeline {}", new.web_url),
                 )),
-                canary: None,
+                ..Outcome::default()
             },
             RetriggerOutcome::WouldCreate { old, variables } => {
                 let vars = variables

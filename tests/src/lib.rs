@@ -10,5 +10,6 @@ pub mod ircd;
 pub mod matrix_client;
 pub mod measure;
 pub mod proxy;
+pub mod registry;
 pub mod services;
 pub mod synapse;

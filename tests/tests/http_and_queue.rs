@@ -77,7 +77,9 @@ async fn serve_endpoints(backend: Backend) {
         "## retrigger",
         "`retrigger <pipeline> [key=value ...]`",
         "Who may use it: groups admins, developers",
-        "## Not enabled yet",
+        "## deploy",
+        "`deploy <service> <mr, tag or digest> [to <env>]`",
+        "## confirm",
     ] {
         assert!(help.contains(needle), "{needle} in /help:\n{help}");
     }

@@ -44,7 +44,8 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::metrics::Metrics;
-use error::{render_error_body, truncate};
+use error::render_error_body;
+pub(crate) use error::truncate;
 
 /// Page size for paginated lists (GitLab's maximum).
 const PAGE_SIZE: u32 = 100;
@@ -848,7 +849,7 @@ fn transport_failure(e: reqwest::Error) -> Attempt {
 }
 
 /// An error and its causes on one line ("error sending request: ... : Connection refused").
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = vec![e.to_string()];
     let mut source = e.source();
     while let Some(cause) = source {
@@ -862,7 +863,10 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3); a date in the past is 0.
-fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+pub(crate) fn parse_retry_after(
+    value: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
