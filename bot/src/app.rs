@@ -181,10 +181,10 @@ impl App {
             default_project: config.gitlab.default_project.clone(),
             gitlab: gitlab.clone(),
             store: store.clone(),
-            retrigger,
+            retrigger: retrigger.clone(),
             canary,
             alertmanager: alertmanager_client(&config)?,
-            deploy: deployer(&config, &gitlab, &store, &metrics)?,
+            deploy: deployer(&config, &gitlab, &retrigger, &store, &metrics)?,
             policy: policy.clone(),
             registry: registry.clone(),
             reporter: reporter.clone(),
@@ -471,6 +471,7 @@ fn alertmanager_client(config: &Config) -> anyhow::Result<Option<Alertmanager>> 
 fn deployer(
     config: &Config,
     gitlab: &GitLab,
+    retrigger: &Retrigger,
     store: &Store,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Option<Deployer>> {
@@ -493,6 +494,7 @@ fn deployer(
     Ok(Some(Deployer::new(
         registry,
         gitlab.clone(),
+        retrigger.clone(),
         store.clone(),
         d.clone(),
         metrics.clone(),

@@ -213,6 +213,13 @@ fn shipped_commented_sections_are_valid_when_uncommented() {
             .and_then(|e| e.tag.clone()),
         Some("staging".into())
     );
+    let mr = deploy.environment(Some("mr")).expect("mr");
+    assert_eq!(
+        mr.pipeline
+            .as_ref()
+            .map(|p| (p.project.as_str(), p.git_ref.as_str())),
+        Some(("cki/deployment-all", "main"))
+    );
     assert!(deploy.registry_password().is_none());
 }
 

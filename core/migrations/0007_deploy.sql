@@ -2,8 +2,8 @@
 -- `confirm <code>`, and locks on environments.
 
 -- One row per request that points (or pointed) an environment at a digest. Written as
--- `started` before the registry is asked to move the tag, so a crash or redelivery finishes the
--- same deployment (same from and to) and records it once.
+-- `started` before the registry is asked to move the tag (or the deploy pipeline is created), so
+-- a crash or redelivery finishes the same deployment (same from and to) and records it once.
 CREATE TABLE deployments (
     id          TEXT PRIMARY KEY,           -- the request that carried it out
     service     TEXT NOT NULL,
@@ -16,6 +16,9 @@ CREATE TABLE deployments (
     person      TEXT,
     state       TEXT NOT NULL,              -- started | done | failed
     detail      TEXT,                       -- why it failed
+    pipeline_project TEXT,                  -- a pipeline environment: the deploy pipeline run
+    pipeline_id BIGINT,
+    pipeline_url TEXT,
     created_at  BIGINT NOT NULL,
     finished_at BIGINT
 );

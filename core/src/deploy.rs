@@ -18,12 +18,13 @@ use std::sync::Arc;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use shepherd_config::{DeployConfig, DeployEnvironment, DeployService};
+use shepherd_config::{DeployConfig, DeployEnvironment, DeployPipeline, DeployService};
 use sqlx::Row;
 
-use crate::gitlab::{GitLab, GitLabError};
+use crate::gitlab::{GitLab, GitLabError, Variable};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryError};
+use crate::retrigger::{REQUEST_ID_VARIABLE, Retrigger, RetriggerError};
 use crate::store::{Store, StoreError, now_ms};
 
 /// Who asks: their identity, the person it maps to, their groups.
@@ -78,11 +79,15 @@ pub struct Plan {
     pub service: String,
     pub environment: String,
     pub repository: String,
-    /// The environment's tag.
+    /// The environment's tag (empty for a pipeline environment).
     pub tag: String,
+    /// A pipeline environment: the deploy pipeline to run instead of moving a tag.
+    #[serde(default)]
+    pub pipeline: Option<DeployPipeline>,
     /// What was asked for: `!12`, a tag, a digest, or `previous`.
     pub source: String,
-    /// What the tag pointed at when the plan was made (`None`: the tag did not exist).
+    /// What the tag pointed at when the plan was made (`None`: the tag did not exist); for a
+    /// pipeline environment, what its last recorded deployment deployed.
     pub from_digest: Option<String>,
     pub to_digest: String,
     pub mr: Option<MrInfo>,
@@ -116,8 +121,13 @@ pub struct Request<'a> {
 /// How a request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// The tag now points at the plan's digest, recorded (`recovered`: by an earlier attempt).
-    Done { plan: Plan, recovered: bool },
+    /// The tag now points at the plan's digest (or its deploy pipeline was created), recorded
+    /// (`recovered`: by an earlier attempt).
+    Done {
+        plan: Plan,
+        recovered: bool,
+        pipeline: Option<StartedPipeline>,
+    },
     /// The tag already pointed there: nothing to do, nothing recorded.
     AlreadyThere { plan: Plan },
     /// Non-production mode: what would have happened.
@@ -129,6 +139,17 @@ pub enum Step {
         expires_at: i64,
     },
 }
+
+/// The deploy pipeline a pipeline environment's deployment ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedPipeline {
+    pub project: String,
+    pub id: u64,
+    pub web_url: String,
+}
+
+/// The variables a deploy pipeline gets, besides `SHEPHERD_REQUEST_ID`.
+pub const DEPLOY_VARIABLES: [&str; 3] = ["DEPLOY_SERVICE", "DEPLOY_IMAGE", "DEPLOY_ENVIRONMENT"];
 
 /// A lock on an environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,10 +192,6 @@ pub enum Refusal {
         groups: Vec<String>,
     },
     Locked(Lock),
-    /// Deploy pipelines are configured but not carried out by this build.
-    PipelineEnvironment {
-        environment: String,
-    },
     NoMrProject {
         service: String,
     },
@@ -213,7 +230,7 @@ pub enum Refusal {
     },
     /// The environment moved since the plan was shown.
     Moved {
-        plan: Plan,
+        plan: Box<Plan>,
         now: Option<String>,
     },
     NotLocked {
@@ -236,6 +253,9 @@ pub enum DeployError {
     GitLab(#[from] GitLabError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Creating the deploy pipeline failed (retryable when GitLab may answer later).
+    #[error(transparent)]
+    Pipeline(#[from] RetriggerError),
 }
 
 impl From<sqlx::Error> for DeployError {
@@ -252,6 +272,7 @@ impl DeployError {
             DeployError::Registry(e) => e.is_retryable(),
             DeployError::GitLab(e) => e.is_retryable(),
             DeployError::Store(_) => true,
+            DeployError::Pipeline(e) => e.is_retryable(),
         }
     }
 }
@@ -275,6 +296,7 @@ pub struct Deployer {
 struct Inner {
     registry: Registry,
     gitlab: GitLab,
+    retrigger: Retrigger,
     store: Store,
     config: DeployConfig,
     metrics: Arc<Metrics>,
@@ -294,6 +316,7 @@ impl Deployer {
     pub fn new(
         registry: Registry,
         gitlab: GitLab,
+        retrigger: Retrigger,
         store: Store,
         config: DeployConfig,
         metrics: Arc<Metrics>,
@@ -302,6 +325,7 @@ impl Deployer {
             inner: Arc::new(Inner {
                 registry,
                 gitlab,
+                retrigger,
                 store,
                 config,
                 metrics,
@@ -423,7 +447,10 @@ impl Deployer {
             .digest(&plan.repository, &plan.tag)
             .await?;
         if now != plan.from_digest {
-            return refuse(Refusal::Moved { plan, now });
+            return refuse(Refusal::Moved {
+                plan: Box::new(plan),
+                now,
+            });
         }
         if !production {
             return Ok(Step::Would { plan });
@@ -598,11 +625,6 @@ impl Deployer {
     /// Groups, then the lock.
     async fn check_allowed(&self, who: &Who, env: &DeployEnvironment) -> Result<(), DeployError> {
         self.check_groups(who, env)?;
-        if env.pipeline.is_some() {
-            return refuse(Refusal::PipelineEnvironment {
-                environment: env.name.clone(),
-            });
-        }
         match self.lock_of(&env.name).await? {
             Some(lock) if !who.is(&lock.identity, lock.person.as_deref()) => {
                 refuse(Refusal::Locked(lock))
@@ -620,7 +642,7 @@ impl Deployer {
         let registry = &self.inner.registry;
         let repository = service.repository.clone();
         let tag = env.tag.clone().unwrap_or_default();
-        let from_digest = registry.digest(&repository, &tag).await?;
+        let from_digest = self.current(&service.name, env, &repository).await?;
         let missing = |reference: &str, mr: Option<u64>| {
             DeployError::Refused(Box::new(Refusal::ImageMissing {
                 repository: repository.clone(),
@@ -702,10 +724,36 @@ impl Deployer {
             environment: env.name.clone(),
             repository,
             tag,
+            pipeline: env.pipeline.clone(),
             source,
             from_digest,
             to_digest,
             mr,
+        })
+    }
+
+    /// What `env` runs now: its tag's digest, or for a pipeline environment the digest its last
+    /// recorded deployment deployed.
+    async fn current(
+        &self,
+        service: &str,
+        env: &DeployEnvironment,
+        repository: &str,
+    ) -> Result<Option<String>, DeployError> {
+        if let Some(tag) = &env.tag {
+            return Ok(self.inner.registry.digest(repository, tag).await?);
+        }
+        let row = sqlx::query(
+            "SELECT to_digest FROM deployments WHERE service = $1 AND environment = $2 AND state = 'done' \
+             ORDER BY finished_at DESC, id DESC LIMIT 1",
+        )
+        .bind(service)
+        .bind(&env.name)
+        .fetch_optional(self.inner.store.pool())
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("to_digest")?),
+            None => None,
         })
     }
 
@@ -822,6 +870,7 @@ impl Deployer {
             environment,
             repository: service_config.repository.clone(),
             tag: env.tag.clone().unwrap_or_default(),
+            pipeline: env.pipeline.clone(),
             source: row.try_get("source")?,
             from_digest: row.try_get("from_digest")?,
             to_digest: row.try_get("to_digest")?,
@@ -849,25 +898,83 @@ impl Deployer {
         .execute(store)
         .await?;
         let recovered = inserted.rows_affected() == 0;
-        let state: String = sqlx::query("SELECT state FROM deployments WHERE id = $1")
-            .bind(request_id)
-            .fetch_one(store)
-            .await?
-            .try_get("state")?;
+        let row = sqlx::query(
+            "SELECT state, created_at, pipeline_project, pipeline_id, pipeline_url FROM deployments WHERE id = $1",
+        )
+        .bind(request_id)
+        .fetch_one(store)
+        .await?;
+        let state: String = row.try_get("state")?;
         if state == "done" {
+            let pipeline = match (
+                row.try_get::<Option<String>, _>("pipeline_project")?,
+                row.try_get::<Option<i64>, _>("pipeline_id")?,
+                row.try_get::<Option<String>, _>("pipeline_url")?,
+            ) {
+                (Some(project), Some(id), Some(web_url)) => Some(StartedPipeline {
+                    project,
+                    id: u64::try_from(id).unwrap_or_default(),
+                    web_url,
+                }),
+                _ => None,
+            };
             return Ok(Step::Done {
                 plan,
                 recovered: true,
+                pipeline,
             });
         }
+        let started_at: i64 = row.try_get("created_at")?;
+        let (recovered, pipeline) = match plan.pipeline.clone() {
+            Some(target) => {
+                let (created, recovered) = self
+                    .run_pipeline(request_id, started_at, &plan, &target)
+                    .await?;
+                (recovered, Some(created))
+            }
+            None => {
+                self.move_tag(request_id, &plan).await?;
+                (recovered, None)
+            }
+        };
+        sqlx::query(
+            "UPDATE deployments SET state = 'done', finished_at = $1, pipeline_project = $2, pipeline_id = $3, pipeline_url = $4 WHERE id = $5",
+        )
+        .bind(now_ms())
+        .bind(pipeline.as_ref().map(|p| p.project.clone()))
+        .bind(pipeline.as_ref().map(|p| i64::try_from(p.id).unwrap_or(i64::MAX)))
+        .bind(pipeline.as_ref().map(|p| p.web_url.clone()))
+        .bind(request_id)
+        .execute(store)
+        .await?;
+        tracing::info!(
+            request = request_id,
+            service = %plan.service,
+            environment = %plan.environment,
+            from = plan.from_digest.as_deref().unwrap_or("-"),
+            to = %plan.to_digest,
+            pipeline = pipeline.as_ref().map(|p| p.web_url.as_str()).unwrap_or("-"),
+            "deployed"
+        );
+        Ok(Step::Done {
+            plan,
+            recovered,
+            pipeline,
+        })
+    }
+
+    /// Puts the source's manifest, byte for byte, under the environment's tag.
+    async fn move_tag(&self, request_id: &str, plan: &Plan) -> Result<(), DeployError> {
         let registry = &self.inner.registry;
         let Some(manifest) = registry.manifest(&plan.repository, &plan.to_digest).await? else {
-            sqlx::query("UPDATE deployments SET state = 'failed', detail = $1, finished_at = $2 WHERE id = $3")
-                .bind("the image is no longer in the registry")
-                .bind(now_ms())
-                .bind(request_id)
-                .execute(store)
-                .await?;
+            sqlx::query(
+                "UPDATE deployments SET state = 'failed', detail = $1, finished_at = $2 WHERE id = $3",
+            )
+            .bind("the image is no longer in the registry")
+            .bind(now_ms())
+            .bind(request_id)
+            .execute(self.inner.store.pool())
+            .await?;
             return refuse(Refusal::ImageMissing {
                 repository: plan.repository.clone(),
                 reference: plan.to_digest.clone(),
@@ -877,20 +984,38 @@ impl Deployer {
         registry
             .put_manifest(&plan.repository, &plan.tag, &manifest)
             .await?;
-        sqlx::query("UPDATE deployments SET state = 'done', finished_at = $1 WHERE id = $2")
-            .bind(now_ms())
-            .bind(request_id)
-            .execute(store)
+        Ok(())
+    }
+
+    /// Runs the environment's deploy pipeline for the plan, exactly once per request (the
+    /// retrigger's marked create: `SHEPHERD_REQUEST_ID` is looked for before creating again).
+    async fn run_pipeline(
+        &self,
+        request_id: &str,
+        started_at: i64,
+        plan: &Plan,
+        target: &DeployPipeline,
+    ) -> Result<(StartedPipeline, bool), DeployError> {
+        let variables = deploy_variables(plan, request_id);
+        let (pipeline, recovered) = self
+            .inner
+            .retrigger
+            .create_marked(
+                request_id,
+                started_at,
+                &target.project,
+                &target.git_ref,
+                &variables,
+            )
             .await?;
-        tracing::info!(
-            request = request_id,
-            service = %plan.service,
-            environment = %plan.environment,
-            from = plan.from_digest.as_deref().unwrap_or("-"),
-            to = %plan.to_digest,
-            "deployed"
-        );
-        Ok(Step::Done { plan, recovered })
+        Ok((
+            StartedPipeline {
+                project: target.project.clone(),
+                id: pipeline.id,
+                web_url: pipeline.web_url,
+            },
+            recovered,
+        ))
     }
 
     fn count(&self, service: &str, environment: Option<&str>, result: &Result<Step, DeployError>) {
@@ -921,6 +1046,17 @@ impl Deployer {
             .with_label_values(&[service, env, outcome])
             .inc();
     }
+}
+
+/// DEPLOY_SERVICE, DEPLOY_IMAGE (`repository@digest`), DEPLOY_ENVIRONMENT and SHEPHERD_REQUEST_ID.
+pub fn deploy_variables(plan: &Plan, request_id: &str) -> Vec<Variable> {
+    let [service, image, environment] = DEPLOY_VARIABLES;
+    vec![
+        Variable::env(service, &plan.service),
+        Variable::env(image, format!("{}@{}", plan.repository, plan.to_digest)),
+        Variable::env(environment, &plan.environment),
+        Variable::env(REQUEST_ID_VARIABLE, request_id),
+    ]
 }
 
 fn step_plan(step: &Step) -> &Plan {

@@ -11,6 +11,7 @@ pub mod effects;
 pub mod frontend;
 pub mod gitlab;
 pub mod metrics;
+pub mod once;
 pub mod origin;
 pub mod outbox;
 pub mod policy;

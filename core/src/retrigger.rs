@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::effects;
 use crate::gitlab::{GitLab, GitLabError, Pipeline, PipelineQuery, Variable};
+use crate::once::{self, CreateFailure, OnceError};
 use crate::store::{Store, StoreError, now_ms};
 
 /// The variable that carries shepherd's request id on every pipeline it creates.
@@ -126,56 +127,15 @@ impl Retrigger {
             return Ok(RetriggerOutcome::WouldCreate { old, variables });
         }
 
-        let started_before =
-            effects::get(&self.store, &req.request_id, EFFECT_CREATE_STARTED).await?;
-        if started_before.is_some() {
-            if let Some(found) = self.find_own(req, &old.git_ref).await? {
-                return self.record(req, old, found, variables, true).await;
-            }
-        } else {
-            effects::put(&self.store, &req.request_id, EFFECT_CREATE_STARTED, "1").await?;
-        }
-
-        for attempt in 1..=self.settings.create_attempts.max(1) {
-            match self
-                .gitlab
-                .create_pipeline(&req.project, &old.git_ref, &variables)
-                .await
-            {
-                Ok(new) => return self.record(req, old, new, variables, false).await,
-                Err(GitLabError::Ambiguous { .. }) => {
-                    tracing::warn!(
-                        request = %req.request_id,
-                        attempt,
-                        "pipeline create answered ambiguously; looking for our own pipeline"
-                    );
-                    if let Some(found) = self.find_own(req, &old.git_ref).await? {
-                        return self.record(req, old, found, variables, true).await;
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(RetriggerError::StillAmbiguous {
-            attempts: self.settings.create_attempts.max(1),
-        })
-    }
-
-    async fn record(
-        &self,
-        req: &RetriggerRequest,
-        old: Pipeline,
-        new: Pipeline,
-        variables: Vec<Variable>,
-        recovered: bool,
-    ) -> Result<RetriggerOutcome, RetriggerError> {
-        effects::put(
-            &self.store,
-            &req.request_id,
-            EFFECT_PIPELINE,
-            &new.id.to_string(),
-        )
-        .await?;
+        let (new, recovered) = self
+            .create_marked(
+                &req.request_id,
+                req.requested_at,
+                &req.project,
+                &old.git_ref,
+                &variables,
+            )
+            .await?;
         Ok(RetriggerOutcome::Created {
             old,
             new,
@@ -184,13 +144,72 @@ impl Retrigger {
         })
     }
 
+    /// Creates a pipeline on `git_ref` with `variables` (which carry `SHEPHERD_REQUEST_ID =
+    /// request_id`) exactly once: "create started" and then the pipeline are recorded as effects of
+    /// the request, and [`once::create_once`] looks for the request id among the ref's recent
+    /// pipelines after an ambiguous answer or a restart. True when an earlier attempt created it.
+    pub async fn create_marked(
+        &self,
+        request_id: &str,
+        requested_at: i64,
+        project: &str,
+        git_ref: &str,
+        variables: &[Variable],
+    ) -> Result<(Pipeline, bool), RetriggerError> {
+        if let Some(recorded) = effects::get(&self.store, request_id, EFFECT_PIPELINE).await?
+            && let Ok(id) = recorded.parse::<u64>()
+        {
+            return Ok((self.gitlab.pipeline(project, id).await?, true));
+        }
+        let started = effects::get(&self.store, request_id, EFFECT_CREATE_STARTED)
+            .await?
+            .is_some();
+        if !started {
+            effects::put(&self.store, request_id, EFFECT_CREATE_STARTED, "1").await?;
+        }
+        let created = once::create_once(
+            "pipeline",
+            started,
+            self.settings.create_attempts,
+            move || self.find_own(request_id, requested_at, project, git_ref),
+            move || async move {
+                self.gitlab
+                    .create_pipeline(project, git_ref, variables)
+                    .await
+                    .map_err(|e| match e {
+                        GitLabError::Ambiguous { detail, .. } => CreateFailure::Ambiguous(detail),
+                        other => CreateFailure::Failed(RetriggerError::from(other)),
+                    })
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            OnceError::Failed(e) => e,
+            OnceError::StillAmbiguous { attempts, .. } => {
+                RetriggerError::StillAmbiguous { attempts }
+            }
+        })?;
+        let recovered = created.recovered();
+        let new = created.into_inner();
+        effects::put(
+            &self.store,
+            request_id,
+            EFFECT_PIPELINE,
+            &new.id.to_string(),
+        )
+        .await?;
+        Ok((new, recovered))
+    }
+
     /// Our pipeline among the ref's pipelines updated since shortly before the request.
     async fn find_own(
         &self,
-        req: &RetriggerRequest,
+        request_id: &str,
+        requested_at: i64,
+        project: &str,
         git_ref: &str,
     ) -> Result<Option<Pipeline>, RetriggerError> {
-        let since_ms = req.requested_at.min(now_ms())
+        let since_ms = requested_at.min(now_ms())
             - i64::try_from(self.settings.lookback.as_millis()).unwrap_or(i64::MAX / 2);
         let since = chrono::DateTime::from_timestamp_millis(since_ms).unwrap_or_default();
         let query = PipelineQuery {
@@ -201,17 +220,17 @@ impl Retrigger {
             per_page: Some(100),
             ..PipelineQuery::default()
         };
-        let candidates = self.gitlab.pipelines(&req.project, &query).await?;
+        let candidates = self.gitlab.pipelines(project, &query).await?;
         for candidate in candidates {
             let vars = self
                 .gitlab
-                .pipeline_variables(&req.project, candidate.id)
+                .pipeline_variables(project, candidate.id)
                 .await?;
             let ours = vars
                 .iter()
-                .any(|v| v.key == REQUEST_ID_VARIABLE && v.value == req.request_id);
+                .any(|v| v.key == REQUEST_ID_VARIABLE && v.value == request_id);
             if ours {
-                let pipeline = self.gitlab.pipeline(&req.project, candidate.id).await?;
+                let pipeline = self.gitlab.pipeline(project, candidate.id).await?;
                 return Ok(Some(pipeline));
             }
         }

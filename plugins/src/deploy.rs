@@ -8,11 +8,12 @@ use shepherd_core::Origin;
 use shepherd_core::audit::AuditOutcome;
 use shepherd_core::deploy::{
     DeployError, Deployer, Deployment, Kind, Lock, LockChange, Plan, Refusal, Request, Source,
-    Step, Who,
+    Step, Who, deploy_variables,
 };
+use shepherd_core::watcher::NewWatch;
 
 use crate::util::gitlab_error;
-use crate::{Call, HelpEntry, Outcome, Plugin, PluginError, Services};
+use crate::{Call, HelpEntry, Outcome, Plugin, PluginError, Services, StartedPipeline};
 
 /// How many deployments `deployments` lists.
 const HISTORY_SHOWN: u32 = 10;
@@ -373,7 +374,7 @@ fn outcome_of(
     };
     let style = services.frontends.of(call.origin).style;
     Ok(match step {
-        Step::Done { plan, .. } => {
+        Step::Done { plan, pipeline, .. } => {
             let did = match plan.kind {
                 Kind::Deploy => format!(
                     "deployed {} {} to {}",
@@ -384,11 +385,39 @@ fn outcome_of(
                 Kind::Rollback => format!("rolled {} in {} back", plan.service, plan.environment),
             };
             let change = change_text(&plan);
-            let note = format!("{} {did}: {change}.", call.principal.identity);
+            let Some(p) = pipeline else {
+                let note = format!("{} {did}: {change}.", call.principal.identity);
+                return Ok(Outcome {
+                    replies: vec![format!("{did}: {change}.")],
+                    announcements: announce(deployer, &plan.service, call.origin, &note),
+                    audit: Some((AuditOutcome::Done, format!("{did}: {change}"))),
+                    ..Outcome::default()
+                });
+            };
+            let started = format!(
+                "{did} with pipeline {} of {} {}",
+                p.id, p.project, p.web_url
+            );
+            let note = format!("{} {started}: {change}.", call.principal.identity);
             Outcome {
-                replies: vec![format!("{did}: {change}.")],
+                replies: vec![format!(
+                    "{started}: {change} — I'll report when it finishes."
+                )],
                 announcements: announce(deployer, &plan.service, call.origin, &note),
-                audit: Some((AuditOutcome::Done, format!("{did}: {change}"))),
+                audit: Some((AuditOutcome::Done, format!("{started}: {change}"))),
+                watches: vec![NewWatch {
+                    request_id: call.request_id.to_string(),
+                    project: p.project.clone(),
+                    pipeline_id: p.id,
+                    web_url: p.web_url.clone(),
+                    origin: call.origin.clone(),
+                    canary_run: None,
+                }],
+                started: vec![StartedPipeline {
+                    project: p.project.clone(),
+                    pipeline_id: p.id,
+                    web_url: p.web_url.clone(),
+                }],
                 ..Outcome::default()
             }
         }
@@ -405,10 +434,24 @@ fn outcome_of(
         },
         Step::Would { plan } => {
             let now = plan.from_digest.as_deref().unwrap_or("nothing");
+            let action = match &plan.pipeline {
+                None => format!(
+                    "would point {} at {} (now {now})",
+                    plan.environment, plan.to_digest
+                ),
+                Some(p) => format!(
+                    "would run the deploy pipeline of {} on `{}` with {}",
+                    p.project,
+                    p.git_ref,
+                    deploy_variables(&plan, call.request_id)
+                        .iter()
+                        .map(|v| format!("{}={}", v.key, v.value))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            };
             let text = format!(
-                "non-production mode: would point {} at {} (now {now}) for {} {}; nothing was changed.",
-                plan.environment,
-                plan.to_digest,
+                "non-production mode: {action} for {} {}; nothing was changed.",
                 plan.service,
                 source_text(&plan)
             );
@@ -539,6 +582,10 @@ fn error_of(e: DeployError) -> PluginError {
             PluginError::Refuse(format!("nothing was changed: {}", r.user_message()))
         }
         DeployError::Store(s) => PluginError::Retry(format!("the store failed: {s}")),
+        DeployError::Pipeline(e) => match e {
+            shepherd_core::retrigger::RetriggerError::GitLab(g) => gitlab_error(g),
+            other => PluginError::Retry(other.to_string()),
+        },
     }
 }
 
@@ -564,9 +611,6 @@ fn refusal_text(r: &Refusal) -> String {
         Refusal::Locked(lock) => format!(
             "{}; only they can deploy or roll back there.",
             lock_text(lock)
-        ),
-        Refusal::PipelineEnvironment { environment } => format!(
-            "{environment} deploys through a pipeline, which this shepherd does not run yet; nothing was changed."
         ),
         Refusal::NoMrProject { service } => format!(
             "{service} has no mr_project configured, so a merge request cannot name its image; give a tag or digest."

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::http::Method;
-use shepherd_tests::gitlab::{GitLabDouble, NoteRecord};
+use shepherd_tests::gitlab::{AutoFinish, FaultKind, GitLabDouble, NoteRecord, Pipeline, Route};
 use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore, until};
 use shepherd_tests::on_both_stores;
 use shepherd_tests::registry::{FaultProxy, ImageKind, OCI_INDEX, TestRegistry};
@@ -676,4 +676,136 @@ async fn bot_note(env: &Env, bot: &Shepherd, needle: &str) -> NoteRecord {
         .into_iter()
         .find(|n| n.author == "shepherd" && n.body.contains(needle))
         .expect("note")
+}
+
+const DEPLOY_PROJECT: &str = "cki/deployment-all";
+
+/// An environment that deploys through a pipeline: `[[deploy.environments]] name = "mr"`.
+fn with_pipeline_environment(env: &mut Env) {
+    env.config.extra.push_str(&format!(
+        r#"
+[[deploy.environments]]
+name = "mr"
+pipeline = {{ project = "{DEPLOY_PROJECT}", ref = "main" }}
+"#
+    ));
+    env.gitlab
+        .add_pipeline(DEPLOY_PROJECT, "main", "success", &[("OLD", "1")]);
+    env.gitlab
+        .set_auto_finish(Some(AutoFinish::success_after_polls(1, 1)));
+}
+
+fn assert_deploy_pipeline(p: &Pipeline, image: &str) {
+    assert_eq!(p.git_ref, "main");
+    assert_eq!(p.variable("DEPLOY_SERVICE"), Some("herder"));
+    assert_eq!(p.variable("DEPLOY_IMAGE"), Some(image));
+    assert_eq!(p.variable("DEPLOY_ENVIRONMENT"), Some("mr"));
+    assert!(p.variable("SHEPHERD_REQUEST_ID").is_some());
+    assert_eq!(p.variables.len(), 4, "{:?}", p.variables);
+}
+
+/// One deploy pipeline with the right variables, watched and reported; a create that took effect
+/// and then answered 502 is found, not repeated.
+async fn a_pipeline_environment_runs_one_deploy_pipeline(backend: Backend) {
+    let mut env = setup(backend).await;
+    with_pipeline_environment(&mut env);
+    let mut bot = env.console_as("console:tester").await;
+    bot.send(&format!("deploy herder !{} to mr", env.mr)).await;
+    let reply = bot.expect_line("with pipeline", WAIT).await;
+    let created = env.gitlab.pipelines_created();
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_deploy_pipeline(&created[0], &format!("{REPO}@{}", env.mr_digest));
+    assert!(reply.contains(&created[0].web_url), "{reply}");
+    bot.expect_line(
+        &format!(
+            "pipeline {} of {DEPLOY_PROJECT} finished: success",
+            created[0].id
+        ),
+        WAIT,
+    )
+    .await;
+
+    env.gitlab
+        .fail_next(Route::CreatePipeline, 1, FaultKind::CreateThenFail(502));
+    bot.send("rollback herder in mr to v1").await;
+    bot.expect_line("rolled herder in mr back with pipeline", WAIT)
+        .await;
+    let created = env.gitlab.pipelines_created();
+    assert_eq!(
+        created.len(),
+        2,
+        "the 502 after the create made no second one: {created:?}"
+    );
+    assert_deploy_pipeline(&created[1], &format!("{REPO}@{}", env.v1));
+    bot.close_stdin();
+    assert!(bot.wait_exit(WAIT).await.success(), "{}", bot.stderr());
+    assert_eq!(env.gitlab.pipelines_created().len(), 2);
+    // Tags are not touched by a pipeline environment.
+    assert_eq!(
+        env.registry.digest(REPO, "staging").await,
+        Some(env.v1.clone())
+    );
+    assert_eq!(
+        env.store
+            .count(
+                "SELECT COUNT(*) FROM deployments WHERE state = 'done' AND pipeline_id IS NOT NULL"
+            )
+            .await,
+        2
+    );
+}
+on_both_stores!(
+    a_pipeline_environment_runs_one_deploy_pipeline,
+    a_pipeline_environment_runs_one_deploy_pipeline
+);
+
+/// kill -9 while GitLab holds the answer to a deploy pipeline's create that took effect: after
+/// the restart, still one pipeline, and the asker gets the reply and the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_the_deploy_pipeline_create_gives_one_pipeline() {
+    let mut env = setup(Backend::Postgres).await;
+    with_pipeline_environment(&mut env);
+    let hold = env.gitlab.hold_creates();
+    let mut first = env.console_as("console:tester").await;
+    first
+        .send(&format!("deploy herder !{} to mr", env.mr))
+        .await;
+    tokio::time::timeout(WAIT, hold.wait_reached())
+        .await
+        .expect("the create reached GitLab");
+    first.kill9().await;
+    hold.release();
+    assert_eq!(env.gitlab.pipelines_created().len(), 1);
+
+    let mut second = env.console_as("console:tester").await;
+    second.close_stdin();
+    second.expect_line("with pipeline", WAIT).await;
+    let created = env.gitlab.pipelines_created();
+    second
+        .expect_line(
+            &format!(
+                "pipeline {} of {DEPLOY_PROJECT} finished: success",
+                created[0].id
+            ),
+            WAIT,
+        )
+        .await;
+    assert!(
+        second.wait_exit(WAIT).await.success(),
+        "{}",
+        second.stderr()
+    );
+    let created = env.gitlab.pipelines_created();
+    assert_eq!(created.len(), 1, "exactly one deploy pipeline: {created:?}");
+    assert_deploy_pipeline(&created[0], &format!("{REPO}@{}", env.mr_digest));
+    assert_eq!(
+        env.gitlab
+            .requests()
+            .iter()
+            .filter(|r| r.is(Route::CreatePipeline))
+            .count(),
+        1,
+        "the redelivered deploy looked before creating"
+    );
+    assert_eq!(env.deployments("done").await, 1);
 }

@@ -23,6 +23,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use shepherd_config::Config;
 use shepherd_core::gitlab::{GitLab, GitLabError};
 use shepherd_core::metrics::Metrics;
+use shepherd_core::once::{self, CreateFailure, OnceError};
 use shepherd_core::outbox::{Outbox, OutboxMessage};
 use shepherd_core::store::StoreError;
 use shepherd_core::{Capabilities, CommandStyle, Formatting};
@@ -336,33 +337,40 @@ impl NotesFrontend {
         iid: u64,
         body: &str,
     ) -> Result<u64, Failure> {
-        let marker = marker(m);
-        if m.send_started_at.is_some()
-            && let Some(id) = self.find(project, iid, &marker).await?
-        {
-            self.metrics.notes.with_label_values(&["recovered"]).inc();
-            return Ok(id);
+        let marker = &marker(m);
+        let started = m.send_started_at.is_some();
+        if !started {
+            self.outbox.mark_sending(&m.id).await?;
         }
-        self.outbox.mark_sending(&m.id).await?;
-        for attempt in 1..=CREATE_ATTEMPTS {
-            match self.gitlab.create_mr_note(project, iid, body).await {
-                Ok(note) => {
-                    self.metrics.notes.with_label_values(&["created"]).inc();
-                    return Ok(note.id);
-                }
-                Err(GitLabError::Ambiguous { .. }) => {
-                    tracing::warn!(message = %m.id, attempt, "gitlab notes: create answered ambiguously; looking for the note");
-                    if let Some(id) = self.find(project, iid, &marker).await? {
-                        self.metrics.notes.with_label_values(&["recovered"]).inc();
-                        return Ok(id);
+        let created = once::create_once(
+            "note",
+            started,
+            CREATE_ATTEMPTS,
+            move || self.find(project, iid, marker),
+            move || async move {
+                match self.gitlab.create_mr_note(project, iid, body).await {
+                    Ok(note) => Ok(note.id),
+                    Err(GitLabError::Ambiguous { detail, .. }) => {
+                        Err(CreateFailure::Ambiguous(detail))
                     }
+                    Err(e) => Err(CreateFailure::Failed(classify(e))),
                 }
-                Err(e) => return Err(classify(e)),
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            OnceError::Failed(f) => f,
+            OnceError::StillAmbiguous { attempts, .. } => {
+                Failure::Later(format!("creating the note was ambiguous {attempts} times"))
             }
-        }
-        Err(Failure::Later(format!(
-            "creating the note was ambiguous {CREATE_ATTEMPTS} times"
-        )))
+        })?;
+        let action = if created.recovered() {
+            "recovered"
+        } else {
+            "created"
+        };
+        self.metrics.notes.with_label_values(&[action]).inc();
+        Ok(created.into_inner())
     }
 
     async fn find(&self, project: &str, iid: u64, marker: &str) -> Result<Option<u64>, Failure> {

@@ -7,6 +7,7 @@
 //! Alertmanager) the active silences are searched for it before creating again — the same
 //! exactly-once scheme as GitLab pipelines.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ use serde_json::json;
 use url::Url;
 
 use super::matcher::Matcher;
+use crate::once::{self, CreateFailure, OnceError};
 
 #[derive(Debug, Clone)]
 pub struct AlertmanagerSettings {
@@ -270,11 +272,9 @@ impl Alertmanager {
             .find(|s| s.comment.contains(&marker) && s.status.state != "expired"))
     }
 
-    /// Creates a silence, exactly once per request id.
+    /// Creates a silence, exactly once per request id (its comment carries [`Self::marker`]; see
+    /// [`crate::once`]). A silence is always looked for first: the request may be a redelivery.
     pub async fn create_silence(&self, s: &NewSilence<'_>) -> Result<Silence, AlertmanagerError> {
-        if let Some(existing) = self.find_own(s.request_id).await? {
-            return Ok(existing);
-        }
         let now = Utc::now();
         let ends = now
             + chrono::Duration::from_std(s.duration)
@@ -291,31 +291,48 @@ impl Alertmanager {
             "createdBy": s.created_by,
             "comment": format!("{} {}", s.comment, Self::marker(s.request_id)),
         });
-        let url = self.endpoint("silences");
-        let attempts = self.settings.max_retries.max(1);
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.backoff(attempt)).await;
-            }
-            match self.once(Method::POST, &url, Some(&body)).await {
-                Outcome::Done(status, bytes) => {
-                    #[derive(Deserialize)]
-                    struct Created {
-                        #[serde(rename = "silenceID")]
-                        silence_id: String,
-                    }
-                    let created: Created = Self::decode(status, &bytes)?;
-                    return self.silence(&created.silence_id).await;
+        let url = &self.endpoint("silences");
+        let body = &body;
+        let tries = &AtomicU32::new(0);
+        let created = once::create_once(
+            "silence",
+            true,
+            self.settings.max_retries.max(1),
+            move || self.find_own(s.request_id),
+            move || async move {
+                let attempt = tries.fetch_add(1, Ordering::Relaxed);
+                if attempt > 0 {
+                    tokio::time::sleep(self.backoff(attempt)).await;
                 }
-                Outcome::Transient { detail, sent } => {
-                    tracing::warn!(attempt, error = %detail, "alertmanager: creating a silence failed");
-                    if sent && let Some(found) = self.find_own(s.request_id).await? {
-                        return Ok(found);
+                match self.once(Method::POST, url, Some(body)).await {
+                    Outcome::Done(status, bytes) => {
+                        #[derive(Deserialize)]
+                        struct Created {
+                            #[serde(rename = "silenceID")]
+                            silence_id: String,
+                        }
+                        let created: Created =
+                            Self::decode(status, &bytes).map_err(CreateFailure::Failed)?;
+                        self.silence(&created.silence_id)
+                            .await
+                            .map_err(CreateFailure::Failed)
                     }
+                    Outcome::Transient { detail, sent: true } => {
+                        Err(CreateFailure::Ambiguous(detail))
+                    }
+                    Outcome::Transient {
+                        detail,
+                        sent: false,
+                    } => Err(CreateFailure::NotSent(detail)),
                 }
-            }
-        }
-        Err(AlertmanagerError::Ambiguous { attempts })
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            OnceError::Failed(e) => e,
+            OnceError::StillAmbiguous { attempts, .. } => AlertmanagerError::Ambiguous { attempts },
+        })?;
+        Ok(created.into_inner())
     }
 
     /// Expires a silence (idempotent: expiring an expired silence is fine).
