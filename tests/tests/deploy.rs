@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use axum::http::Method;
 use shepherd_tests::gitlab::{AutoFinish, FaultKind, GitLabDouble, NoteRecord, Pipeline, Route};
-use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore, until};
+use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore, metric_value, until};
+use shepherd_tests::irc_client::human_and_bot;
+use shepherd_tests::ircd::{Ngircd, Throttle};
 use shepherd_tests::on_both_stores;
 use shepherd_tests::registry::{FaultProxy, ImageKind, OCI_INDEX, TestRegistry};
 
@@ -808,4 +810,92 @@ async fn kill_9_during_the_deploy_pipeline_create_gives_one_pipeline() {
         "the redelivered deploy looked before creating"
     );
     assert_eq!(env.deployments("done").await, 1);
+}
+
+/// The same from IRC: a deploy asked in #ops is answered there and announced in #deploys;
+/// the metrics count the deploy and the registry calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_from_irc_is_announced_and_counted() {
+    let env = setup(Backend::Sqlite).await;
+    let server = Ngircd::start(Throttle::Off).await;
+    let mut config = env.config.clone();
+    config.extra = format!(
+        r##"
+[irc]
+server = "127.0.0.1"
+port = {port}
+tls = false
+channels = ["#ops", "#deploys"]
+flood_burst = 10
+flood_rate = 50.0
+
+[permissions]
+deploy = ["*"]
+rollback = ["*"]
+
+[deploy]
+registry = "{registry}"
+
+[[deploy.services]]
+name = "herder"
+repository = "{REPO}"
+mr_project = "{MR_PROJECT}"
+announce = ["irc:#deploys", "irc:#ops"]
+
+[[deploy.environments]]
+name = "staging"
+tag = "staging"
+"##,
+        port = server.port(),
+        registry = env.registry.url(),
+    );
+    let (mut human, bot) = human_and_bot(&config, &server.addr(), &["#ops", "#deploys"]).await;
+    human
+        .privmsg("#ops", &format!("shepherd: deploy herder !{}", env.mr))
+        .await;
+    let reply = human
+        .expect_privmsg_from("shepherd", "#ops", "deployed herder", WAIT)
+        .await;
+    assert!(reply.text().contains(&env.mr_digest), "{}", reply.text());
+    let note = human
+        .expect_privmsg_from("shepherd", "#deploys", "deployed herder", WAIT)
+        .await;
+    assert!(
+        note.text().contains("irc-unidentified:human") && note.text().contains(&env.v1),
+        "who and from are announced: {}",
+        note.text()
+    );
+    assert_eq!(
+        env.registry.digest(REPO, "staging").await,
+        Some(env.mr_digest.clone())
+    );
+    // The asker's room got the reply, not the announcement as well.
+    assert_eq!(
+        human
+            .privmsgs_from("shepherd")
+            .iter()
+            .filter(|m| m.param(0) == Some("#ops"))
+            .count(),
+        1,
+        "{}",
+        human.transcript()
+    );
+
+    let metrics = bot.metrics_text().await;
+    let value = |series: &str| metric_value(&metrics, series);
+    assert_eq!(
+        value(
+            r#"shepherd_deployments_total{environment="staging",outcome="done",service="herder"} "#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        value(r#"shepherd_registry_requests_total{method="PUT",status="201"} "#) == Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        value(r#"shepherd_registry_requests_total{method="HEAD",status="200"} "#) >= Some(2.0),
+        "{metrics}"
+    );
 }
