@@ -53,6 +53,7 @@ pub struct TestRegistry {
     port: u16,
     child: Option<Child>,
     auth: Option<(String, String)>,
+    token: Option<TokenServer>,
     http: reqwest::Client,
 }
 
@@ -66,6 +67,35 @@ impl TestRegistry {
         Self::start_inner(Some((user.to_string(), password.to_string()))).await
     }
 
+    /// A registry that takes only Bearer tokens from its own token service (Distribution's
+    /// `auth: token`), which hands them to `user`/`password` for `repositories`.
+    pub async fn start_with_token_auth(
+        user: &str,
+        password: &str,
+        repositories: &[&str],
+    ) -> TestRegistry {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = TokenServer::start(dir.path(), user, password, repositories).await;
+        let mut registry = TestRegistry {
+            dir,
+            port: free_port(),
+            child: None,
+            auth: None,
+            token: Some(token),
+            http: reqwest::Client::new(),
+        };
+        registry.write_config();
+        registry.spawn().await;
+        registry
+    }
+
+    /// Tokens the token service handed to clients other than this helper (shepherd).
+    pub fn tokens_issued(&self) -> usize {
+        self.token
+            .as_ref()
+            .map_or(0, |t| t.state.issued.load(Ordering::SeqCst))
+    }
+
     async fn start_inner(auth: Option<(String, String)>) -> TestRegistry {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut registry = TestRegistry {
@@ -73,6 +103,7 @@ impl TestRegistry {
             port: free_port(),
             child: None,
             auth,
+            token: None,
             http: reqwest::Client::new(),
         };
         registry.write_config();
@@ -107,6 +138,13 @@ impl TestRegistry {
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: test-registry\n    path: {}\n",
                 file.display()
+            ));
+        }
+        if let Some(token) = &self.token {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                token.url(),
+                token.state.cert_pem.display()
             ));
         }
         std::fs::write(self.config_path(), config).expect("registry config");
@@ -178,9 +216,17 @@ impl TestRegistry {
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{path}", self.url()));
+        let r = self.http.request(method, format!("{}{path}", self.url()));
+        self.authorize(r)
+    }
+
+    /// The helper's own credentials: basic auth, or a token it mints for itself.
+    fn authorize(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         if let Some((user, password)) = &self.auth {
-            r = r.basic_auth(user, Some(password));
+            return r.basic_auth(user, Some(password));
+        }
+        if let Some(token) = &self.token {
+            return r.bearer_auth(token.state.mint(&token.state.repositories, "helper"));
         }
         r
     }
@@ -205,15 +251,12 @@ impl TestRegistry {
             format!("{}{location}", self.url())
         };
         let sep = if url.contains('?') { '&' } else { '?' };
-        let mut put = self
+        let put = self
             .http
             .put(format!("{url}{sep}digest={digest}"))
             .header("content-type", "application/octet-stream")
             .body(bytes.to_vec());
-        if let Some((user, password)) = &self.auth {
-            put = put.basic_auth(user, Some(password));
-        }
-        let done = put.send().await.expect("blob upload");
+        let done = self.authorize(put).send().await.expect("blob upload");
         assert_eq!(
             done.status(),
             StatusCode::CREATED,
@@ -355,6 +398,180 @@ impl Drop for TestRegistry {
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+const TOKEN_SERVICE: &str = "test-registry";
+const TOKEN_ISSUER: &str = "test-token-issuer";
+
+/// A token service as Distribution's `auth: token` expects one: `GET /token?service=&scope=`
+/// with basic auth answers `{"token": JWT}`, the JWT signed RS256 by a key whose self-signed
+/// certificate (made with the `openssl` command) is the registry's `rootcertbundle` and travels
+/// in the header's `x5c`.
+struct TokenServer {
+    addr: SocketAddr,
+    state: Arc<TokenState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct TokenState {
+    user: String,
+    password: String,
+    repositories: Vec<String>,
+    key_pem: PathBuf,
+    cert_pem: PathBuf,
+    cert_der_b64: String,
+    issued: AtomicUsize,
+}
+
+impl TokenServer {
+    async fn start(
+        dir: &std::path::Path,
+        user: &str,
+        password: &str,
+        repositories: &[&str],
+    ) -> TokenServer {
+        let key_pem = dir.join("token-key.pem");
+        let cert_pem = dir.join("token-cert.pem");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=test-token-issuer",
+                "-keyout",
+            ])
+            .arg(&key_pem)
+            .arg("-out")
+            .arg(&cert_pem)
+            .output()
+            .expect("openssl runs");
+        assert!(made.status.success(), "openssl req: {made:?}");
+        let der = std::process::Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert_pem)
+            .output()
+            .expect("openssl x509");
+        assert!(der.status.success(), "openssl x509: {der:?}");
+        use base64::Engine as _;
+        let state = Arc::new(TokenState {
+            user: user.to_string(),
+            password: password.to_string(),
+            repositories: repositories.iter().map(|r| r.to_string()).collect(),
+            key_pem,
+            cert_pem,
+            cert_der_b64: base64::engine::general_purpose::STANDARD.encode(&der.stdout),
+            issued: AtomicUsize::new(0),
+        });
+        let app = axum::Router::new()
+            .route("/token", axum::routing::get(token))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("token service listens");
+        let addr = listener.local_addr().expect("token address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TokenServer { addr, state, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TokenState {
+    /// A JWT granting pull and push on `repositories`, signed with the service's key.
+    fn mint(&self, repositories: &[String], subject: &str) -> String {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let now = chrono::Utc::now().timestamp();
+        let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [self.cert_der_b64]});
+        let access: Vec<serde_json::Value> = repositories
+            .iter()
+            .map(|r| serde_json::json!({"type": "repository", "name": r, "actions": ["pull", "push"]}))
+            .collect();
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER, "sub": subject, "aud": TOKEN_SERVICE,
+            "exp": now + 300, "nbf": now - 10, "iat": now,
+            "jti": uuid::Uuid::now_v7().to_string(), "access": access,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let mut child = std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&self.key_pem)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("openssl dgst");
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(signing_input.as_bytes())
+                .expect("sign input");
+        }
+        let out = child.wait_with_output().expect("signature");
+        assert!(out.status.success(), "openssl dgst failed");
+        format!("{signing_input}.{}", b64(&out.stdout))
+    }
+}
+
+/// `GET /token?service=...&scope=repository:<name>:<actions>` with basic auth.
+async fn token(State(state): State<Arc<TokenState>>, headers: HeaderMap, uri: Uri) -> Response {
+    use base64::Engine as _;
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", state.user, state.password))
+    );
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if given != expected {
+        return Response::builder()
+            .status(StatusCode::UNAUTHORIZED)
+            .header("content-type", "application/json")
+            .body(Body::from(
+                r#"{"details":"incorrect username or password"}"#,
+            ))
+            .expect("response");
+    }
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let names: Vec<String> = query
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .filter_map(|(_, v)| v.split(':').nth(1).map(str::to_string))
+        .filter(|name| state.repositories.contains(name))
+        .collect();
+    state.issued.fetch_add(1, Ordering::SeqCst);
+    let jwt = tokio::task::block_in_place(|| state.mint(&names, &state.user));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from(
+            serde_json::json!({"token": jwt, "expires_in": 300}).to_string(),
+        ))
+        .expect("response")
 }
 
 /// An HTTP proxy in front of the registry that can answer the next requests with an error

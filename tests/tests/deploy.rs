@@ -899,3 +899,33 @@ tag = "staging"
         "{metrics}"
     );
 }
+
+/// A registry behind Bearer tokens (Distribution's `auth: token`): shepherd answers the challenge
+/// by asking the realm for a token with its credentials, and deploys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_bearer_token_auth() {
+    let gitlab = GitLabDouble::start().await;
+    let store = TestStore::new(Backend::Sqlite).await;
+    let registry = TestRegistry::start_with_token_auth("shepherd", "token-pass-1", &[REPO]).await;
+    let v2 = registry.push_image(REPO, "v2", ImageKind::OciIndex).await;
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.extra = deploy_section(
+        &registry.url(),
+        "registry_username = \"shepherd\"\nregistry_password_env = \"TEST_REGISTRY_PASSWORD\"",
+    );
+    config
+        .env
+        .push(("TEST_REGISTRY_PASSWORD".into(), "token-pass-1".into()));
+    let mut bot = Shepherd::console(&config).await;
+    bot.send("deploy herder v2 to staging").await;
+    bot.expect_line("to staging:", WAIT).await;
+    bot.close_stdin();
+    assert!(bot.wait_exit(WAIT).await.success(), "{}", bot.stderr());
+    assert_eq!(registry.digest(REPO, "staging").await, Some(v2));
+    assert!(
+        registry.tokens_issued() >= 1,
+        "shepherd asked the realm for a token"
+    );
+    let (media_type, _) = registry.manifest(REPO, "staging").await.expect("staging");
+    assert_eq!(media_type, OCI_INDEX);
+}
