@@ -149,18 +149,16 @@ impl Plugin for DeployPlugin {
             DeploySource::Tag(t) => Source::Tag(t),
             DeploySource::Digest(d) => Source::Digest(d),
         };
-        let who = who(call);
-        let req = Request {
-            request_id: call.request_id,
-            who: &who,
-            kind: Kind::Deploy,
+        ask(
+            services,
+            call,
+            deployer,
+            Kind::Deploy,
             service,
-            environment: env.as_deref(),
+            env.as_deref(),
             source,
-            production: services.production,
-        };
-        let step = deployer.request(&req).await;
-        outcome_of(services, call, deployer, step)
+        )
+        .await
     }
 }
 
@@ -184,18 +182,16 @@ impl Plugin for Rollback {
             Some(v) => Source::Tag(v),
             None => Source::Previous,
         };
-        let who = who(call);
-        let req = Request {
-            request_id: call.request_id,
-            who: &who,
-            kind: Kind::Rollback,
+        ask(
+            services,
+            call,
+            deployer,
+            Kind::Rollback,
             service,
-            environment: env.as_deref(),
+            env.as_deref(),
             source,
-            production: services.production,
-        };
-        let step = deployer.request(&req).await;
-        outcome_of(services, call, deployer, step)
+        )
+        .await
     }
 }
 
@@ -359,6 +355,30 @@ impl Plugin for Unlock {
             Err(e) => refused_or_error(e),
         }
     }
+}
+
+/// A deploy or rollback asked of core, and its outcome.
+async fn ask(
+    services: &Services,
+    call: &Call<'_>,
+    deployer: &Deployer,
+    kind: Kind,
+    service: &str,
+    environment: Option<&str>,
+    source: Source<'_>,
+) -> Result<Outcome, PluginError> {
+    let who = who(call);
+    let req = Request {
+        request_id: call.request_id,
+        who: &who,
+        kind,
+        service,
+        environment,
+        source,
+        production: services.production,
+    };
+    let step = deployer.request(&req).await;
+    outcome_of(services, call, deployer, step)
 }
 
 /// The reply, announcements and audit entry of a deploy, rollback or confirm.
