@@ -23,28 +23,10 @@ use sqlx::Row;
 
 use crate::gitlab::{GitLab, GitLabError, Variable};
 use crate::metrics::Metrics;
+use crate::policy::Principal;
 use crate::registry::{Registry, RegistryError};
 use crate::retrigger::{REQUEST_ID_VARIABLE, Retrigger, RetriggerError};
 use crate::store::{Store, StoreError, now_ms};
-
-/// Who asks: their identity, the person it maps to, their groups.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Who {
-    pub identity: String,
-    pub person: Option<String>,
-    pub groups: Vec<String>,
-}
-
-impl Who {
-    /// Whether `identity`/`person` (of a lock or a confirmation) is this asker: the same person
-    /// (on any front end), or the same identity when it maps to no person.
-    pub fn is(&self, identity: &str, person: Option<&str>) -> bool {
-        match (&self.person, person) {
-            (Some(a), Some(b)) => a == b,
-            _ => self.identity == identity,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,7 +91,7 @@ pub enum Source<'a> {
 
 pub struct Request<'a> {
     pub request_id: &'a str,
-    pub who: &'a Who,
+    pub who: &'a Principal,
     pub kind: Kind,
     pub service: &'a str,
     pub environment: Option<&'a str>,
@@ -281,13 +263,6 @@ fn refuse<T>(r: Refusal) -> Result<T, DeployError> {
     Err(DeployError::Refused(Box::new(r)))
 }
 
-/// A lock or unlock that took effect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LockChange {
-    Locked { lock: Lock, renewed: bool },
-    Unlocked { lock: Lock },
-}
-
 #[derive(Clone)]
 pub struct Deployer {
     inner: Arc<Inner>,
@@ -337,10 +312,6 @@ impl Deployer {
         &self.inner.config
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.inner.registry
-    }
-
     /// `deploy` or `rollback`: checks, plans, and carries out (or asks for confirmation).
     pub async fn request(&self, req: &Request<'_>) -> Result<Step, DeployError> {
         let result = self.request_inner(req).await;
@@ -380,26 +351,19 @@ impl Deployer {
     pub async fn confirm(
         &self,
         request_id: &str,
-        who: &Who,
+        who: &Principal,
         code: &str,
         production: bool,
     ) -> Result<Step, DeployError> {
         let result = self.confirm_inner(request_id, who, code, production).await;
-        let (service, env) = match &result {
-            Ok(step) => {
-                let plan = step_plan(step);
-                (plan.service.clone(), Some(plan.environment.clone()))
-            }
-            Err(_) => ("-".to_string(), None),
-        };
-        self.count(&service, env.as_deref(), &result);
+        self.count("-", Some("-"), &result);
         result
     }
 
     async fn confirm_inner(
         &self,
         request_id: &str,
-        who: &Who,
+        who: &Principal,
         code: &str,
         production: bool,
     ) -> Result<Step, DeployError> {
@@ -433,19 +397,10 @@ impl Deployer {
                 expired_at: expires_at,
             });
         }
-        let plan: Plan = serde_json::from_str(&plan_json).map_err(|e| {
-            DeployError::Store(StoreError::Corrupt {
-                what: "deploy_confirmations.plan",
-                detail: e.to_string(),
-            })
-        })?;
+        let plan = plan_of(&plan_json)?;
         let env = self.environment(Some(&plan.environment))?;
         self.check_allowed(who, env).await?;
-        let now = self
-            .inner
-            .registry
-            .digest(&plan.repository, &plan.tag)
-            .await?;
+        let now = self.current(&plan.service, env, &plan.repository).await?;
         if now != plan.from_digest {
             return refuse(Refusal::Moved {
                 plan: Box::new(plan),
@@ -493,13 +448,14 @@ impl Deployer {
         rows.iter().map(deployment_of).collect()
     }
 
-    /// `lock <env> [reason]`.
+    /// `lock <env> [reason]`: the lock now held, and whether the asker already held it (then
+    /// only its reason changed).
     pub async fn lock(
         &self,
-        who: &Who,
+        who: &Principal,
         environment: &str,
         reason: Option<&str>,
-    ) -> Result<LockChange, DeployError> {
+    ) -> Result<(Lock, bool), DeployError> {
         let env = self.environment(Some(environment))?;
         self.check_groups(who, env)?;
         let key = env.name.to_ascii_lowercase();
@@ -521,10 +477,7 @@ impl Deployer {
             return Box::pin(self.lock(who, environment, reason)).await;
         };
         if inserted.rows_affected() == 1 {
-            return Ok(LockChange::Locked {
-                lock,
-                renewed: false,
-            });
+            return Ok((lock, false));
         }
         if !who.is(&lock.identity, lock.person.as_deref()) {
             return refuse(Refusal::Locked(lock));
@@ -534,17 +487,15 @@ impl Deployer {
             .bind(&key)
             .execute(self.inner.store.pool())
             .await?;
-        Ok(LockChange::Locked {
-            lock: Lock {
-                reason: reason.map(str::to_string),
-                ..lock
-            },
-            renewed: true,
-        })
+        let lock = Lock {
+            reason: reason.map(str::to_string),
+            ..lock
+        };
+        Ok((lock, true))
     }
 
-    /// `unlock <env>`: by who locked it, or by a member of `lock_breakers`.
-    pub async fn unlock(&self, who: &Who, environment: &str) -> Result<LockChange, DeployError> {
+    /// `unlock <env>`: by who locked it, or by a member of `lock_breakers`; the lock lifted.
+    pub async fn unlock(&self, who: &Principal, environment: &str) -> Result<Lock, DeployError> {
         let env = self.environment(Some(environment))?;
         let Some(lock) = self.lock_of(&env.name).await? else {
             return refuse(Refusal::NotLocked {
@@ -564,7 +515,7 @@ impl Deployer {
             .bind(lock.locked_at)
             .execute(self.inner.store.pool())
             .await?;
-        Ok(LockChange::Unlocked { lock })
+        Ok(lock)
     }
 
     /// The lock on `environment`, if any.
@@ -611,7 +562,7 @@ impl Deployer {
         })
     }
 
-    fn check_groups(&self, who: &Who, env: &DeployEnvironment) -> Result<(), DeployError> {
+    fn check_groups(&self, who: &Principal, env: &DeployEnvironment) -> Result<(), DeployError> {
         if env.groups.is_empty() || who.groups.iter().any(|g| env.groups.contains(g)) {
             Ok(())
         } else {
@@ -623,7 +574,11 @@ impl Deployer {
     }
 
     /// Groups, then the lock.
-    async fn check_allowed(&self, who: &Who, env: &DeployEnvironment) -> Result<(), DeployError> {
+    async fn check_allowed(
+        &self,
+        who: &Principal,
+        env: &DeployEnvironment,
+    ) -> Result<(), DeployError> {
         self.check_groups(who, env)?;
         match self.lock_of(&env.name).await? {
             Some(lock) if !who.is(&lock.identity, lock.person.as_deref()) => {
@@ -837,13 +792,7 @@ impl Deployer {
         .fetch_optional(self.inner.store.pool())
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let plan: String = row.try_get("plan")?;
-        let plan = serde_json::from_str(&plan).map_err(|e| {
-            DeployError::Store(StoreError::Corrupt {
-                what: "deploy_confirmations.plan",
-                detail: e.to_string(),
-            })
-        })?;
+        let plan = plan_of(&row.try_get::<String, _>("plan")?)?;
         Ok(Some((
             plan,
             row.try_get("code")?,
@@ -879,7 +828,12 @@ impl Deployer {
     }
 
     /// Records the deployment as started, moves the tag, records it done.
-    async fn execute(&self, request_id: &str, who: &Who, plan: Plan) -> Result<Step, DeployError> {
+    async fn execute(
+        &self,
+        request_id: &str,
+        who: &Principal,
+        plan: Plan,
+    ) -> Result<Step, DeployError> {
         let store = self.inner.store.pool();
         let inserted = sqlx::query(
             "INSERT INTO deployments (id, service, environment, kind, source, from_digest, to_digest, identity, person, state, created_at) \
@@ -1018,19 +972,23 @@ impl Deployer {
         ))
     }
 
+    /// Counts a request's outcome. Only configured names become label values (never what someone
+    /// typed): a refused request counts under the service and environment it named, if they exist
+    /// (`environment: None` is the default one), else `-`.
     fn count(&self, service: &str, environment: Option<&str>, result: &Result<Step, DeployError>) {
         let config = &self.inner.config;
-        // Only configured names become label values (never what someone typed).
-        let service = config.service(service).map_or("-", |s| s.name.as_str());
-        let env = match result {
-            Ok(step) => step_plan(step).environment.as_str(),
-            Err(_) => config
-                .environment(environment)
-                .map_or("-", |e| e.name.as_str()),
+        let (service, env) = match result {
+            Ok(step) => {
+                let plan = step_plan(step);
+                (plan.service.as_str(), plan.environment.as_str())
+            }
+            Err(_) => (
+                config.service(service).map_or("-", |s| s.name.as_str()),
+                config
+                    .environment(environment)
+                    .map_or("-", |e| e.name.as_str()),
+            ),
         };
-        let env = config
-            .environment(Some(env))
-            .map_or("-", |e| e.name.as_str());
         let outcome = match result {
             Ok(Step::Done { .. }) => "done",
             Ok(Step::AlreadyThere { .. }) => "unchanged",
@@ -1057,6 +1015,16 @@ pub fn deploy_variables(plan: &Plan, request_id: &str) -> Vec<Variable> {
         Variable::env(environment, &plan.environment),
         Variable::env(REQUEST_ID_VARIABLE, request_id),
     ]
+}
+
+/// A plan stored with its confirmation.
+fn plan_of(json: &str) -> Result<Plan, DeployError> {
+    serde_json::from_str(json).map_err(|e| {
+        DeployError::Store(StoreError::Corrupt {
+            what: "deploy_confirmations.plan",
+            detail: e.to_string(),
+        })
+    })
 }
 
 fn step_plan(step: &Step) -> &Plan {
@@ -1110,23 +1078,5 @@ mod tests {
             assert!(code.bytes().all(|b| CODE_ALPHABET.contains(&b)), "{code}");
             assert!(!code.contains(['0', 'o', '1', 'l', 'i']), "{code}");
         }
-    }
-
-    #[test]
-    fn the_same_person_on_another_front_end_is_the_same_asker() {
-        let who = Who {
-            identity: "irc:alice".into(),
-            person: Some("alice".into()),
-            groups: vec![],
-        };
-        assert!(who.is("gitlab:alice", Some("alice")));
-        assert!(!who.is("irc:bob", Some("bob")));
-        let anonymous = Who {
-            identity: "irc:carol".into(),
-            person: None,
-            groups: vec![],
-        };
-        assert!(anonymous.is("irc:carol", None));
-        assert!(!anonymous.is("irc:dave", None));
     }
 }

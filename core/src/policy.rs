@@ -34,6 +34,17 @@ pub struct Principal {
     pub groups: Vec<String>,
 }
 
+impl Principal {
+    /// Whether `identity`/`person` (of a lock, a confirmation) is this principal: the same person
+    /// (on any front end), or the same identity when it maps to no person.
+    pub fn is(&self, identity: &str, person: Option<&str>) -> bool {
+        match (&self.person, person) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.identity == identity,
+        }
+    }
+}
+
 /// Why a command was refused: which groups would have been enough.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -139,6 +150,24 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_person_on_another_front_end_is_the_same_asker() {
+        let who = Principal {
+            identity: "irc:alice".into(),
+            person: Some("alice".into()),
+            groups: vec![],
+        };
+        assert!(who.is("gitlab:alice", Some("alice")));
+        assert!(!who.is("irc:bob", Some("bob")));
+        let anonymous = Principal {
+            identity: "irc:carol".into(),
+            person: None,
+            groups: vec![],
+        };
+        assert!(anonymous.is("irc:carol", None));
+        assert!(!anonymous.is("irc:dave", None));
+    }
 
     fn policy() -> Policy {
         let people = vec![

@@ -112,13 +112,6 @@ impl fmt::Debug for Manifest {
     }
 }
 
-impl Manifest {
-    /// Whether this is an index over several platforms' images (OCI index, Docker list).
-    pub fn is_index(&self) -> bool {
-        self.media_type == OCI_INDEX || self.media_type == DOCKER_MANIFEST_LIST
-    }
-}
-
 /// `sha256:<hex>` of `bytes`: the digest of a manifest is that of its exact bytes.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))

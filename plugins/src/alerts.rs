@@ -547,12 +547,21 @@ pub mod commands {
         queued: true,
     };
 
+    const NO_ALERTMANAGER: &str = "no Alertmanager is configured here (alerts.alertmanager_url)";
+
     fn client(services: &Services) -> Result<&Alertmanager, PluginError> {
-        services.alertmanager.as_ref().ok_or_else(|| {
-            PluginError::Refuse(
-                "no Alertmanager is configured here (alerts.alertmanager_url)".to_string(),
-            )
-        })
+        services
+            .alertmanager
+            .as_ref()
+            .ok_or_else(|| PluginError::Refuse(NO_ALERTMANAGER.to_string()))
+    }
+
+    /// Without an Alertmanager the dispatcher answers at once instead of queueing.
+    fn unavailable(services: &Services) -> Option<String> {
+        services
+            .alertmanager
+            .is_none()
+            .then(|| NO_ALERTMANAGER.to_string())
     }
 
     fn error(e: AlertmanagerError) -> PluginError {
@@ -585,6 +594,10 @@ pub mod commands {
     impl Plugin for Alerts {
         fn help(&self) -> &'static HelpEntry {
             &ALERTS
+        }
+
+        fn unavailable(&self, services: &Services) -> Option<String> {
+            unavailable(services)
         }
 
         async fn run(&self, services: &Services, call: &Call<'_>) -> Result<Outcome, PluginError> {
@@ -641,6 +654,10 @@ pub mod commands {
     impl Plugin for SilencePlugin {
         fn help(&self) -> &'static HelpEntry {
             &SILENCE
+        }
+
+        fn unavailable(&self, services: &Services) -> Option<String> {
+            unavailable(services)
         }
 
         async fn run(&self, services: &Services, call: &Call<'_>) -> Result<Outcome, PluginError> {
@@ -717,6 +734,10 @@ pub mod commands {
     impl Plugin for Unsilence {
         fn help(&self) -> &'static HelpEntry {
             &UNSILENCE
+        }
+
+        fn unavailable(&self, services: &Services) -> Option<String> {
+            unavailable(services)
         }
 
         async fn run(&self, services: &Services, call: &Call<'_>) -> Result<Outcome, PluginError> {

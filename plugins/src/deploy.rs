@@ -7,8 +7,8 @@ use shepherd_commands::{Command, DeploySource};
 use shepherd_core::Origin;
 use shepherd_core::audit::AuditOutcome;
 use shepherd_core::deploy::{
-    DeployError, Deployer, Deployment, Kind, Lock, LockChange, Plan, Refusal, Request, Source,
-    Step, Who, deploy_variables,
+    DeployError, Deployer, Deployment, Kind, Lock, Plan, Refusal, Request, Source, Step,
+    deploy_variables,
 };
 use shepherd_core::watcher::NewWatch;
 
@@ -107,14 +107,6 @@ fn unavailable(services: &Services) -> Option<String> {
     services.deploy.is_none().then(|| NOT_ENABLED.to_string())
 }
 
-fn who(call: &Call<'_>) -> Who {
-    Who {
-        identity: call.principal.identity.clone(),
-        person: call.principal.person.clone(),
-        groups: call.principal.groups.clone(),
-    }
-}
-
 #[async_trait]
 impl Plugin for DeployPlugin {
     fn help(&self) -> &'static HelpEntry {
@@ -211,7 +203,7 @@ impl Plugin for Confirm {
         };
         let deployer = deployer(services)?;
         let step = deployer
-            .confirm(call.request_id, &who(call), code, services.production)
+            .confirm(call.request_id, call.principal, code, services.production)
             .await;
         outcome_of(services, call, deployer, step)
     }
@@ -274,8 +266,8 @@ impl Plugin for LockPlugin {
             return Err(PluginError::Refuse("lock: unexpected command".into()));
         };
         let deployer = deployer(services)?;
-        match deployer.lock(&who(call), env, reason.as_deref()).await {
-            Ok(LockChange::Locked { lock, renewed }) => {
+        match deployer.lock(call.principal, env, reason.as_deref()).await {
+            Ok((lock, renewed)) => {
                 let why = lock
                     .reason
                     .as_deref()
@@ -303,9 +295,6 @@ impl Plugin for LockPlugin {
                     ..Outcome::default()
                 })
             }
-            Ok(LockChange::Unlocked { .. }) => {
-                Err(PluginError::Refuse("lock: unexpected answer".into()))
-            }
             Err(e) => refused_or_error(e),
         }
     }
@@ -326,9 +315,9 @@ impl Plugin for Unlock {
             return Err(PluginError::Refuse("unlock: unexpected command".into()));
         };
         let deployer = deployer(services)?;
-        let me = who(call);
-        match deployer.unlock(&me, env).await {
-            Ok(LockChange::Unlocked { lock }) => {
+        let me = call.principal;
+        match deployer.unlock(me, env).await {
+            Ok(lock) => {
                 let whose = if me.is(&lock.identity, lock.person.as_deref()) {
                     String::new()
                 } else {
@@ -349,9 +338,6 @@ impl Plugin for Unlock {
                     ..Outcome::default()
                 })
             }
-            Ok(LockChange::Locked { .. }) => {
-                Err(PluginError::Refuse("unlock: unexpected answer".into()))
-            }
             Err(e) => refused_or_error(e),
         }
     }
@@ -367,10 +353,9 @@ async fn ask(
     environment: Option<&str>,
     source: Source<'_>,
 ) -> Result<Outcome, PluginError> {
-    let who = who(call);
     let req = Request {
         request_id: call.request_id,
-        who: &who,
+        who: call.principal,
         kind,
         service,
         environment,

@@ -32,6 +32,18 @@ impl Stats {
     }
 }
 
+/// Prints `| name | n | p50 ms | p99 ms | max ms |` for `samples`.
+pub fn print_row(name: &str, samples: Vec<Duration>) {
+    let s = Stats::of(samples);
+    println!(
+        "| {name} | {} | {} | {} | {} |",
+        s.n,
+        ms(s.p50),
+        ms(s.p99),
+        ms(s.max)
+    );
+}
+
 /// Milliseconds with two decimals, for tables.
 pub fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)

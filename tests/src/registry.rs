@@ -115,10 +115,6 @@ impl TestRegistry {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     fn write_config(&self) {
         let root = self.dir.path().join("storage");
         std::fs::create_dir_all(&root).expect("storage dir");
@@ -575,7 +571,7 @@ async fn token(State(state): State<Arc<TokenState>>, headers: HeaderMap, uri: Ur
 }
 
 /// An HTTP proxy in front of the registry that can answer the next requests with an error
-/// status instead of forwarding them (`fail_next`), counting what it forwarded by method.
+/// status instead of forwarding them (`fail_next`), counting the answers it injected.
 pub struct FaultProxy {
     addr: SocketAddr,
     state: Arc<ProxyState>,
@@ -587,7 +583,6 @@ struct ProxyState {
     http: reqwest::Client,
     /// (method, status, how many more) — the next matching requests get `status`.
     faults: Mutex<Vec<(Method, u16, usize)>>,
-    forwarded: Mutex<Vec<(Method, String)>>,
     failed: AtomicUsize,
 }
 
@@ -597,7 +592,6 @@ impl FaultProxy {
             upstream: upstream.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
             faults: Mutex::new(Vec::new()),
-            forwarded: Mutex::new(Vec::new()),
             failed: AtomicUsize::new(0),
         });
         let app = axum::Router::new()
@@ -629,11 +623,6 @@ impl FaultProxy {
     /// Requests answered with an injected status so far.
     pub fn failed(&self) -> usize {
         self.state.failed.load(Ordering::SeqCst)
-    }
-
-    /// The requests forwarded to the registry, as (method, path).
-    pub fn forwarded(&self) -> Vec<(Method, String)> {
-        self.state.forwarded.lock().expect("forwarded").clone()
     }
 }
 
@@ -676,11 +665,6 @@ async fn forward(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    state
-        .forwarded
-        .lock()
-        .expect("forwarded")
-        .push((method.clone(), uri.path().to_string()));
     let mut request = state
         .http
         .request(method, format!("{}{path}", state.upstream))

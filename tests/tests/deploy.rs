@@ -576,6 +576,32 @@ async fn a_redelivered_deploy_is_recorded_once() {
     );
 }
 
+/// A bot whose `[deploy]` logs in to `registry` as `shepherd` with `password`.
+fn with_credentials(
+    store: &TestStore,
+    gitlab: &GitLabDouble,
+    registry: &TestRegistry,
+    password: &str,
+) -> ShepherdConfig {
+    let mut config = ShepherdConfig::new(store, gitlab);
+    config.extra = deploy_section(
+        &registry.url(),
+        "registry_username = \"shepherd\"\nregistry_password_env = \"TEST_REGISTRY_PASSWORD\"",
+    );
+    config
+        .env
+        .push(("TEST_REGISTRY_PASSWORD".into(), password.into()));
+    config
+}
+
+async fn deploy_v2_to_staging(config: &ShepherdConfig) {
+    let mut bot = Shepherd::console(config).await;
+    bot.send("deploy herder v2 to staging").await;
+    bot.expect_line("to staging:", WAIT).await;
+    bot.close_stdin();
+    assert!(bot.wait_exit(WAIT).await.success(), "{}", bot.stderr());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_with_htpasswd_auth() {
     let gitlab = GitLabDouble::start().await;
@@ -584,19 +610,8 @@ async fn a_registry_with_htpasswd_auth() {
     let v2 = registry
         .push_image(REPO, "v2", ImageKind::OciManifest)
         .await;
-    let mut config = ShepherdConfig::new(&store, &gitlab);
-    config.extra = deploy_section(
-        &registry.url(),
-        "registry_username = \"shepherd\"\nregistry_password_env = \"TEST_REGISTRY_PASSWORD\"",
-    );
-    config
-        .env
-        .push(("TEST_REGISTRY_PASSWORD".into(), "registry-pass-1".into()));
-    let mut bot = Shepherd::console(&config).await;
-    bot.send("deploy herder v2 to staging").await;
-    bot.expect_line("to staging:", WAIT).await;
-    bot.close_stdin();
-    assert!(bot.wait_exit(WAIT).await.success(), "{}", bot.stderr());
+    let mut config = with_credentials(&store, &gitlab, &registry, "registry-pass-1");
+    deploy_v2_to_staging(&config).await;
     assert_eq!(registry.digest(REPO, "staging").await, Some(v2.clone()));
 
     // A wrong password is a clear reply, and nothing moves.
@@ -908,19 +923,8 @@ async fn a_registry_with_bearer_token_auth() {
     let store = TestStore::new(Backend::Sqlite).await;
     let registry = TestRegistry::start_with_token_auth("shepherd", "token-pass-1", &[REPO]).await;
     let v2 = registry.push_image(REPO, "v2", ImageKind::OciIndex).await;
-    let mut config = ShepherdConfig::new(&store, &gitlab);
-    config.extra = deploy_section(
-        &registry.url(),
-        "registry_username = \"shepherd\"\nregistry_password_env = \"TEST_REGISTRY_PASSWORD\"",
-    );
-    config
-        .env
-        .push(("TEST_REGISTRY_PASSWORD".into(), "token-pass-1".into()));
-    let mut bot = Shepherd::console(&config).await;
-    bot.send("deploy herder v2 to staging").await;
-    bot.expect_line("to staging:", WAIT).await;
-    bot.close_stdin();
-    assert!(bot.wait_exit(WAIT).await.success(), "{}", bot.stderr());
+    let config = with_credentials(&store, &gitlab, &registry, "token-pass-1");
+    deploy_v2_to_staging(&config).await;
     assert_eq!(registry.digest(REPO, "staging").await, Some(v2));
     assert!(
         registry.tokens_issued() >= 1,
@@ -928,4 +932,62 @@ async fn a_registry_with_bearer_token_auth() {
     );
     let (media_type, _) = registry.manifest(REPO, "staging").await.expect("staging");
     assert_eq!(media_type, OCI_INDEX);
+}
+
+/// A pipeline environment that needs confirmation: what it runs now is its last recorded
+/// deployment, so a second deploy there is confirmed against that, not against a tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_pipeline_environment_is_judged_by_its_history() {
+    let mut env = setup(Backend::Sqlite).await;
+    with_pipeline_environment(&mut env);
+    env.config.extra.push_str(&format!(
+        r#"
+[[deploy.environments]]
+name = "review"
+pipeline = {{ project = "{DEPLOY_PROJECT}", ref = "main" }}
+confirm = true
+"#
+    ));
+    let mut bot = env.console_as("console:tester").await;
+    for (source, n, from) in [
+        (format!("!{}", env.mr), 1, "(no image)".to_string()),
+        ("v1".to_string(), 2, env.mr_digest.clone()),
+    ] {
+        let seen = bot.lines().len();
+        bot.send(&format!("deploy herder {source} to review")).await;
+        assert!(
+            bot.wait_for(WAIT, |l| l[seen..]
+                .iter()
+                .any(|l| l.contains("needs confirmation")))
+                .await,
+            "{:?}",
+            bot.lines()
+        );
+        let ask = bot.lines()[seen..]
+            .iter()
+            .find(|l| l.contains("needs confirmation"))
+            .cloned()
+            .unwrap_or_default();
+        assert!(ask.contains(&from), "from what it runs now: {ask}");
+        let seen = bot.lines().len();
+        bot.send(&format!("confirm {}", code_in(&ask))).await;
+        assert!(
+            bot.wait_for(WAIT, |l| l[seen..]
+                .iter()
+                .any(|l| l.contains("with pipeline")))
+                .await,
+            "{:?}\n{}",
+            bot.lines(),
+            bot.stderr()
+        );
+        assert_eq!(env.gitlab.pipelines_created().len(), n);
+    }
+    bot.close_stdin();
+    assert!(bot.wait_exit(WAIT).await.success(), "{}", bot.stderr());
+    let created = env.gitlab.pipelines_created();
+    assert_eq!(created[1].variable("DEPLOY_ENVIRONMENT"), Some("review"));
+    assert_eq!(
+        created[1].variable("DEPLOY_IMAGE"),
+        Some(format!("{REPO}@{}", env.v1).as_str())
+    );
 }

@@ -15,23 +15,12 @@ use std::time::{Duration, Instant};
 
 use shepherd_tests::gitlab::GitLabDouble;
 use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore};
-use shepherd_tests::measure::{Stats, ms};
+use shepherd_tests::measure::print_row;
 use shepherd_tests::registry::{ImageKind, TestRegistry};
 
 const REPO: &str = "bench/herder";
 const WAIT: Duration = Duration::from_secs(60);
 const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-
-fn row(name: &str, samples: Vec<Duration>) {
-    let s = Stats::of(samples);
-    println!(
-        "| {name} | {} | {} | {} | {} |",
-        s.n,
-        ms(s.p50),
-        ms(s.p99),
-        ms(s.max)
-    );
-}
 
 /// The registry's own GET + PUT of the same manifest, alternating the two sources.
 async fn floor(registry: &TestRegistry, sources: &[&str; 2], n: usize) -> Vec<Duration> {
@@ -145,11 +134,11 @@ tag = "staging"
 
     println!("| path | n | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|");
-    row(
+    print_row(
         "floor: the registry's GET of the source manifest + PUT under the tag",
         floor_samples,
     );
-    row(
+    print_row(
         "shepherd: `deploy herder <tag> to staging` typed -> reply (tag moved, recorded)",
         bot_samples,
     );

@@ -19,24 +19,13 @@ use std::time::{Duration, Instant};
 use shepherd_tests::gitlab::GitLabDouble;
 use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore};
 use shepherd_tests::matrix_client::{Human, Seen};
-use shepherd_tests::measure::{Stats, ms, percentile, rss_kib};
+use shepherd_tests::measure::{ms, percentile, print_row, rss_kib};
 use shepherd_tests::synapse::Synapse;
 
 const BOT: &str = "@shepherd:localhost";
 const BOT_PASSWORD: &str = "bench-bot-password";
 const AM_TOKEN: &str = "bench-am-token";
 const WAIT: Duration = Duration::from_secs(60);
-
-fn row(name: &str, samples: Vec<Duration>) {
-    let s = Stats::of(samples);
-    println!(
-        "| {name} | {} | {} | {} | {} |",
-        s.n,
-        ms(s.p50),
-        ms(s.p99),
-        ms(s.max)
-    );
-}
 
 fn rss(bot: &Shepherd) -> u64 {
     bot.pid().and_then(rss_kib).map_or(0, |(rss, _)| rss)
@@ -162,19 +151,19 @@ dedup_window_minutes = 1
 
     println!("## Command round trip on Synapse\n");
     println!("| path | n | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|");
-    row(
+    print_row(
         "floor, plain room: `ping` sent -> other client's `pong` received",
         floor(&alice, &bob, &plain, commands).await,
     );
-    row(
+    print_row(
         "bot, plain room: `!ping` sent -> the bot's reply received",
         bot_round_trip(&alice, &plain, commands).await,
     );
-    row(
+    print_row(
         "floor, encrypted room",
         floor(&alice, &bob, &encrypted, commands).await,
     );
-    row(
+    print_row(
         "bot, encrypted room",
         bot_round_trip(&alice, &encrypted, commands).await,
     );
