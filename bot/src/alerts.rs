@@ -191,7 +191,8 @@ impl AlertRelay {
         conn: &mut AnyConnection,
         item: &Leased,
     ) -> Result<(), RelayError> {
-        let n: Notification = serde_json::from_value(item.payload.clone())
+        // Read from the stored value in place: a storm's notification is not copied first.
+        let n = Notification::deserialize(&item.payload)
             .map_err(|e| RelayError::Unreadable(e.to_string()))?;
         let key = hex::encode(Sha256::digest(n.content_key().as_bytes()));
         if !alerts::first_showing_in(conn, &key, self.dedup_window_ms).await? {

@@ -246,16 +246,23 @@ impl App {
             alerts: relay.clone(),
             lane,
         };
+        // What a predecessor killed on this host still held is taken back now, not when its
+        // leases run out: the alert lane would stand still behind it until then.
+        let me = Holder::me();
+        match queue.reclaim(|owner| me.outlived(owner)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(items = n, "queue: leases of a process that is gone ended"),
+            Err(e) => {
+                tracing::warn!(error = %e, "queue: cannot look for leases of processes that are gone")
+            }
+        }
         for n in 0..config.queue.workers {
-            let w = worker(format!("{}-{}-w{n}", hostname(), std::process::id()), None);
+            let w = worker(me.owner(&format!("w{n}")), None);
             tasks.spawn(w.run(shutdown_rx.clone()));
         }
         if relay.is_some() {
             // Alert notifications, one at a time in the order they came.
-            let w = worker(
-                format!("{}-{}-alerts", hostname(), std::process::id()),
-                Some(crate::alerts::NOTIFICATION_KIND),
-            );
+            let w = worker(me.owner("alerts"), Some(crate::alerts::NOTIFICATION_KIND));
             tasks.spawn(w.run(shutdown_rx.clone()));
         }
         tasks.spawn(watcher.clone().run(shutdown_rx.clone()));
@@ -582,8 +589,66 @@ fn canary_settings(config: &Config) -> CanarySettings {
 }
 
 fn hostname() -> String {
-    std::env::var("HOSTNAME")
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
-        .filter(|h| !h.is_empty())
+        .map(|h| h.trim().to_string())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|h| !h.is_empty() && !h.contains('/'))
         .unwrap_or_else(|| "shepherd".to_string())
+}
+
+/// Who holds a lease: `host/pid/instance/worker`. The instance (random per process) tells this
+/// process from an earlier one with the same pid (in a container shepherd is always pid 1).
+struct Holder {
+    host: String,
+    pid: u32,
+    instance: String,
+    comm: Option<String>,
+}
+
+impl Holder {
+    fn me() -> Self {
+        Self {
+            host: hostname(),
+            pid: std::process::id(),
+            instance: uuid::Uuid::now_v7().simple().to_string()[24..].to_string(),
+            comm: comm_of("self"),
+        }
+    }
+
+    fn owner(&self, worker: &str) -> String {
+        format!("{}/{}/{}/{worker}", self.host, self.pid, self.instance)
+    }
+
+    /// Whether `owner` was a process on this host that is gone: its pid is not running, or runs
+    /// another program, or is this process under an earlier instance. Holders elsewhere (or
+    /// named the old way) are never judged: their leases run out as before.
+    fn outlived(&self, owner: &str) -> bool {
+        let mut parts = owner.splitn(4, '/');
+        let (Some(host), Some(pid), Some(instance), Some(_)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            return false;
+        };
+        if host != self.host {
+            return false;
+        }
+        if pid == self.pid {
+            return instance != self.instance;
+        }
+        match comm_of(&pid.to_string()) {
+            None => true,
+            Some(comm) => self.comm.as_ref().is_some_and(|mine| *mine != comm),
+        }
+    }
+}
+
+/// The program name of a process (`/proc/<pid>/comm`), `None` when it does not exist.
+fn comm_of(pid: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim().to_string())
 }

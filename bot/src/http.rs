@@ -137,6 +137,8 @@ pub enum BodyError {
     TimedOut,
     /// The connection broke while reading: 400.
     Broken,
+    /// Other requests' bodies fill the memory kept for bodies until the deadline: 503.
+    Busy,
 }
 
 impl BodyError {
@@ -155,6 +157,10 @@ impl BodyError {
                 StatusCode::BAD_REQUEST,
                 "the body could not be read".to_string(),
             ),
+            BodyError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many large requests at once; try again".to_string(),
+            ),
         };
         let mut r = answer(status, serde_json::json!({ "error": text }));
         if self != BodyError::TooLarge {
@@ -172,21 +178,79 @@ impl BodyError {
             BodyError::TooLarge => "too_large",
             BodyError::TimedOut => "timed_out",
             BodyError::Broken => "malformed",
+            BodyError::Busy => "busy",
         }
     }
 }
 
+/// Request bodies held in memory at once, over all connections: without a bound, the connection
+/// cap times the largest body limit (512 × 16 MiB) could be buffered at once.
+pub const BODY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+const BUDGET_UNIT: usize = 1024;
+
+fn body_budget() -> &'static Arc<Semaphore> {
+    static BUDGET: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    BUDGET.get_or_init(|| Arc::new(Semaphore::new(BODY_BUDGET_BYTES / BUDGET_UNIT)))
+}
+
+/// A request's body, with its share of [`BODY_BUDGET_BYTES`] held until it is dropped.
+pub struct BodyBytes {
+    bytes: Bytes,
+    _budget: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for BodyBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl std::ops::Deref for BodyBytes {
+    type Target = Bytes;
+
+    fn deref(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
 /// Reads a request's whole body, at most `limit` bytes, by the deadline the server gave it
-/// (kept in the request's `parts`).
-pub async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, BodyError> {
+/// (kept in the request's `parts`). Its size (the declared length, else `limit`) is first taken
+/// from the body budget, waiting until the deadline for room.
+pub async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<BodyBytes, BodyError> {
     let deadline = parts
         .extensions
         .get::<BodyDeadline>()
         .map(|d| d.0)
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let units = declared
+        .unwrap_or(limit)
+        .div_ceil(BUDGET_UNIT)
+        .clamp(1, BODY_BUDGET_BYTES / BUDGET_UNIT);
+    let budget = match tokio::time::timeout_at(
+        deadline,
+        body_budget()
+            .clone()
+            .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX)),
+    )
+    .await
+    {
+        Ok(Ok(permit)) => permit,
+        _ => return Err(BodyError::Busy),
+    };
     match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(BodyError::TimedOut),
-        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Ok(bytes)) => Ok(BodyBytes {
+            bytes,
+            _budget: budget,
+        }),
         Ok(Err(e))
             if std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) =>

@@ -26,6 +26,9 @@ use crate::dispatch::{COMMAND_KIND, QueuedCommand};
 use crate::gitlab::events::{EventError, GitLabEvents};
 use crate::gitlab::hooks::EVENT_KIND;
 
+/// Most alert notifications a lane worker takes and commits together.
+const LANE_BATCH: usize = 256;
+
 #[derive(Clone)]
 pub struct Worker {
     pub name: String,
@@ -52,11 +55,37 @@ impl Worker {
             if *shutdown.borrow() {
                 return;
             }
-            let leased = match self.lane {
-                Some(kind) => self.queue.lease_lane(&self.name, kind).await,
-                None => self.queue.lease(&self.name).await,
-            };
-            match leased {
+            if let Some(kind) = self.lane {
+                match self
+                    .queue
+                    .lease_lane_batch(&self.name, kind, LANE_BATCH)
+                    .await
+                {
+                    Ok(items) if !items.is_empty() => {
+                        let span = tracing::info_span!("lane", kind, items = items.len());
+                        if let Err(e) = self.process_alerts(items).instrument(span).await {
+                            tracing::error!(worker = %self.name, error = %e, "worker: store error while finishing a lane batch; it will be redelivered");
+                            tokio::time::sleep(self.poll_interval).await;
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(worker = %self.name, error = %e, "worker: cannot lease")
+                    }
+                }
+                let pause = match self.queue.lane_due_in(kind).await {
+                    Ok(Some(d)) => d.min(self.poll_interval),
+                    _ => self.poll_interval,
+                };
+                tokio::select! {
+                    _ = self.queue.notified().notified() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            match self.queue.lease(&self.name).await {
                 Ok(Some(item)) => {
                     // Every log line of this item's work carries its id and origin.
                     let span = tracing::info_span!("request", id = %item.id, origin = %item.origin, attempt = item.attempt);
@@ -235,6 +264,48 @@ impl Worker {
                 self.park(&item, &why).await
             }
         }
+    }
+
+    /// Alert notifications taken from their lane together, in order: their lines and their
+    /// completion in one transaction. An unreadable one is parked in it; a store error rolls the
+    /// whole batch back and each is tried again later (the first still first).
+    async fn process_alerts(&self, items: Vec<Leased>) -> Result<(), StoreError> {
+        let Some(relay) = &self.alerts else {
+            for item in items {
+                self.process_alert(item).await?;
+            }
+            return Ok(());
+        };
+        let mut tx = self.services.store.pool().begin().await?;
+        let mut done: Vec<&Leased> = Vec::with_capacity(items.len());
+        for item in &items {
+            match relay.process_in(&mut tx, item).await {
+                Ok(()) => done.push(item),
+                Err(RelayError::Unreadable(why)) => {
+                    self.queue.park_in(&mut tx, item, &why).await?;
+                    tracing::error!(request = %item.id, error = %why, "alert notification unreadable; parked");
+                }
+                Err(RelayError::Store(e)) => {
+                    tx.rollback().await?;
+                    for item in &items {
+                        let out = self.queue.fail(item, &e.to_string()).await?;
+                        tracing::warn!(request = %item.id, error = %e, outcome = ?out, "alert notification: attempt failed; retrying later");
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        if self.queue.complete_all_in(&mut tx, &done).await? {
+            tx.commit().await?;
+            self.outbox.wake();
+        } else {
+            tx.rollback().await?;
+            tracing::warn!(
+                items = items.len(),
+                "worker: a lane lease was lost before completion; the batch will be redelivered"
+            );
+        }
+        Ok(())
     }
 
     /// A stored Alertmanager notification: its lines and the item's completion in one transaction.

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod audit;
 pub mod backoff;
 pub mod canary;
+pub mod commit;
 pub mod deploy;
 pub mod effects;
 pub mod frontend;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::Notify;
 
+use crate::commit::Line;
 use crate::origin::Origin;
 use crate::store::{Store, StoreError, new_id, now_ms};
 
@@ -72,9 +73,16 @@ impl Outbox {
         dedup_key: Option<&str>,
         request_id: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.store.pool().acquire().await?;
-        let added = push_in(&mut conn, origin, body, dedup_key, request_id).await?;
-        drop(conn);
+        let added = self
+            .store
+            .writer()
+            .push(Line {
+                origin: origin.clone(),
+                body: body.to_string(),
+                dedup_key: dedup_key.map(str::to_string),
+                request_id: request_id.map(str::to_string),
+            })
+            .await?;
         self.wake();
         Ok(added)
     }
@@ -162,13 +170,18 @@ impl Outbox {
     }
 
     /// `UPDATE outbox SET <set> WHERE id IN (ids)`, `$1` in `set` bound to `value`, a statement
-    /// per [`ID_CHUNK`] ids.
+    /// per [`ID_CHUNK`] ids, all in one transaction.
     async fn update_each(
         &self,
         set: &str,
         value: Value<'_>,
         ids: &[&str],
     ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // One transaction, however many statements: one commit for a whole round.
+        let mut tx = self.store.pool().begin().await?;
         for chunk in ids.chunks(ID_CHUNK) {
             let sql = format!(
                 "UPDATE outbox SET {set} WHERE id IN ({})",
@@ -182,8 +195,9 @@ impl Outbox {
             for id in chunk {
                 q = q.bind(*id);
             }
-            q.execute(self.store.pool()).await?;
+            q.execute(&mut *tx).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 

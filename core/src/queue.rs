@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::origin::Origin;
-use crate::store::{Store, StoreError, new_id, now_ms};
+use crate::store::{Store, StoreError, now_ms};
 
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
@@ -126,11 +126,15 @@ impl Queue {
         &self.notify
     }
 
-    /// Stores a request durably; returns only after the commit.
+    /// Stores a request durably; returns only after the commit, which it shares with the
+    /// requests that arrived meanwhile (`commit`).
     pub async fn enqueue(&self, req: NewRequest) -> Result<Enqueued, StoreError> {
-        let mut conn = self.store.pool().acquire().await?;
-        let out = enqueue_in(&mut conn, &req).await?;
-        drop(conn);
+        let lane = self
+            .settings
+            .lanes
+            .contains(&req.kind)
+            .then(|| req.kind.clone());
+        let out = self.store.writer().enqueue(req, lane).await?;
         if matches!(out, Enqueued::New(_)) {
             self.notify.notify_waiters();
             self.notify.notify_one();
@@ -138,43 +142,35 @@ impl Queue {
         Ok(out)
     }
 
-    /// Takes the oldest available item under a lease, or None when nothing is due.
+    /// Takes the oldest available item under a lease, or None when nothing is due. Lane items
+    /// are never handed out here (see [`Queue::lease_lane`]).
     pub async fn lease(&self, owner: &str) -> Result<Option<Leased>, StoreError> {
         let pool = self.store.pool();
-        let lanes = &self.settings.lanes;
-        let not_lanes = if lanes.is_empty() {
-            String::new()
-        } else {
-            let marks: Vec<String> = (0..lanes.len()).map(|i| format!("${}", i + 2)).collect();
-            format!("AND r.kind NOT IN ({}) ", marks.join(", "))
-        };
         // Two index-friendly lookups instead of one sorted OR: first a lease that expired (its
-        // worker died; `requests_by_lease`), then the oldest due ready item, read in the order of
-        // `requests_by_state` (state, available_at, id), so done rows are never scanned.
-        let filters = format!(
-            "{not_lanes}AND (r.after_id IS NULL OR NOT EXISTS (SELECT 1 FROM requests p \
-             WHERE p.id = r.after_id AND p.state IN ('ready', 'leased')))"
-        );
+        // worker died; `requests_by_lease`), then the oldest due ready item outside the lanes,
+        // read in the order of `requests_general` (available_at, id; only ready, non-lane rows),
+        // so neither done rows nor a lane's backlog are ever walked.
+        const WAITS: &str = "AND (r.after_id IS NULL OR NOT EXISTS (SELECT 1 FROM requests p \
+             WHERE p.id = r.after_id AND p.state IN ('ready', 'leased')))";
         let expired_sql = format!(
             "SELECT r.id, r.attempts, r.state FROM requests r \
-             WHERE r.state = 'leased' AND r.lease_until <= $1 {filters} \
+             WHERE r.state = 'leased' AND r.lease_until <= $1 AND r.lane IS NULL {WAITS} \
              ORDER BY r.lease_until LIMIT 1"
         );
         let ready_sql = format!(
             "SELECT r.id, r.attempts, r.state FROM requests r \
-             WHERE r.state = 'ready' AND r.available_at <= $1 {filters} \
-             ORDER BY r.state, r.available_at, r.id LIMIT 1"
+             WHERE r.state = 'ready' AND r.lane IS NULL AND r.available_at <= $1 {WAITS} \
+             ORDER BY r.available_at, r.id LIMIT 1"
         );
         // A lost compare-and-set means another worker took that item: look again.
         for _ in 0..16 {
             let now = now_ms();
             let mut row = None;
             for sql in [&expired_sql, &ready_sql] {
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(now);
-                for kind in lanes {
-                    query = query.bind(kind.clone());
-                }
-                row = query.fetch_optional(pool).await?;
+                row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(now)
+                    .fetch_optional(pool)
+                    .await?;
                 if row.is_some() {
                     break;
                 }
@@ -185,7 +181,10 @@ impl Queue {
             let id: String = row.try_get("id")?;
             let attempts: i64 = row.try_get("attempts")?;
             let state: String = row.try_get("state")?;
-            if let Some(item) = self.take(owner, &id, attempts, &state, now).await? {
+            if let Some(item) = self
+                .take(owner, &id, attempts, &state, now, self.settings.lease)
+                .await?
+            {
                 return Ok(Some(item));
             }
         }
@@ -195,34 +194,113 @@ impl Queue {
     /// The oldest unfinished request of a lane `kind`, when it is due; `None` while it waits
     /// (its retry delay, or another worker's lease): nothing behind it overtakes it.
     pub async fn lease_lane(&self, owner: &str, kind: &str) -> Result<Option<Leased>, StoreError> {
+        Ok(self
+            .lease_lane_batch(owner, kind, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Up to `max` of a lane's oldest unfinished requests, in arrival order, leased together in
+    /// one statement: the due ones from the front of the lane, stopping at the first that is not
+    /// due (its retry delay, or another worker's lease), so nothing overtakes it. An expired
+    /// lease at the front (its worker died) is taken alone. Lane leases are short
+    /// ([`LANE_LEASE`] at most): a lane waits for a dead worker's item seconds, not minutes.
+    pub async fn lease_lane_batch(
+        &self,
+        owner: &str,
+        kind: &str,
+        max: usize,
+    ) -> Result<Vec<Leased>, StoreError> {
         let pool = self.store.pool();
+        let lease = self.settings.lease.min(LANE_LEASE);
+        let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
         for _ in 0..16 {
             let now = now_ms();
-            let row = sqlx::query(
-                "SELECT id, attempts, state, available_at, lease_until FROM requests \
-                 WHERE kind = $1 AND state IN ('ready', 'leased') ORDER BY created_at, id LIMIT 1",
+            let rows = sqlx::query(
+                "SELECT id, kind, frontend, room, addressee, identity, payload, attempts, state, \
+                 available_at, lease_until, created_at FROM requests \
+                 WHERE kind = $1 AND state IN ('ready', 'leased') ORDER BY created_at, id LIMIT $2",
             )
             .bind(kind)
-            .fetch_optional(pool)
+            .bind(limit)
+            .fetch_all(pool)
             .await?;
-            let Some(row) = row else { return Ok(None) };
-            let id: String = row.try_get("id")?;
-            let attempts: i64 = row.try_get("attempts")?;
-            let state: String = row.try_get("state")?;
-            let available_at: i64 = row.try_get("available_at")?;
-            let lease_until: Option<i64> = row.try_get("lease_until")?;
-            let due = match state.as_str() {
-                "ready" => available_at <= now,
-                _ => lease_until.is_some_and(|t| t <= now),
+            let Some(first) = rows.first() else {
+                return Ok(Vec::new());
             };
-            if !due {
-                return Ok(None);
+            let state: String = first.try_get("state")?;
+            if state == "leased" {
+                let lease_until: Option<i64> = first.try_get("lease_until")?;
+                if lease_until.is_none_or(|t| t > now) {
+                    return Ok(Vec::new());
+                }
+                let id: String = first.try_get("id")?;
+                let attempts: i64 = first.try_get("attempts")?;
+                match self.take(owner, &id, attempts, &state, now, lease).await? {
+                    Some(item) => return Ok(vec![item]),
+                    None => continue,
+                }
             }
-            if let Some(item) = self.take(owner, &id, attempts, &state, now).await? {
-                return Ok(Some(item));
+            // The due ready items at the front, in order.
+            let mut due = Vec::new();
+            for row in &rows {
+                let state: String = row.try_get("state")?;
+                let available_at: i64 = row.try_get("available_at")?;
+                if state != "ready" || available_at > now {
+                    break;
+                }
+                due.push(row);
             }
+            if due.is_empty() {
+                return Ok(Vec::new());
+            }
+            let lease_until = now + duration_ms(lease);
+            let mut tx = pool.begin().await?;
+            let mut taken: std::collections::HashMap<String, i64> = Default::default();
+            for chunk in due.chunks(ID_CHUNK) {
+                let sql = format!(
+                    "UPDATE requests SET state = 'leased', lease_owner = $1, lease_until = $2, \
+                     attempts = attempts + 1, updated_at = $3 WHERE state = 'ready' AND id IN ({}) \
+                     RETURNING id, attempts",
+                    (4..4 + chunk.len())
+                        .map(|i| format!("${i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(owner)
+                    .bind(lease_until)
+                    .bind(now);
+                for row in chunk {
+                    q = q.bind(row.try_get::<String, _>("id")?);
+                }
+                for row in q.fetch_all(&mut *tx).await? {
+                    taken.insert(
+                        row.try_get::<String, _>("id")?,
+                        row.try_get::<i64, _>("attempts")?,
+                    );
+                }
+            }
+            if taken.len() != due.len() {
+                // Another worker took some of them first: look again.
+                tx.rollback().await?;
+                continue;
+            }
+            tx.commit().await?;
+            return due
+                .into_iter()
+                .map(|row| {
+                    let mut item = leased_of(row, owner)?;
+                    item.attempt = taken
+                        .get(&item.id)
+                        .and_then(|a| u32::try_from(*a).ok())
+                        .unwrap_or(u32::MAX);
+                    Ok(item)
+                })
+                .collect();
         }
-        Ok(None)
+        Ok(Vec::new())
     }
 
     /// Takes one candidate with a compare-and-set; `None` when another worker was first (or
@@ -234,6 +312,7 @@ impl Queue {
         attempts: i64,
         state: &str,
         now: i64,
+        lease: Duration,
     ) -> Result<Option<Leased>, StoreError> {
         let pool = self.store.pool();
         if state == "leased" && attempts >= i64::from(self.settings.max_attempts) {
@@ -257,7 +336,7 @@ impl Queue {
             return Ok(None);
         }
 
-        let lease_until = now + duration_ms(self.settings.lease);
+        let lease_until = now + duration_ms(lease);
         let taken = sqlx::query(
             "UPDATE requests SET state = 'leased', lease_owner = $1, lease_until = $2, \
              attempts = attempts + 1, updated_at = $3 \
@@ -281,35 +360,22 @@ impl Queue {
         .bind(id)
         .fetch_one(pool)
         .await?;
-        let payload: String = row.try_get("payload")?;
-        let payload = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
-            what: "requests.payload",
-            detail: e.to_string(),
-        })?;
-        Ok(Some(Leased {
-            id: id.to_string(),
-            kind: row.try_get("kind")?,
-            origin: Origin::from_columns(
-                row.try_get("frontend")?,
-                row.try_get("room")?,
-                row.try_get("addressee")?,
-            ),
-            identity: row.try_get("identity")?,
-            payload,
-            attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-            created_at: row.try_get("created_at")?,
-            owner: owner.to_string(),
-        }))
+        leased_of(&row, owner).map(Some)
     }
 
     /// Extends a lease still held by `owner`; false when it was lost.
     pub async fn renew(&self, item: &Leased) -> Result<bool, StoreError> {
         let now = now_ms();
+        let lease = if self.settings.lanes.contains(&item.kind) {
+            self.settings.lease.min(LANE_LEASE)
+        } else {
+            self.settings.lease
+        };
         let r = sqlx::query(
             "UPDATE requests SET lease_until = $1, updated_at = $2 \
              WHERE id = $3 AND lease_owner = $4 AND state = 'leased' AND attempts = $5",
         )
-        .bind(now + duration_ms(self.settings.lease))
+        .bind(now + duration_ms(lease))
         .bind(now)
         .bind(&item.id)
         .bind(&item.owner)
@@ -337,6 +403,45 @@ impl Queue {
         .execute(&mut *conn)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// Marks several items done inside the caller's transaction; false (roll back) when any of
+    /// their leases was lost.
+    pub async fn complete_all_in(
+        &self,
+        conn: &mut AnyConnection,
+        items: &[&Leased],
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut done = 0u64;
+        for chunk in items.chunks(ID_CHUNK) {
+            let mut sql = String::from(
+                "UPDATE requests SET state = 'done', lease_owner = NULL, lease_until = NULL, \
+                 updated_at = $1 WHERE state = 'leased' AND (",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                let b = 2 + i * 3;
+                sql.push_str(&format!(
+                    "(id = ${} AND lease_owner = ${} AND attempts = ${})",
+                    b,
+                    b + 1,
+                    b + 2
+                ));
+            }
+            sql.push(')');
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for item in chunk {
+                q = q
+                    .bind(item.id.clone())
+                    .bind(item.owner.clone())
+                    .bind(i64::from(item.attempt));
+            }
+            done += q.execute(&mut *conn).await?.rows_affected();
+        }
+        Ok(done == items.len() as u64)
     }
 
     /// Would a failure of this attempt park the item?
@@ -435,7 +540,8 @@ impl Queue {
 
     pub async fn counts(&self) -> Result<QueueCounts, StoreError> {
         let rows = sqlx::query(
-            "SELECT state, COUNT(*) AS n FROM requests WHERE state <> 'done' GROUP BY state",
+            "SELECT state, COUNT(*) AS n FROM requests \
+             WHERE state IN ('ready', 'leased', 'dead') GROUP BY state",
         )
         .fetch_all(self.store.pool())
         .await?;
@@ -482,17 +588,104 @@ impl Queue {
         Ok(row.try_get("n")?)
     }
 
-    /// The time until the next item becomes due (for sleeping workers), if any is waiting.
+    /// The time until the next item a general worker could take becomes due (for sleeping
+    /// workers), if any is waiting: the first ready item outside the lanes and the first lease
+    /// to expire, each read from the front of its index.
     pub async fn next_due_in(&self) -> Result<Option<Duration>, StoreError> {
-        let row = sqlx::query(
-            "SELECT MIN(CASE WHEN state = 'ready' THEN available_at ELSE lease_until END) AS due \
-             FROM requests WHERE state IN ('ready', 'leased')",
+        let pool = self.store.pool();
+        let ready: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(available_at) FROM requests WHERE state = 'ready' AND lane IS NULL",
         )
-        .fetch_one(self.store.pool())
+        .fetch_one(pool)
         .await?;
-        let due: Option<i64> = row.try_get("due")?;
+        let expiring: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(lease_until) FROM requests WHERE state = 'leased' AND lane IS NULL",
+        )
+        .fetch_one(pool)
+        .await?;
+        let due = match (ready, expiring) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         Ok(due.map(|d| Duration::from_millis((d - now_ms()).max(0) as u64)))
     }
+
+    /// The time until a lane's front item becomes due, if the lane holds anything.
+    pub async fn lane_due_in(&self, kind: &str) -> Result<Option<Duration>, StoreError> {
+        let row = sqlx::query(
+            "SELECT state, available_at, lease_until FROM requests \
+             WHERE kind = $1 AND state IN ('ready', 'leased') ORDER BY created_at, id LIMIT 1",
+        )
+        .bind(kind)
+        .fetch_optional(self.store.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let state: String = row.try_get("state")?;
+        let due: i64 = if state == "ready" {
+            row.try_get("available_at")?
+        } else {
+            row.try_get::<Option<i64>, _>("lease_until")?.unwrap_or(0)
+        };
+        Ok(Some(Duration::from_millis((due - now_ms()).max(0) as u64)))
+    }
+
+    /// Ends the leases of holders that are gone (`gone(owner)`: a process on this host that
+    /// died, say), so what they held is taken again at once rather than when the lease runs out.
+    /// Returns how many items were freed. The attempt they were on still counts.
+    pub async fn reclaim(&self, gone: impl Fn(&str) -> bool) -> Result<u64, StoreError> {
+        let pool = self.store.pool();
+        let owners: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT DISTINCT lease_owner FROM requests WHERE state = 'leased'")
+                .fetch_all(pool)
+                .await?;
+        let now = now_ms();
+        let mut freed = 0;
+        for owner in owners.into_iter().flatten().filter(|o| gone(o)) {
+            let r = sqlx::query(
+                "UPDATE requests SET lease_until = $1, updated_at = $1 \
+                 WHERE state = 'leased' AND lease_owner = $2 AND lease_until > $1",
+            )
+            .bind(now)
+            .bind(&owner)
+            .execute(pool)
+            .await?;
+            if r.rows_affected() > 0 {
+                tracing::info!(owner = %owner, items = r.rows_affected(), "queue: took back what a holder that is gone had leased");
+            }
+            freed += r.rows_affected();
+        }
+        Ok(freed)
+    }
+}
+
+/// The longest lease on a lane item: strict order holds the whole lane behind it, so a worker
+/// that dies must not hold it for long (a live one renews it while it works).
+pub const LANE_LEASE: Duration = Duration::from_secs(10);
+
+/// Ids per `IN (...)` list.
+const ID_CHUNK: usize = 200;
+
+/// A leased row as a [`Leased`].
+fn leased_of(row: &sqlx::any::AnyRow, owner: &str) -> Result<Leased, StoreError> {
+    let payload: String = row.try_get("payload")?;
+    let payload = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+        what: "requests.payload",
+        detail: e.to_string(),
+    })?;
+    Ok(Leased {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        origin: Origin::from_columns(
+            row.try_get("frontend")?,
+            row.try_get("room")?,
+            row.try_get("addressee")?,
+        ),
+        identity: row.try_get("identity")?,
+        payload,
+        attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+        created_at: row.try_get("created_at")?,
+        owner: owner.to_string(),
+    })
 }
 
 /// Requests parked as dead, newest first (needs no queue settings: `shepherd queue dead`).
@@ -521,55 +714,6 @@ pub async fn dead_items(store: &Store, limit: i64) -> Result<Vec<DeadItem>, Stor
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(StoreError::from)
-}
-
-pub async fn enqueue_in(
-    conn: &mut AnyConnection,
-    req: &NewRequest,
-) -> Result<Enqueued, StoreError> {
-    if let Some(key) = &req.dedup_key {
-        let existing = sqlx::query("SELECT id FROM requests WHERE dedup_key = $1")
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(row) = existing {
-            return Ok(Enqueued::Duplicate(row.try_get("id")?));
-        }
-    }
-    let id = new_id();
-    let now = now_ms();
-    let payload = req.payload.to_string();
-    let inserted = sqlx::query(
-        "INSERT INTO requests (id, kind, frontend, room, addressee, identity, payload, dedup_key, \
-         state, attempts, available_at, created_at, updated_at, after_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', 0, $9, $10, $11, $12) \
-         ON CONFLICT (dedup_key) DO NOTHING",
-    )
-    .bind(&id)
-    .bind(&req.kind)
-    .bind(&req.origin.frontend)
-    .bind(&req.origin.room)
-    .bind(req.origin.addressee.as_deref())
-    .bind(&req.identity)
-    .bind(&payload)
-    .bind(req.dedup_key.as_deref())
-    .bind(now)
-    .bind(now)
-    .bind(now)
-    .bind(req.after.as_deref())
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        // Lost a race with the same delivery id.
-        if let Some(key) = &req.dedup_key {
-            let row = sqlx::query("SELECT id FROM requests WHERE dedup_key = $1")
-                .bind(key)
-                .fetch_one(&mut *conn)
-                .await?;
-            return Ok(Enqueued::Duplicate(row.try_get("id")?));
-        }
-    }
-    Ok(Enqueued::New(id))
 }
 
 fn duration_ms(d: Duration) -> i64 {

@@ -411,6 +411,149 @@ async fn queue_contract(backend: Backend) {
             .expect("complete")
     );
 
+    // The lane taken in batches: the due front of the lane, in arrival order, leased together;
+    // nothing behind a leased batch is handed out, and a batch completes together.
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            queue
+                .enqueue(lane_item(20 + n))
+                .await
+                .expect("enqueue")
+                .id()
+                .to_string(),
+        );
+    }
+    let batch = queue
+        .lease_lane_batch("w1", "lane", 3)
+        .await
+        .expect("lease");
+    let got: Vec<&str> = batch.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(got, ids[..3].iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(batch.iter().all(|i| i.attempt == 1 && i.owner == "w1"));
+    assert!(
+        queue
+            .lease_lane_batch("w2", "lane", 10)
+            .await
+            .expect("lease")
+            .is_empty(),
+        "the rest wait behind the leased front"
+    );
+    let refs: Vec<&shepherd_core::queue::Leased> = batch.iter().collect();
+    assert!(
+        queue
+            .complete_all_in(&mut conn, &refs)
+            .await
+            .expect("complete")
+    );
+    let rest = queue
+        .lease_lane_batch("w2", "lane", 10)
+        .await
+        .expect("lease");
+    assert_eq!(
+        rest.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        ids[3..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let stale: Vec<&shepherd_core::queue::Leased> = batch.iter().collect();
+    assert!(
+        !queue
+            .complete_all_in(&mut conn, &stale)
+            .await
+            .expect("complete"),
+        "a batch whose leases are gone does not complete"
+    );
+    let refs: Vec<&shepherd_core::queue::Leased> = rest.iter().collect();
+    assert!(
+        queue
+            .complete_all_in(&mut conn, &refs)
+            .await
+            .expect("complete")
+    );
+
+    // What a holder that is gone leased is taken back at once, its attempt counted.
+    let held = queue.enqueue(request(30, None)).await.expect("enqueue");
+    let taken = queue
+        .lease("host/1/dead/w0")
+        .await
+        .expect("lease")
+        .expect("item");
+    assert_eq!(taken.id, held.id());
+    assert!(
+        queue.lease("w2").await.expect("lease").is_none(),
+        "still leased"
+    );
+    let freed = queue
+        .reclaim(|owner| owner == "host/1/dead/w0")
+        .await
+        .expect("reclaim");
+    assert_eq!(freed, 1);
+    let again = queue.lease("w2").await.expect("lease").expect("taken back");
+    assert_eq!((again.id.as_str(), again.attempt), (held.id(), 2));
+    assert!(
+        queue
+            .complete_in(&mut conn, &again)
+            .await
+            .expect("complete")
+    );
+
+    // Concurrent enqueues share commits: each distinct key is stored once, every duplicate (in
+    // the same group or not) names the stored request.
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..200 {
+        let queue = queue.clone();
+        tasks.spawn(async move {
+            let key = format!("group-{}", n % 50);
+            (
+                key.clone(),
+                queue
+                    .enqueue(request(40 + n, Some(&key)))
+                    .await
+                    .expect("enqueue"),
+            )
+        });
+    }
+    let mut by_key: std::collections::HashMap<String, Vec<Enqueued>> = Default::default();
+    while let Some(done) = tasks.join_next().await {
+        let (key, e) = done.expect("task");
+        by_key.entry(key).or_default().push(e);
+    }
+    assert_eq!(by_key.len(), 50);
+    for (key, answers) in &by_key {
+        let new: Vec<&Enqueued> = answers
+            .iter()
+            .filter(|e| matches!(e, Enqueued::New(_)))
+            .collect();
+        assert_eq!(new.len(), 1, "{key}: {answers:?}");
+        assert!(
+            answers.iter().all(|e| e.id() == new[0].id()),
+            "{key}: {answers:?}"
+        );
+    }
+    assert_eq!(
+        test_store
+            .count("SELECT COUNT(*) FROM requests WHERE dedup_key LIKE 'group-%'")
+            .await,
+        50
+    );
+    let stats = store.writer().stats();
+    let groups = stats.groups.load(std::sync::atomic::Ordering::Relaxed);
+    let writes = stats.writes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        writes > groups,
+        "some writes shared a commit ({writes} writes in {groups} groups)"
+    );
+    let general: Vec<shepherd_core::queue::Leased> = {
+        let mut v = Vec::new();
+        while let Some(item) = queue.lease("w1").await.expect("lease") {
+            v.push(item);
+        }
+        v
+    };
+    assert_eq!(general.len(), 50);
+    for item in &general {
+        assert!(queue.complete_in(&mut conn, item).await.expect("complete"));
+    }
+
     // Many workers, many items: each item is leased exactly once.
     drop(conn);
     let queue = Queue::new(

@@ -29,6 +29,7 @@
 //! get the bot disconnected for flooding nor hold back the lines people wait for.
 
 mod accounts;
+mod nodelay;
 mod plan;
 mod split;
 
@@ -306,6 +307,15 @@ impl IrcFrontend {
         let sender = client.sender();
         let mut stream = client.stream()?;
         tracing::info!(server = %self.cfg.server, port = self.cfg.port, tls = self.cfg.tls, "irc: connected; registering");
+        // Lines go out as soon as they are written, not after the server's delayed ACK.
+        let peers: Vec<std::net::SocketAddr> =
+            tokio::net::lookup_host((self.cfg.server.as_str(), self.cfg.port))
+                .await
+                .map(Iterator::collect)
+                .unwrap_or_default();
+        if nodelay::set_towards(&peers) == 0 {
+            tracing::warn!(server = %self.cfg.server, "irc: could not set TCP_NODELAY on the connection; back-to-back lines may wait for delayed ACKs");
+        }
 
         // Registration: CAP LS first, so the server holds registration until CAP END.
         sender.send(Command::CAP(
@@ -443,7 +453,10 @@ impl IrcFrontend {
         let round_lines = (self.cfg.flood_rate * 2.0)
             .ceil()
             .clamp(1.0, 1000.0)
-            .max(f64::from(self.cfg.flood_burst)) as usize;
+            .max(f64::from(self.cfg.flood_burst))
+            .min(MAX_ROUND_LINES as f64) as usize;
+        // Messages read per round (a message may be several lines, and rooms may be left out).
+        let window = 64;
         let core = self.dispatcher.metrics.clone();
         // Rooms that refused a message wait until then before it is tried again,
         let mut retry_at: HashMap<String, Instant> = HashMap::new();
@@ -474,7 +487,7 @@ impl IrcFrontend {
                 .cloned()
                 .collect();
             let open = |room: &str| !closed.iter().any(|c| c == room);
-            let pending = match self.outbox.pending_except(FRONTEND, &closed, 50).await {
+            let pending = match self.outbox.pending_except(FRONTEND, &closed, window).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "irc: outbox unavailable");
@@ -668,6 +681,11 @@ impl IrcFrontend {
     }
 }
 
+/// Most lines sent before the server acknowledges them (the PING behind a round): a round is
+/// marked delivered only then, so this is also the most a crash can make the bot say twice.
+/// Small rounds cost little: on loopback one round trip and one commit per round still carry
+/// thousands of lines a second.
+const MAX_ROUND_LINES: usize = 32;
 /// How long a room that refused a message gets one message per round.
 const CAREFUL_FOR: Duration = Duration::from_secs(600);
 

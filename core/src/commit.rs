@@ -1,0 +1,342 @@
+//! Group commit: the one writer that stores what comes in from outside.
+//!
+//! Every request from outside — a webhook, an alert notification, a chat command — and every
+//! line said outside a worker's transaction must be committed before anyone is answered. Paying
+//! a whole commit (an `fdatasync` on SQLite) for each of them caps ingestion at the disk's sync
+//! rate, so they share commits instead: one writer task takes everything that arrived while its
+//! previous commit was flushing, writes it with multi-row inserts in one transaction, commits
+//! once, and only then answers each caller. When the commit fails, every write of the group is
+//! answered with the same error and none of them is stored: there are no partial
+//! acknowledgements. A caller whose future is dropped (its client went away) changes nothing:
+//! its write commits with the group, as it would have alone.
+//!
+//! Bounded: at most [`MAX_GROUP`] writes per transaction and [`QUEUE_DEPTH`] waiting, so a storm
+//! waits at the door (callers are paced by the channel) instead of growing memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sqlx::{AnyConnection, AnyPool, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::origin::Origin;
+use crate::queue::{Enqueued, NewRequest};
+use crate::store::{StoreError, new_id, now_ms};
+
+/// Most writes in one transaction.
+pub const MAX_GROUP: usize = 512;
+/// Writes waiting for the writer before callers wait to hand theirs over.
+pub const QUEUE_DEPTH: usize = 4096;
+/// Rows per multi-row INSERT (at most 11 parameters each: well under every backend's limit).
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// A line for the outbox, stored outside a worker's transaction (a dispatcher reply, `say`).
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub origin: Origin,
+    pub body: String,
+    pub dedup_key: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// One write handed to the group writer.
+#[derive(Debug)]
+enum Write {
+    /// The request, and its lane if its kind runs in one.
+    Enqueue(NewRequest, Option<String>),
+    Push(Line),
+}
+
+/// What a write became once its group committed.
+#[derive(Debug)]
+enum Written {
+    Enqueued(Enqueued),
+    /// False when the line's dedup key was already used.
+    Pushed(bool),
+}
+
+type Reply = oneshot::Sender<Result<Written, StoreError>>;
+
+/// Counters of the writer's work (read by tests and the metrics).
+#[derive(Debug, Default)]
+pub struct GroupStats {
+    pub groups: AtomicU64,
+    pub writes: AtomicU64,
+    pub failed_groups: AtomicU64,
+}
+
+/// The handle callers share; the writer task ends when the last handle is dropped.
+#[derive(Clone, Debug)]
+pub struct GroupWriter {
+    tx: mpsc::Sender<(Write, Reply)>,
+    stats: Arc<GroupStats>,
+}
+
+impl GroupWriter {
+    /// Starts the writer task on `pool` (needs a Tokio runtime).
+    pub fn start(pool: AnyPool) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let stats = Arc::new(GroupStats::default());
+        tokio::spawn(run(pool, rx, stats.clone()));
+        Self { tx, stats }
+    }
+
+    pub fn stats(&self) -> &GroupStats {
+        &self.stats
+    }
+
+    /// Stores a request; returns once its group committed.
+    pub async fn enqueue(
+        &self,
+        request: NewRequest,
+        lane: Option<String>,
+    ) -> Result<Enqueued, StoreError> {
+        match self.write(Write::Enqueue(request, lane)).await? {
+            Written::Enqueued(e) => Ok(e),
+            Written::Pushed(_) => Err(mismatch()),
+        }
+    }
+
+    /// Stores an outbox line; false when its dedup key was already used.
+    pub async fn push(&self, line: Line) -> Result<bool, StoreError> {
+        match self.write(Write::Push(line)).await? {
+            Written::Pushed(added) => Ok(added),
+            Written::Enqueued(_) => Err(mismatch()),
+        }
+    }
+
+    async fn write(&self, write: Write) -> Result<Written, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((write, reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Group("the store's writer has stopped".to_string())
+}
+
+fn mismatch() -> StoreError {
+    StoreError::Group("the writer answered a different kind of write".to_string())
+}
+
+async fn run(pool: AnyPool, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<GroupStats>) {
+    let mut group: Vec<(Write, Reply)> = Vec::with_capacity(MAX_GROUP);
+    while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let (writes, replies): (Vec<Write>, Vec<Reply>) = group.drain(..).unzip();
+        stats.groups.fetch_add(1, Ordering::Relaxed);
+        stats
+            .writes
+            .fetch_add(writes.len() as u64, Ordering::Relaxed);
+        match commit(&pool, &writes).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                stats.failed_groups.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, writes = writes.len(), "store: a group commit failed; none of its writes is stored, each is answered with the error");
+                let detail = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Group(detail.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a group in one transaction; the results are in the order of `writes`.
+async fn commit(
+    pool: &AnyPool,
+    writes: &[Write],
+) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+    let mut tx = pool.begin().await?;
+    match write_all(&mut tx, writes).await {
+        Ok(results) => {
+            tx.commit().await?;
+            Ok(results)
+        }
+        Err(e) => {
+            // Rolled back now, not when the connection is next used: until then a PostgreSQL
+            // session would sit idle in its failed transaction, holding its locks.
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "store: rollback of a failed group failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The group's statements, inside `tx`.
+async fn write_all(
+    tx: &mut AnyConnection,
+    writes: &[Write],
+) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+    let now = now_ms();
+    // Ids in arrival order: they are time-ordered, so a lane reads the group in that order.
+    let ids: Vec<String> = writes.iter().map(|_| new_id()).collect();
+
+    let requests: Vec<(usize, &NewRequest, &Option<String>)> = writes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w {
+            Write::Enqueue(r, lane) => Some((i, r, lane)),
+            Write::Push(_) => None,
+        })
+        .collect();
+    let lines: Vec<(usize, &Line)> = writes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w {
+            Write::Push(l) => Some((i, l)),
+            Write::Enqueue(..) => None,
+        })
+        .collect();
+
+    let mut inserted: Vec<bool> = vec![false; writes.len()];
+    let position: HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+
+    for chunk in requests.chunks(ROWS_PER_STATEMENT) {
+        let values = (0..chunk.len())
+            .map(|r| {
+                let b = r * 11;
+                let n = |k: usize| format!("${}", b + k);
+                format!(
+                    "({}, {}, {}, {}, {}, {}, {}, {}, 'ready', 0, {}, {}, {}, {}, {})",
+                    n(1),
+                    n(2),
+                    n(3),
+                    n(4),
+                    n(5),
+                    n(6),
+                    n(7),
+                    n(8),
+                    n(9),
+                    n(9),
+                    n(9),
+                    n(10),
+                    n(11),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO requests (id, kind, frontend, room, addressee, identity, payload, dedup_key, \
+             state, attempts, available_at, created_at, updated_at, after_id, lane) VALUES {values} \
+             ON CONFLICT (dedup_key) DO NOTHING RETURNING id"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (i, r, lane) in chunk {
+            q = q
+                .bind(ids[*i].clone())
+                .bind(r.kind.clone())
+                .bind(r.origin.frontend.clone())
+                .bind(r.origin.room.clone())
+                .bind(r.origin.addressee.clone())
+                .bind(r.identity.clone())
+                .bind(r.payload.to_string())
+                .bind(r.dedup_key.clone())
+                .bind(now)
+                .bind(r.after.clone())
+                .bind((*lane).clone());
+        }
+        for row in q.fetch_all(&mut *tx).await? {
+            let id: String = row.try_get("id")?;
+            if let Some(&i) = position.get(id.as_str()) {
+                inserted[i] = true;
+            }
+        }
+    }
+
+    for chunk in lines.chunks(ROWS_PER_STATEMENT) {
+        let values = (0..chunk.len())
+            .map(|r| {
+                let b = r * 8;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO outbox (id, frontend, room, addressee, body, dedup_key, request_id, created_at) \
+             VALUES {values} ON CONFLICT (dedup_key) DO NOTHING RETURNING id"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (i, l) in chunk {
+            q = q
+                .bind(ids[*i].clone())
+                .bind(l.origin.frontend.clone())
+                .bind(l.origin.room.clone())
+                .bind(l.origin.addressee.clone())
+                .bind(l.body.clone())
+                .bind(l.dedup_key.clone())
+                .bind(l.request_id.clone())
+                .bind(now);
+        }
+        for row in q.fetch_all(&mut *tx).await? {
+            let id: String = row.try_get("id")?;
+            if let Some(&i) = position.get(id.as_str()) {
+                inserted[i] = true;
+            }
+        }
+    }
+
+    // Requests not inserted carry a dedup key already stored (earlier, or earlier in this group).
+    let duplicates: Vec<&str> = requests
+        .iter()
+        .filter(|(i, ..)| !inserted[*i])
+        .filter_map(|(_, r, _)| r.dedup_key.as_deref())
+        .collect();
+    let mut existing: HashMap<String, String> = HashMap::new();
+    for chunk in duplicates.chunks(ROWS_PER_STATEMENT) {
+        let marks = (1..=chunk.len())
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SELECT id, dedup_key FROM requests WHERE dedup_key IN ({marks})");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for key in chunk {
+            q = q.bind(key.to_string());
+        }
+        for row in q.fetch_all(&mut *tx).await? {
+            existing.insert(row.try_get("dedup_key")?, row.try_get("id")?);
+        }
+    }
+    Ok(writes
+        .iter()
+        .enumerate()
+        .map(|(i, w)| match w {
+            Write::Push(_) => Ok(Written::Pushed(inserted[i])),
+            Write::Enqueue(..) if inserted[i] => {
+                Ok(Written::Enqueued(Enqueued::New(ids[i].clone())))
+            }
+            Write::Enqueue(r, _) => {
+                let id = r
+                    .dedup_key
+                    .as_ref()
+                    .and_then(|k| existing.get(k))
+                    .ok_or_else(|| StoreError::Corrupt {
+                        what: "requests",
+                        detail: "a request was neither inserted nor found by its dedup key"
+                            .to_string(),
+                    })?;
+                Ok(Written::Enqueued(Enqueued::Duplicate(id.clone())))
+            }
+        })
+        .collect())
+}
