@@ -412,7 +412,13 @@ async fn queue_contract(backend: Backend) {
     );
 
     // The lane taken in batches: the due front of the lane, in arrival order, leased together;
-    // nothing behind a leased batch is handed out, and a batch completes together.
+    // nothing behind a leased batch is handed out, and a batch completes together. (Leases long
+    // enough that none runs out while the test looks, however slow the machine.)
+    let queue = Queue::new(
+        store.clone(),
+        settings(5, 30_000),
+        Arc::new(Metrics::new().expect("metrics")),
+    );
     let mut ids = Vec::new();
     for n in 0..5 {
         ids.push(
