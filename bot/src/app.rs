@@ -652,3 +652,47 @@ fn comm_of(pid: &str) -> Option<String> {
         .ok()
         .map(|c| c.trim().to_string())
 }
+
+#[cfg(test)]
+mod holder_tests {
+    use super::*;
+
+    #[test]
+    fn only_holders_on_this_host_that_are_gone_are_outlived() {
+        let me = Holder::me();
+        assert!(!me.outlived(&me.owner("w0")), "this process is alive");
+        let earlier = format!("{}/{}/00000000/w0", me.host, me.pid);
+        assert!(
+            me.outlived(&earlier),
+            "an earlier instance under this pid is gone"
+        );
+        let elsewhere = format!("{}-other/{}/00000000/w0", me.host, me.pid);
+        assert!(
+            !me.outlived(&elsewhere),
+            "another host's holders are not judged"
+        );
+        assert!(
+            !me.outlived("shepherd-12-w0"),
+            "the old owner format is not judged"
+        );
+
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let dead = child.id();
+        child.wait().expect("wait");
+        assert!(
+            me.outlived(&format!("{}/{dead}/abcdef01/w0", me.host)),
+            "a pid that no longer runs is gone"
+        );
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn");
+        let running = other.id();
+        assert!(
+            me.outlived(&format!("{}/{running}/abcdef01/w0", me.host)),
+            "a pid that runs another program is gone"
+        );
+        let _ = other.kill();
+        let _ = other.wait();
+    }
+}

@@ -74,15 +74,8 @@ impl Worker {
                         tracing::error!(worker = %self.name, error = %e, "worker: cannot lease")
                     }
                 }
-                let pause = match self.queue.lane_due_in(kind).await {
-                    Ok(Some(d)) => d.min(self.poll_interval),
-                    _ => self.poll_interval,
-                };
-                tokio::select! {
-                    _ = self.queue.notified().notified() => {}
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.changed() => {}
-                }
+                self.idle(self.queue.lane_due_in(kind).await, &mut shutdown)
+                    .await;
                 continue;
             }
             match self.queue.lease(&self.name).await {
@@ -98,15 +91,26 @@ impl Worker {
                 Ok(None) => {}
                 Err(e) => tracing::error!(worker = %self.name, error = %e, "worker: cannot lease"),
             }
-            let pause = match self.queue.next_due_in().await {
-                Ok(Some(d)) => d.min(self.poll_interval),
-                _ => self.poll_interval,
-            };
-            tokio::select! {
-                _ = self.queue.notified().notified() => {}
-                _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.changed() => {}
-            }
+            self.idle(self.queue.next_due_in().await, &mut shutdown)
+                .await;
+        }
+    }
+
+    /// Waits for new work: an enqueue in this process, the next item falling due (`due`, at
+    /// most a poll interval, for other processes' work), or shutdown.
+    async fn idle(
+        &self,
+        due: Result<Option<Duration>, StoreError>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        let pause = match due {
+            Ok(Some(d)) => d.min(self.poll_interval),
+            _ => self.poll_interval,
+        };
+        tokio::select! {
+            _ = self.queue.notified().notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => {}
         }
     }
 

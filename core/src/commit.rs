@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::origin::Origin;
 use crate::queue::{Enqueued, NewRequest};
-use crate::store::{StoreError, new_id, now_ms};
+use crate::store::{StoreError, new_id, now_ms, placeholders};
 
 /// Most writes in one transaction.
 pub const MAX_GROUP: usize = 512;
@@ -304,11 +304,10 @@ async fn write_all(
         .collect();
     let mut existing: HashMap<String, String> = HashMap::new();
     for chunk in duplicates.chunks(ROWS_PER_STATEMENT) {
-        let marks = (1..=chunk.len())
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!("SELECT id, dedup_key FROM requests WHERE dedup_key IN ({marks})");
+        let sql = format!(
+            "SELECT id, dedup_key FROM requests WHERE dedup_key IN ({})",
+            placeholders(1, chunk.len())
+        );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for key in chunk {
             q = q.bind(key.to_string());

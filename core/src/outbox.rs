@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::commit::Line;
 use crate::origin::Origin;
-use crate::store::{Store, StoreError, new_id, now_ms};
+use crate::store::{ID_CHUNK, Store, StoreError, new_id, now_ms, placeholders};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMessage {
@@ -393,17 +393,6 @@ fn origin_of(row: &sqlx::any::AnyRow) -> Result<Origin, sqlx::Error> {
 
 fn attempts_of(row: &sqlx::any::AnyRow) -> Result<u32, sqlx::Error> {
     Ok(u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX))
-}
-
-/// Ids per statement in the `IN (...)` of bulk updates (well below every backend's limit).
-const ID_CHUNK: usize = 200;
-
-/// `$first, $first+1, ...`: `n` numbered placeholders.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Adds a message of a slot (see [`OutboxMessage::slot`]) inside the caller's transaction.

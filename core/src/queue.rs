@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::origin::Origin;
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{ID_CHUNK, Store, StoreError, now_ms, placeholders};
 
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
@@ -263,10 +263,7 @@ impl Queue {
                     "UPDATE requests SET state = 'leased', lease_owner = $1, lease_until = $2, \
                      attempts = attempts + 1, updated_at = $3 WHERE state = 'ready' AND id IN ({}) \
                      RETURNING id, attempts",
-                    (4..4 + chunk.len())
-                        .map(|i| format!("${i}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    placeholders(4, chunk.len())
                 );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(owner)
@@ -661,9 +658,6 @@ impl Queue {
 /// The longest lease on a lane item: strict order holds the whole lane behind it, so a worker
 /// that dies must not hold it for long (a live one renews it while it works).
 pub const LANE_LEASE: Duration = Duration::from_secs(10);
-
-/// Ids per `IN (...)` list.
-const ID_CHUNK: usize = 200;
 
 /// A leased row as a [`Leased`].
 fn leased_of(row: &sqlx::any::AnyRow, owner: &str) -> Result<Leased, StoreError> {

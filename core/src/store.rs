@@ -209,6 +209,17 @@ pub async fn message_known(store: &Store, base: &str) -> Result<bool, StoreError
     Ok(n > 0)
 }
 
+/// Ids per statement in the `IN (...)` of bulk statements (well below every backend's limit).
+pub(crate) const ID_CHUNK: usize = 200;
+
+/// `$first, $first+1, ...`: `n` numbered placeholders.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

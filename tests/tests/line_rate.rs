@@ -185,13 +185,16 @@ fn said(human: &IrcClient) -> Vec<usize> {
 fn said_in(msgs: &[Message]) -> Vec<usize> {
     bot_lines(msgs)
         .iter()
-        .filter_map(|l| {
-            l.split("Burst")
-                .nth(1)
-                .and_then(|rest| rest.get(..5))
-                .and_then(|n| n.parse().ok())
-        })
+        .filter_map(|l| burst_number(l))
         .collect()
+}
+
+/// The number in the first `Burst<nnnnn>` of a line or payload.
+fn burst_number(text: &str) -> Option<usize> {
+    text.split("Burst")
+        .nth(1)
+        .and_then(|rest| rest.get(..5))
+        .and_then(|n| n.parse().ok())
 }
 
 async fn trigger_sql(store: &TestStore, backend: Backend, condition: &str) {
@@ -534,15 +537,7 @@ async fn kill_in_a_burst(backend: Backend) {
     .fetch_all(&store.connect().await)
     .await
     .expect("order");
-    let order: Vec<usize> = order
-        .iter()
-        .filter_map(|p| {
-            p.split("Burst")
-                .nth(1)
-                .and_then(|rest| rest.get(..5))
-                .and_then(|n| n.parse().ok())
-        })
-        .collect();
+    let order: Vec<usize> = order.iter().filter_map(|p| burst_number(p)).collect();
     assert_eq!(order.len(), TOTAL / 2);
     assert!(
         human
