@@ -27,6 +27,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use shepherd_config::Config;
 use shepherd_core::alerts::{self, Notification, Router, decode_notification};
+use shepherd_core::commit::Line;
 use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::{self, Outbox};
 use shepherd_core::queue::{Enqueued, Leased, NewRequest, Queue};
@@ -185,52 +186,78 @@ pub struct AlertRelay {
 }
 
 impl AlertRelay {
-    /// Writes the notification's lines to the outbox inside `conn`'s transaction.
-    pub async fn process_in(
+    /// Relays a batch of stored notifications (the due front of the lane, in arrival order)
+    /// inside `conn`'s transaction: one statement for their dedup-window checks and one for all
+    /// their lines, whatever the batch's size. Per item, in order: relayed, or unreadable (the
+    /// caller parks it). A store error fails the whole batch.
+    pub async fn process_batch_in(
         &self,
         conn: &mut AnyConnection,
-        item: &Leased,
-    ) -> Result<(), RelayError> {
-        // Read from the stored value in place: a storm's notification is not copied first.
-        let n = Notification::deserialize(&item.payload)
-            .map_err(|e| RelayError::Unreadable(e.to_string()))?;
-        let key = hex::encode(Sha256::digest(n.content_key().as_bytes()));
-        if !alerts::first_showing_in(conn, &key, self.dedup_window_ms).await? {
-            self.count("repeat");
-            tracing::info!(request = %item.id, group = %n.group_key, "alert notification repeated within the dedup window; not shown again");
-            return Ok(());
+        items: &[Leased],
+    ) -> Result<Vec<Result<(), String>>, StoreError> {
+        // Read from each stored value in place: a storm's notification is not copied first.
+        let read: Vec<Result<(Notification, String), String>> = items
+            .iter()
+            .map(|item| {
+                let n = Notification::deserialize(&item.payload).map_err(|e| e.to_string())?;
+                let key = hex::encode(Sha256::digest(n.content_key().as_bytes()));
+                Ok((n, key))
+            })
+            .collect();
+        let mut keys: Vec<&str> = Vec::with_capacity(read.len());
+        for (_, key) in read.iter().flatten() {
+            if !keys.contains(&key.as_str()) {
+                keys.push(key);
+            }
         }
-        self.count("shown");
-        for a in &n.alerts {
-            self.metrics.alerts.with_label_values(&[&a.status]).inc();
-        }
-        let (plan, nowhere) = self.router.plan(&n);
-        if !nowhere.is_empty() {
-            self.count("unrouted");
-            tracing::warn!(request = %item.id, alerts = nowhere.len(), "alerts matched no route and there is no default target");
-        }
-        for (room, alerts) in &plan {
-            for (i, line) in self
-                .formatter
-                .lines(self.frontends.of(room).formatting, &n, alerts)
-                .iter()
-                .enumerate()
-            {
-                outbox::push_in(
-                    conn,
-                    room,
-                    line,
-                    Some(&format!("alert:{}:{room}:{i}", item.id)),
-                    Some(&item.id),
-                )
-                .await?;
+        let mut first = alerts::first_showings_in(conn, &keys, self.dedup_window_ms).await?;
+
+        let mut lines = Vec::new();
+        let mut outcomes = Vec::with_capacity(items.len());
+        for (item, read) in items.iter().zip(read) {
+            let (n, key) = match read {
+                Ok(r) => r,
+                Err(why) => {
+                    outcomes.push(Err(why));
+                    continue;
+                }
+            };
+            outcomes.push(Ok(()));
+            // Taken out: the same content again later in this batch is a repeat.
+            if !first.remove(&key) {
+                self.count("repeat");
+                tracing::info!(request = %item.id, group = %n.group_key, "alert notification repeated within the dedup window; not shown again");
+                continue;
+            }
+            self.count("shown");
+            for a in &n.alerts {
+                self.metrics.alerts.with_label_values(&[&a.status]).inc();
+            }
+            let (plan, nowhere) = self.router.plan(&n);
+            if !nowhere.is_empty() {
+                self.count("unrouted");
+                tracing::warn!(request = %item.id, alerts = nowhere.len(), "alerts matched no route and there is no default target");
+            }
+            for (room, alerts) in &plan {
+                let said = self
+                    .formatter
+                    .lines(self.frontends.of(room).formatting, &n, alerts);
                 self.metrics
                     .alert_lines
                     .with_label_values(&[&room.frontend])
-                    .inc();
+                    .inc_by(said.len() as u64);
+                for (i, body) in said.into_iter().enumerate() {
+                    lines.push(Line {
+                        origin: room.clone(),
+                        body,
+                        dedup_key: Some(format!("alert:{}:{room}:{i}", item.id)),
+                        request_id: Some(item.id.clone()),
+                    });
+                }
             }
         }
-        Ok(())
+        outbox::push_all_in(conn, &lines).await?;
+        Ok(outcomes)
     }
 
     fn count(&self, outcome: &str) {
@@ -239,14 +266,6 @@ impl AlertRelay {
             .with_label_values(&[outcome])
             .inc();
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("unreadable notification: {0}")]
-    Unreadable(String),
 }
 
 #[derive(Clone)]

@@ -21,7 +21,7 @@ use shepherd_plugins::{Call, Outcome, PluginError, Registry, Services};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::alerts::{AlertRelay, NOTIFICATION_KIND, RelayError};
+use crate::alerts::{AlertRelay, NOTIFICATION_KIND};
 use crate::dispatch::{COMMAND_KIND, QueuedCommand};
 use crate::gitlab::events::{EventError, GitLabEvents};
 use crate::gitlab::hooks::EVENT_KIND;
@@ -108,7 +108,7 @@ impl Worker {
             _ => self.poll_interval,
         };
         tokio::select! {
-            _ = self.queue.notified().notified() => {}
+            _ = self.queue.notified(self.lane).notified() => {}
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => {}
         }
@@ -119,7 +119,7 @@ impl Worker {
             return self.process_event(item).await;
         }
         if item.kind == NOTIFICATION_KIND {
-            return self.process_alert(item).await;
+            return self.process_alerts(vec![item]).await;
         }
         let started = Instant::now();
 
@@ -245,7 +245,7 @@ impl Worker {
     async fn process_event(&self, item: Leased) -> Result<(), StoreError> {
         match self.events.process(&item).await {
             Ok(()) => {
-                let mut tx = self.services.store.pool().begin().await?;
+                let mut tx = self.services.store.begin().await?;
                 if self.queue.complete_in(&mut tx, &item).await? {
                     tx.commit().await?;
                 } else {
@@ -275,27 +275,32 @@ impl Worker {
     /// whole batch back and each is tried again later (the first still first).
     async fn process_alerts(&self, items: Vec<Leased>) -> Result<(), StoreError> {
         let Some(relay) = &self.alerts else {
-            for item in items {
-                self.process_alert(item).await?;
+            let why = "alerts are not configured any more; the notification cannot be relayed";
+            for item in &items {
+                self.park(item, why).await?;
+                tracing::error!(request = %item.id, "{why}; parked");
             }
             return Ok(());
         };
-        let mut tx = self.services.store.pool().begin().await?;
+        let mut tx = self.services.store.begin().await?;
+        let outcomes = match relay.process_batch_in(&mut tx, &items).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tx.rollback().await?;
+                for item in &items {
+                    let out = self.queue.fail(item, &e.to_string()).await?;
+                    tracing::warn!(request = %item.id, error = %e, outcome = ?out, "alert notification: attempt failed; retrying later");
+                }
+                return Ok(());
+            }
+        };
         let mut done: Vec<&Leased> = Vec::with_capacity(items.len());
-        for item in &items {
-            match relay.process_in(&mut tx, item).await {
+        for (item, outcome) in items.iter().zip(outcomes) {
+            match outcome {
                 Ok(()) => done.push(item),
-                Err(RelayError::Unreadable(why)) => {
+                Err(why) => {
                     self.queue.park_in(&mut tx, item, &why).await?;
                     tracing::error!(request = %item.id, error = %why, "alert notification unreadable; parked");
-                }
-                Err(RelayError::Store(e)) => {
-                    tx.rollback().await?;
-                    for item in &items {
-                        let out = self.queue.fail(item, &e.to_string()).await?;
-                        tracing::warn!(request = %item.id, error = %e, outcome = ?out, "alert notification: attempt failed; retrying later");
-                    }
-                    return Ok(());
                 }
             }
         }
@@ -312,43 +317,9 @@ impl Worker {
         Ok(())
     }
 
-    /// A stored Alertmanager notification: its lines and the item's completion in one transaction.
-    async fn process_alert(&self, item: Leased) -> Result<(), StoreError> {
-        let Some(relay) = &self.alerts else {
-            let why = "alerts are not configured any more; the notification cannot be relayed";
-            self.park(&item, why).await?;
-            tracing::error!(request = %item.id, "{why}; parked");
-            return Ok(());
-        };
-        let mut tx = self.services.store.pool().begin().await?;
-        match relay.process_in(&mut tx, &item).await {
-            Ok(()) => {
-                if self.queue.complete_in(&mut tx, &item).await? {
-                    tx.commit().await?;
-                    self.outbox.wake();
-                } else {
-                    tx.rollback().await?;
-                }
-                Ok(())
-            }
-            Err(RelayError::Unreadable(why)) => {
-                tx.rollback().await?;
-                self.park(&item, &why).await?;
-                tracing::error!(request = %item.id, error = %why, "alert notification unreadable; parked");
-                Ok(())
-            }
-            Err(RelayError::Store(e)) => {
-                tx.rollback().await?;
-                let out = self.queue.fail(&item, &e.to_string()).await?;
-                tracing::warn!(request = %item.id, error = %e, outcome = ?out, "alert notification: attempt failed; retrying later");
-                Ok(())
-            }
-        }
-    }
-
     /// Parks an item that has no one to tell (a webhook event, a notification).
     async fn park(&self, item: &Leased, why: &str) -> Result<(), StoreError> {
-        let mut tx = self.services.store.pool().begin().await?;
+        let mut tx = self.services.store.begin().await?;
         self.queue.park_in(&mut tx, item, why).await?;
         tx.commit().await?;
         Ok(())
@@ -362,7 +333,7 @@ impl Worker {
         name: &str,
         result: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.services.store.pool().begin().await?;
+        let mut tx = self.services.store.begin().await?;
         for (i, reply) in outcome.replies.iter().enumerate() {
             outbox::push_in(
                 &mut tx,
@@ -426,7 +397,7 @@ impl Worker {
 
     /// Parks the item as dead and tells the asker, in one transaction.
     async fn finish_dead(&self, item: &Leased, text: &str) -> Result<(), StoreError> {
-        let mut tx = self.services.store.pool().begin().await?;
+        let mut tx = self.services.store.begin().await?;
         outbox::push_in(
             &mut tx,
             &item.origin,

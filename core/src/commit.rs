@@ -22,14 +22,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::origin::Origin;
 use crate::queue::{Enqueued, NewRequest};
-use crate::store::{StoreError, new_id, now_ms, placeholders};
+use crate::store::{StoreError, Tx, WriteGate, new_id, now_ms, placeholders};
 
 /// Most writes in one transaction.
 pub const MAX_GROUP: usize = 512;
 /// Writes waiting for the writer before callers wait to hand theirs over.
 pub const QUEUE_DEPTH: usize = 4096;
 /// Rows per multi-row INSERT (at most 11 parameters each: well under every backend's limit).
-const ROWS_PER_STATEMENT: usize = 64;
+pub(crate) const ROWS_PER_STATEMENT: usize = 64;
 
 /// A line for the outbox, stored outside a worker's transaction (a dispatcher reply, `say`).
 #[derive(Debug, Clone)]
@@ -75,10 +75,10 @@ pub struct GroupWriter {
 
 impl GroupWriter {
     /// Starts the writer task on `pool` (needs a Tokio runtime).
-    pub fn start(pool: AnyPool) -> Self {
+    pub fn start(pool: AnyPool, gate: Option<WriteGate>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(GroupStats::default());
-        tokio::spawn(run(pool, rx, stats.clone()));
+        tokio::spawn(run(pool, gate, rx, stats.clone()));
         Self { tx, stats }
     }
 
@@ -121,7 +121,12 @@ fn mismatch() -> StoreError {
     StoreError::Group("the writer answered a different kind of write".to_string())
 }
 
-async fn run(pool: AnyPool, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<GroupStats>) {
+async fn run(
+    pool: AnyPool,
+    gate: Option<WriteGate>,
+    mut rx: mpsc::Receiver<(Write, Reply)>,
+    stats: Arc<GroupStats>,
+) {
     let mut group: Vec<(Write, Reply)> = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
         let (writes, replies): (Vec<Write>, Vec<Reply>) = group.drain(..).unzip();
@@ -129,7 +134,7 @@ async fn run(pool: AnyPool, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<G
         stats
             .writes
             .fetch_add(writes.len() as u64, Ordering::Relaxed);
-        match commit(&pool, &writes).await {
+        match commit(&pool, gate.as_ref(), &writes).await {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
@@ -150,9 +155,10 @@ async fn run(pool: AnyPool, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<G
 /// Writes a group in one transaction; the results are in the order of `writes`.
 async fn commit(
     pool: &AnyPool,
+    gate: Option<&WriteGate>,
     writes: &[Write],
 ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = Tx::begin(pool, gate).await?;
     match write_all(&mut tx, writes).await {
         Ok(results) => {
             tx.commit().await?;
@@ -254,45 +260,10 @@ async fn write_all(
         }
     }
 
-    for chunk in lines.chunks(ROWS_PER_STATEMENT) {
-        let values = (0..chunk.len())
-            .map(|r| {
-                let b = r * 8;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO outbox (id, frontend, room, addressee, body, dedup_key, request_id, created_at) \
-             VALUES {values} ON CONFLICT (dedup_key) DO NOTHING RETURNING id"
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (i, l) in chunk {
-            q = q
-                .bind(ids[*i].clone())
-                .bind(l.origin.frontend.clone())
-                .bind(l.origin.room.clone())
-                .bind(l.origin.addressee.clone())
-                .bind(l.body.clone())
-                .bind(l.dedup_key.clone())
-                .bind(l.request_id.clone())
-                .bind(now);
-        }
-        for row in q.fetch_all(&mut *tx).await? {
-            let id: String = row.try_get("id")?;
-            if let Some(&i) = position.get(id.as_str()) {
-                inserted[i] = true;
-            }
+    let rows: Vec<(&str, &Line)> = lines.iter().map(|(i, l)| (ids[*i].as_str(), *l)).collect();
+    for id in crate::outbox::insert_lines(tx, &rows, now).await? {
+        if let Some(&i) = position.get(id.as_str()) {
+            inserted[i] = true;
         }
     }
 

@@ -181,7 +181,7 @@ impl Outbox {
             return Ok(());
         }
         // One transaction, however many statements: one commit for a whole round.
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.begin().await?;
         for chunk in ids.chunks(ID_CHUNK) {
             let sql = format!(
                 "UPDATE outbox SET {set} WHERE id IN ({})",
@@ -294,7 +294,7 @@ impl Outbox {
         external_id: &str,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.begin().await?;
         sqlx::query(
             "INSERT INTO outbox_slots (slot, frontend, room, external_id, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $5) \
@@ -420,6 +420,71 @@ pub async fn push_slot_in(
     .execute(&mut *conn)
     .await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// Pushes `lines` inside `conn`'s transaction with multi-row inserts, in order; for each line,
+/// whether it was stored (false: its dedup key was used before). Call [`Outbox::wake`] after the
+/// commit.
+pub async fn push_all_in(
+    conn: &mut AnyConnection,
+    lines: &[Line],
+) -> Result<Vec<bool>, StoreError> {
+    let ids: Vec<String> = lines.iter().map(|_| new_id()).collect();
+    let rows: Vec<(&str, &Line)> = ids.iter().map(String::as_str).zip(lines).collect();
+    let stored: std::collections::HashSet<String> = insert_lines(conn, &rows, now_ms())
+        .await?
+        .into_iter()
+        .collect();
+    Ok(ids.iter().map(|id| stored.contains(id)).collect())
+}
+
+/// The multi-row INSERT of outbox lines under the given ids (time-ordered, so delivery keeps
+/// their order); the ids actually inserted (a used dedup key inserts nothing).
+pub(crate) async fn insert_lines(
+    conn: &mut AnyConnection,
+    rows: &[(&str, &Line)],
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let mut inserted = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(crate::commit::ROWS_PER_STATEMENT) {
+        let values = (0..chunk.len())
+            .map(|r| {
+                let b = r * 8;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO outbox (id, frontend, room, addressee, body, dedup_key, request_id, created_at) \
+             VALUES {values} ON CONFLICT (dedup_key) DO NOTHING RETURNING id"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, l) in chunk {
+            q = q
+                .bind(id.to_string())
+                .bind(l.origin.frontend.clone())
+                .bind(l.origin.room.clone())
+                .bind(l.origin.addressee.clone())
+                .bind(l.body.clone())
+                .bind(l.dedup_key.clone())
+                .bind(l.request_id.clone())
+                .bind(now);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            inserted.push(row.try_get("id")?);
+        }
+    }
+    Ok(inserted)
 }
 
 /// Adds a message inside the caller's transaction; false when its dedup key was already used.

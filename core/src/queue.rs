@@ -104,7 +104,9 @@ pub struct Queue {
     store: Store,
     settings: QueueSettings,
     metrics: Arc<Metrics>,
+    /// Woken by new work outside the lanes (one idle worker per item), and by new lane items.
     notify: Arc<Notify>,
+    lane_notify: Arc<Notify>,
 }
 
 impl Queue {
@@ -114,6 +116,7 @@ impl Queue {
             settings,
             metrics,
             notify: Arc::new(Notify::new()),
+            lane_notify: Arc::new(Notify::new()),
         }
     }
 
@@ -121,9 +124,14 @@ impl Queue {
         &self.settings
     }
 
-    /// Wakes when something is enqueued in this process (other processes are found by polling).
-    pub fn notified(&self) -> &Notify {
-        &self.notify
+    /// Wakes when something is enqueued in this process (other processes are found by polling):
+    /// for a lane worker (`lane` is its kind) when a lane item came, else when other work came.
+    /// Lane items never wake the general workers, which could not take them.
+    pub fn notified(&self, lane: Option<&str>) -> &Notify {
+        match lane {
+            Some(_) => &self.lane_notify,
+            None => &self.notify,
+        }
     }
 
     /// Stores a request durably; returns only after the commit, which it shares with the
@@ -134,10 +142,17 @@ impl Queue {
             .lanes
             .contains(&req.kind)
             .then(|| req.kind.clone());
+        let in_lane = lane.is_some();
         let out = self.store.writer().enqueue(req, lane).await?;
         if matches!(out, Enqueued::New(_)) {
-            self.notify.notify_waiters();
-            self.notify.notify_one();
+            if in_lane {
+                // One worker per lane: wake them all (few), each looks at its own lane.
+                self.lane_notify.notify_waiters();
+                self.lane_notify.notify_one();
+            } else {
+                // One idle worker per new item (or a permit for the next to look).
+                self.notify.notify_one();
+            }
         }
         Ok(out)
     }
@@ -256,7 +271,7 @@ impl Queue {
                 return Ok(Vec::new());
             }
             let lease_until = now + duration_ms(lease);
-            let mut tx = pool.begin().await?;
+            let mut tx = self.store.begin().await?;
             let mut taken: std::collections::HashMap<String, i64> = Default::default();
             for chunk in due.chunks(ID_CHUNK) {
                 let sql = format!(

@@ -360,7 +360,7 @@ impl Watcher {
         }
         let changed = w.last_status.as_deref() != Some(status.as_str());
         if let (Some(run), true) = (&w.canary_run, changed) {
-            let mut tx = self.store.pool().begin().await?;
+            let mut tx = self.store.begin().await?;
             let duration = observed.pipeline.duration.map(|d| d.max(0.0) as u64);
             let (updated, _) = canary::observe_in(
                 &mut tx,
@@ -400,7 +400,7 @@ impl Watcher {
             WatchEnd::Finished { pipeline, .. } => pipeline.status.as_str().to_string(),
             WatchEnd::Lost { .. } => "lost".to_string(),
         };
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.begin().await?;
         let closed = sqlx::query(
             "UPDATE watches SET state = 'done', last_status = $1, finished_at = $2, polls = polls + 1 \
              WHERE id = $3 AND state = 'watching'",

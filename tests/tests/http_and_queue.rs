@@ -635,3 +635,70 @@ async fn queue_contract(backend: Backend) {
     );
 }
 on_both_stores!(queue_leases_redelivers_delays_and_parks, queue_contract);
+
+/// The alert lane's batched statements: the dedup window judged for many notifications in one
+/// statement, and many lines pushed in one, in order, a used dedup key storing nothing.
+async fn lane_batch_statements(backend: Backend) {
+    use shepherd_core::alerts::first_showings_in;
+    use shepherd_core::commit::Line;
+    use shepherd_core::outbox::push_all_in;
+
+    let test_store = TestStore::new(backend).await;
+    let store = Store::connect(&test_store.url).await.expect("store");
+    let mut conn = store.pool().acquire().await.expect("connection");
+    let hour = 3_600_000;
+
+    let shown = first_showings_in(&mut conn, &["k1", "k2"], hour)
+        .await
+        .expect("dedup");
+    assert_eq!(shown.len(), 2, "new contents are shown: {shown:?}");
+    let shown = first_showings_in(&mut conn, &["k1", "k3"], hour)
+        .await
+        .expect("dedup");
+    assert_eq!(
+        shown.into_iter().collect::<Vec<_>>(),
+        ["k3"],
+        "k1 was shown within the window"
+    );
+    // A window that has passed: shown again (its time moves on).
+    let since = shepherd_core::store::now_ms();
+    while shepherd_core::store::now_ms() == since {
+        tokio::task::yield_now().await;
+    }
+    let shown = first_showings_in(&mut conn, &["k1"], 0)
+        .await
+        .expect("dedup");
+    assert!(shown.contains("k1"), "{shown:?}");
+
+    let line = |body: &str, key: &str| Line {
+        origin: Origin::parse("irc:#alerts").expect("origin"),
+        body: body.to_string(),
+        dedup_key: Some(key.to_string()),
+        request_id: Some("req".to_string()),
+    };
+    let mut tx = store.pool().begin().await.expect("begin");
+    let stored = push_all_in(
+        &mut tx,
+        &[
+            line("one", "d1"),
+            line("two", "d2"),
+            line("one again", "d1"),
+            line("three", "d3"),
+        ],
+    )
+    .await
+    .expect("push");
+    assert_eq!(stored, [true, true, false, true]);
+    tx.commit().await.expect("commit");
+    let bodies: Vec<String> =
+        sqlx::query_scalar("SELECT body FROM outbox WHERE request_id = 'req' ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .expect("read");
+    assert_eq!(bodies, ["one", "two", "three"], "in order, once");
+    let again = push_all_in(&mut conn, &[line("two", "d2")])
+        .await
+        .expect("push");
+    assert_eq!(again, [false], "a used key stores nothing");
+}
+on_both_stores!(alert_lane_batch_statements, lane_batch_statements);

@@ -192,7 +192,7 @@ impl GitLabEvents {
         // again; an edit that adds a command is a new set.
         let key = command_key(&keys.join(","), "access", 1);
         let store = &self.services.store;
-        let mut tx = store.pool().begin().await.map_err(StoreError::from)?;
+        let mut tx = store.begin().await?;
         let added = outbox::push_in(&mut tx, &inbound.origin, &text, Some(&key), None).await?;
         if added {
             for (name, text) in names.iter().zip(commands) {
@@ -209,7 +209,7 @@ impl GitLabEvents {
                 .await?;
             }
         }
-        tx.commit().await.map_err(StoreError::from)?;
+        tx.commit().await?;
         self.outbox.wake();
         Ok(())
     }
@@ -242,7 +242,7 @@ impl GitLabEvents {
                     return Ok(());
                 };
                 let store = &self.services.store;
-                let mut tx = store.pool().begin().await.map_err(StoreError::from)?;
+                let mut tx = store.begin().await?;
                 let runs = canary::mark_outdated_in(&mut tx, project, attrs.iid, &head.id).await?;
                 for run in &runs {
                     canary::publish_in(
@@ -254,7 +254,7 @@ impl GitLabEvents {
                     )
                     .await?;
                 }
-                tx.commit().await.map_err(StoreError::from)?;
+                tx.commit().await?;
                 if !runs.is_empty() {
                     self.outbox.wake();
                     tracing::info!(project = %project, iid = attrs.iid, runs = runs.len(), "gitlab: new commits; canary summaries marked outdated");

@@ -15,7 +15,7 @@ pub mod matcher;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Row};
 
 use crate::origin::Origin;
 use crate::store::{StoreError, now_ms};
@@ -201,6 +201,40 @@ pub async fn first_showing_in(
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// [`first_showing_in`] for many notifications in one statement per chunk: which of `keys` are
+/// shown now (new, or last shown before the window). `keys` must be distinct (PostgreSQL refuses
+/// to update one row twice in a statement); a key repeated in a batch is a repeat by definition.
+pub async fn first_showings_in(
+    conn: &mut AnyConnection,
+    keys: &[&str],
+    window_ms: i64,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let now = now_ms();
+    let mut shown = std::collections::HashSet::new();
+    for chunk in keys.chunks(crate::commit::ROWS_PER_STATEMENT) {
+        // $1 is now, $2 the window's start; each key is its own parameter after them.
+        let values = (0..chunk.len())
+            .map(|i| format!("(${}, $1)", i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO alert_notices (key, shown_at) VALUES {values} \
+             ON CONFLICT (key) DO UPDATE SET shown_at = $1 WHERE alert_notices.shown_at < $2 \
+             RETURNING key"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(now - window_ms);
+        for key in chunk {
+            q = q.bind(key.to_string());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            shown.insert(row.try_get::<String, _>("key")?);
+        }
+    }
+    Ok(shown)
 }
 
 #[cfg(test)]

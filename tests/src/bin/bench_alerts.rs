@@ -34,10 +34,14 @@
 //!   `peer_user_fix=1` runs it a second time with the latter worked around in transit, see
 //!   `bench_alerts/cut.rs`.)
 //!
+//! - `storm` (issue 12): one notification carrying `storm_alerts` alerts; the relay's memory
+//!   idle, sampled from the POST until its lines about it came and 3 s after, and at the end.
+//!
 //! Run after `cargo build --release -p shepherd-bot -p shepherd-tests`:
 //! `./target/release/bench_alerts all` (or `ingest`, `latency`, `restart`), with options as
 //! `key=value`: `clients=8 notifications=2000 drain=60 latency=50 spaced=20 gap_ms=3000
-//! idle=12 burst=200 wait=600 quiet=30 rejoin=120 peer_user_fix=0 relays=sqlite,postgres,peer`.
+//! idle=12 burst=200 wait=600 quiet=30 rejoin=120 peer_user_fix=0 storm_alerts=10000
+//! relays=sqlite,postgres,peer`.
 
 #[path = "bench_alerts/cut.rs"]
 mod cut;
@@ -49,6 +53,8 @@ mod latency;
 mod relay;
 #[path = "bench_alerts/restart.rs"]
 mod restart;
+#[path = "bench_alerts/storm.rs"]
+mod storm;
 
 use std::time::Duration;
 
@@ -68,6 +74,7 @@ struct Options {
     quiet: Duration,
     rejoin: Duration,
     peer_user_fix: bool,
+    storm_alerts: usize,
     relays: Vec<RelayKind>,
 }
 
@@ -86,6 +93,7 @@ impl Options {
             quiet: Duration::from_secs(30),
             rejoin: Duration::from_secs(120),
             peer_user_fix: false,
+            storm_alerts: 10_000,
             relays: vec![
                 RelayKind::Shepherd(Backend::Sqlite),
                 RelayKind::Shepherd(Backend::Postgres),
@@ -114,6 +122,7 @@ impl Options {
                 "quiet" => o.quiet = Duration::from_secs(number()),
                 "rejoin" => o.rejoin = Duration::from_secs(number()),
                 "peer_user_fix" => o.peer_user_fix = number() != 0,
+                "storm_alerts" => o.storm_alerts = number().max(1) as usize,
                 "relays" => {
                     o.relays = value
                         .split(',')
@@ -133,9 +142,10 @@ impl Options {
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "{problem}\nusage: bench_alerts [all|ingest|latency|restart] [clients=8] \
+        "{problem}\nusage: bench_alerts [all|ingest|latency|restart|storm] [clients=8] \
          [notifications=2000] [drain=60] [latency=50] [spaced=20] [gap_ms=3000] [idle=12] \
-         [burst=200] [wait=600] [quiet=30] [rejoin=120] [peer_user_fix=0] [relays=sqlite,postgres,peer]"
+         [burst=200] [wait=600] [quiet=30] [rejoin=120] [peer_user_fix=0] [storm_alerts=10000] \
+         [relays=sqlite,postgres,peer]"
     );
     std::process::exit(2)
 }
@@ -282,6 +292,28 @@ fn print_ingest(results: &[ingest::IngestResult]) {
         println!("- {}: {}", r.kind.label(), notes.join("; "));
     }
     println!();
+    println!("## Alert lines on IRC\n");
+    println!(
+        "| relay | distinct lines | duplicates | in each client's order | first line after | last line after | \
+         lines/s, first POST to last line | lines/s, first line to last |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in results {
+        let rate = |v: Option<f64>| v.map_or_else(|| "—".into(), |v| format!("{v:.0}"));
+        println!(
+            "| {} | {} of {} | {} | {} | {} | {} | **{}** | {} |",
+            r.kind.label(),
+            r.lines_after_wait,
+            r.notifications,
+            r.duplicates,
+            if r.in_order { "yes" } else { "no" },
+            opt_secs(r.first_line_at),
+            opt_secs(r.last_line_at),
+            rate(r.end_to_end_lines_per_second()),
+            rate(r.sustained_lines_per_second()),
+        );
+    }
+    println!();
     println!("## Memory (VmRSS)\n");
     println!(
         "| relay | idle (3 s after joining) | peak sampled during the POSTs | VmHWM after the last answer |"
@@ -294,6 +326,40 @@ fn print_ingest(results: &[ingest::IngestResult]) {
             mib(r.rss_idle_kib),
             mib(r.rss_peak_sampled_kib),
             mib(r.hwm_kib)
+        );
+    }
+    println!();
+}
+
+fn print_storm(results: &[storm::StormResult]) {
+    let Some(first) = results.first() else {
+        return;
+    };
+    println!(
+        "## One notification of {} alerts ({:.1} MiB of JSON)\n",
+        first.alerts,
+        first.body_bytes as f64 / 1024.0 / 1024.0
+    );
+    println!(
+        "| relay | answer | answered after | first line after | lines | VmRSS idle | peak sampled | \
+         3 s after the first line | VmHWM |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in results {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | **{}** | {} | {} |",
+            r.kind.label(),
+            match &r.status {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("no answer ({e})"),
+            },
+            secs(r.answered),
+            opt_secs(r.first_line),
+            r.lines,
+            mib(r.rss_idle_kib),
+            mib(r.rss_peak_sampled_kib),
+            mib(r.rss_after_kib),
+            mib(r.hwm_kib),
         );
     }
     println!();
@@ -413,7 +479,9 @@ fn print_restart(results: &[restart::RestartResult]) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mode, rest) = match args.first().map(String::as_str) {
-        Some(m @ ("all" | "ingest" | "latency" | "restart")) => (m.to_string(), &args[1..]),
+        Some(m @ ("all" | "ingest" | "latency" | "restart" | "storm")) => {
+            (m.to_string(), &args[1..])
+        }
         Some(a) if a.contains('=') => ("all".to_string(), &args[..]),
         None => ("all".to_string(), &args[..]),
         Some(other) => usage(&format!("unknown mode {other}")),
@@ -424,6 +492,7 @@ async fn main() {
     let mut ingests = Vec::new();
     let mut latencies = Vec::new();
     let mut restarts = Vec::new();
+    let mut storms = Vec::new();
     if mode == "all" || mode == "ingest" {
         for &kind in &o.relays {
             ingests.push(ingest::run(kind, o.clients, o.notifications, o.drain).await);
@@ -449,5 +518,11 @@ async fn main() {
             }
         }
         print_restart(&restarts);
+    }
+    if mode == "all" || mode == "storm" {
+        for &kind in &o.relays {
+            storms.push(storm::run(kind, o.storm_alerts).await);
+        }
+        print_storm(&storms);
     }
 }

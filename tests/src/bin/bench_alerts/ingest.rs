@@ -3,21 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Barrier;
 
 use super::relay::{
-    RelayKind, Scene, Stats, alert_name, count_lines, distinct, http_client, indices, log_problems,
-    payload, post, rss_kib,
+    PeakSampler, RelayKind, Scene, Stats, alert_name, count_lines, distinct, http_client, indices,
+    log_problems, payload, post, rss_kib,
 };
 
 pub const PREFIX: &str = "AmLoad";
 /// How long the relay settles after joining before its idle memory is read.
 const SETTLE: Duration = Duration::from_secs(3);
-/// How often memory is sampled during the POSTs.
-const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
 pub struct IngestResult {
     pub kind: RelayKind,
@@ -37,6 +34,13 @@ pub struct IngestResult {
     /// (from the first request).
     pub lines_after_wait: usize,
     pub last_line_at: Option<Duration>,
+    /// When the first alert line came (from the first request).
+    pub first_line_at: Option<Duration>,
+    /// Alert lines said more than once, and whether every client's alerts came in the order
+    /// that client sent them (each was answered before the next was sent, so that is the
+    /// order the relay accepted them in).
+    pub duplicates: usize,
+    pub in_order: bool,
     pub drain_wait: Duration,
     /// shepherd: from the first request until the last notification was processed (the lane
     /// wrote its line to the outbox) and until the last line was marked delivered (the
@@ -71,6 +75,19 @@ impl IngestResult {
     pub fn per_second(&self) -> f64 {
         self.count_2xx() as f64 / self.wall.as_secs_f64()
     }
+
+    /// Distinct alert lines per second from the first POST to the last line.
+    pub fn end_to_end_lines_per_second(&self) -> Option<f64> {
+        let last = self.last_line_at?;
+        Some(self.lines_after_wait as f64 / last.as_secs_f64())
+    }
+
+    /// Lines per second from the first line to the last: the rate they were said at once flowing.
+    pub fn sustained_lines_per_second(&self) -> Option<f64> {
+        let span = self.last_line_at?.checked_sub(self.first_line_at?)?;
+        (self.lines_after_wait > 1 && !span.is_zero())
+            .then(|| (self.lines_after_wait - 1) as f64 / span.as_secs_f64())
+    }
 }
 
 pub async fn run(
@@ -97,19 +114,7 @@ pub async fn run(
     let url = scene.relay.webhook_url();
     let warm_url = scene.relay.warm_url();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (stop, peak) = (stop.clone(), peak.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::SeqCst) {
-                if let Some((rss, _)) = rss_kib(pid) {
-                    peak.fetch_max(rss, Ordering::SeqCst);
-                }
-                tokio::time::sleep(SAMPLE_EVERY).await;
-            }
-        })
-    };
+    let sampler = PeakSampler::start(pid);
 
     let barrier = Arc::new(Barrier::new(clients + 1));
     let mut tasks = Vec::new();
@@ -156,8 +161,7 @@ pub async fn run(
         last = last.max(end);
     }
     let wall = last.saturating_duration_since(started);
-    stop.store(true, Ordering::SeqCst);
-    let _ = sampler.await;
+    let rss_peak_sampled_kib = sampler.stop().await;
     let (_, hwm_kib) = rss_kib(pid).unwrap_or((0, 0));
     let lines_at_last_answer = count_lines(&scene.human.received(), nick, PREFIX);
 
@@ -170,10 +174,14 @@ pub async fn run(
         .await;
     let received = scene.human.received();
     let seen = indices(&received, nick, PREFIX);
-    let last_line_at = super::relay::relay_lines(&received, nick)
+    let arrivals: Vec<Duration> = super::relay::relay_lines(&received, nick)
         .filter(|m| super::relay::index_in(m.text(), PREFIX).is_some())
         .map(|m| m.at.saturating_duration_since(started))
-        .max();
+        .collect();
+    let last_line_at = arrivals.iter().copied().max();
+    let first_line_at = arrivals.iter().copied().min();
+    let duplicates = seen.len() - distinct(&seen).len();
+    let in_order = in_client_order(&seen, clients);
 
     let peer_dropped = match kind {
         RelayKind::Peer => Some(
@@ -208,11 +216,14 @@ pub async fn run(
         statuses,
         errors,
         rss_idle_kib,
-        rss_peak_sampled_kib: peak.load(Ordering::SeqCst),
+        rss_peak_sampled_kib,
         hwm_kib,
         lines_at_last_answer,
         lines_after_wait: distinct(&seen).len(),
         last_line_at,
+        first_line_at,
+        duplicates,
+        in_order,
         drain_wait,
         processed_after,
         delivered_after,
@@ -221,4 +232,16 @@ pub async fn run(
         warnings,
         log_errors,
     }
+}
+
+/// Whether the alert numbers `seen` (in arrival order) keep each client's sending order: client
+/// `c` sent `c`, `c + clients`, `c + 2 * clients`, ... one after the other.
+fn in_client_order(seen: &[usize], clients: usize) -> bool {
+    let mut last: Vec<Option<usize>> = vec![None; clients.max(1)];
+    seen.iter().all(|&i| {
+        let slot = &mut last[i % clients.max(1)];
+        let ok = slot.is_none_or(|prev| prev < i);
+        *slot = Some(i);
+        ok
+    })
 }

@@ -99,6 +99,29 @@ pub fn payload(name: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// A version 4 notification of `n` firing alerts named `prefix` + 0, 1, ... (a storm in one
+/// group), in the captured shape.
+pub fn storm_payload(prefix: &str, n: usize) -> Vec<u8> {
+    let mut notification: serde_json::Value =
+        serde_json::from_str(PAYLOAD_FIRING).expect("the captured payload is JSON");
+    let template = notification["alerts"][0].clone();
+    let alerts: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let name = alert_name(prefix, i);
+            let mut alert = template.clone();
+            alert["labels"]["alertname"] = name.clone().into();
+            alert["annotations"]["summary"] = format!("{name} is firing on db1").into();
+            alert["fingerprint"] = fingerprint(&name).into();
+            alert
+        })
+        .collect();
+    notification["alerts"] = alerts.into();
+    notification["groupLabels"] = serde_json::json!({ "job": "node" });
+    notification["commonLabels"] = serde_json::json!({ "job": "node", "instance": "db1:9100" });
+    notification["groupKey"] = "{}/{alertname=~\".+\"}:{job=\"node\"}".into();
+    serde_json::to_vec(&notification).expect("serializes")
+}
+
 /// The number in the first alert name with `prefix` in `text`.
 pub fn index_in(text: &str, prefix: &str) -> Option<usize> {
     let at = text.find(prefix)? + prefix.len();
@@ -479,6 +502,41 @@ pub async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Result<
 
 pub fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
+}
+
+/// The highest VmRSS of a process, sampled every 10 ms until [`PeakSampler::stop`].
+pub struct PeakSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeakSampler {
+    pub fn start(pid: u32) -> PeakSampler {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = {
+            let (stop, peak) = (stop.clone(), peak.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some((rss, _)) = rss_kib(pid) {
+                        peak.fetch_max(rss, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        PeakSampler { stop, peak, task }
+    }
+
+    /// Stops sampling; the highest VmRSS seen, in KiB.
+    pub async fn stop(self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        self.peak.load(Ordering::SeqCst)
+    }
 }
 
 /// Counts WARN and ERROR lines of a shepherd log and prints each distinct message once to
