@@ -121,6 +121,9 @@ impl App {
         let metrics = Arc::new(Metrics::new().context("creating metrics")?);
         let store = Store::connect(config.store.url.expose()).await?;
         tracing::info!(backend = ?store.backend(), "store ready (migrations applied)");
+        store
+            .register_metrics(metrics.registry())
+            .context("registering the store's metrics")?;
 
         let gitlab = GitLab::new(
             GitLabSettings {

@@ -15,7 +15,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 
 use sqlx::{AnyConnection, AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -58,12 +59,56 @@ enum Written {
 
 type Reply = oneshot::Sender<Result<Written, StoreError>>;
 
-/// Counters of the writer's work (read by tests and the metrics).
-#[derive(Debug, Default)]
+/// Counters of the writer's work, as Prometheus series (`Store::register_metrics` adds them to
+/// the registry; tests read them directly).
+#[derive(Debug, Clone)]
 pub struct GroupStats {
-    pub groups: AtomicU64,
-    pub writes: AtomicU64,
-    pub failed_groups: AtomicU64,
+    /// Transactions the writer committed or tried.
+    pub groups: IntCounter,
+    /// Writes (requests and lines) handed to the writer.
+    pub writes: IntCounter,
+    /// Groups whose transaction failed (each of their writes answered with the error).
+    pub failed_groups: IntCounter,
+    /// Writes per transaction.
+    pub group_size: Histogram,
+}
+
+impl GroupStats {
+    fn new() -> Self {
+        // The names and help texts are constants: these constructors cannot fail on them.
+        let counter = |name: &str, help: &str| {
+            IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"))
+        };
+        Self {
+            groups: counter(
+                "store_group_commits_total",
+                "Transactions of the group writer (requests and lines from outside)",
+            ),
+            writes: counter(
+                "store_group_writes_total",
+                "Requests and lines stored by the group writer",
+            ),
+            failed_groups: counter(
+                "store_group_commit_failures_total",
+                "Group transactions that failed; each of their writes was answered with the error",
+            ),
+            group_size: Histogram::with_opts(
+                HistogramOpts::new("store_group_size", "Writes per group transaction").buckets(
+                    vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+                ),
+            )
+            .unwrap_or_else(|e| unreachable!("metric store_group_size: {e}")),
+        }
+    }
+
+    /// Adds the series to `registry`.
+    pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.groups.clone()))?;
+        registry.register(Box::new(self.writes.clone()))?;
+        registry.register(Box::new(self.failed_groups.clone()))?;
+        registry.register(Box::new(self.group_size.clone()))?;
+        Ok(())
+    }
 }
 
 /// The handle callers share; the writer task ends when the last handle is dropped.
@@ -77,7 +122,7 @@ impl GroupWriter {
     /// Starts the writer task on `pool` (needs a Tokio runtime).
     pub fn start(pool: AnyPool, gate: Option<WriteGate>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let stats = Arc::new(GroupStats::default());
+        let stats = Arc::new(GroupStats::new());
         tokio::spawn(run(pool, gate, rx, stats.clone()));
         Self { tx, stats }
     }
@@ -130,10 +175,9 @@ async fn run(
     let mut group: Vec<(Write, Reply)> = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
         let (writes, replies): (Vec<Write>, Vec<Reply>) = group.drain(..).unzip();
-        stats.groups.fetch_add(1, Ordering::Relaxed);
-        stats
-            .writes
-            .fetch_add(writes.len() as u64, Ordering::Relaxed);
+        stats.groups.inc();
+        stats.writes.inc_by(writes.len() as u64);
+        stats.group_size.observe(writes.len() as f64);
         match commit(&pool, gate.as_ref(), &writes).await {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
@@ -141,7 +185,7 @@ async fn run(
                 }
             }
             Err(e) => {
-                stats.failed_groups.fetch_add(1, Ordering::Relaxed);
+                stats.failed_groups.inc();
                 tracing::error!(error = %e, writes = writes.len(), "store: a group commit failed; none of its writes is stored, each is answered with the error");
                 let detail = e.to_string();
                 for reply in replies {

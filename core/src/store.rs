@@ -166,6 +166,14 @@ impl Store {
         &self.writer
     }
 
+    /// Adds the store's own series (the group writer's) to `registry`.
+    pub fn register_metrics(
+        &self,
+        registry: &prometheus::Registry,
+    ) -> Result<(), prometheus::Error> {
+        self.writer.stats().register(registry)
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -89,6 +89,53 @@ on_both_stores!(
     garbage
 );
 
+/// A line far longer than any command (here 32 MiB with no newline until the end, as from
+/// `/dev/zero`) is read to its end without being kept: a refusal naming its size, nothing
+/// stored, memory not grown by the line, and the next command answered.
+async fn overlong(backend: Backend) {
+    let store = TestStore::new(backend).await;
+    let gitlab = GitLabDouble::start().await;
+    let config = ShepherdConfig::new(&store, &gitlab);
+    let mut bot = Shepherd::console(&config).await;
+    bot.send("ping").await;
+    bot.expect_line("pong", WAIT).await;
+    let pid = bot.pid().expect("running");
+    let (_, hwm_before) = shepherd_tests::measure::rss_kib(pid).expect("rss");
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..32 {
+        bot.send_bytes(&chunk).await;
+    }
+    bot.send_bytes(b"\n").await;
+    bot.send("ping").await;
+    assert!(
+        bot.wait_for(WAIT, |l| l.len() == 3).await,
+        "{:?}",
+        bot.lines()
+    );
+    let (_, hwm_after) = shepherd_tests::measure::rss_kib(pid).expect("rss");
+    bot.close_stdin();
+    assert!(bot.wait_exit(WAIT).await.success(), "{}", bot.stderr());
+    let lines = bot.lines();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[1].starts_with("that line was 33554432 bytes long; a command is at most 65536 bytes"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines[2], "pong");
+    // The line was not kept: the peak grew by far less than its 32 MiB.
+    assert!(
+        hwm_after.saturating_sub(hwm_before) < 8 * 1024,
+        "peak RSS grew from {hwm_before} KiB to {hwm_after} KiB"
+    );
+    assert_eq!(store.count("SELECT COUNT(*) FROM requests").await, 0);
+    assert!(gitlab.requests().is_empty(), "{:?}", gitlab.requests());
+}
+on_both_stores!(
+    a_line_too_long_for_a_command_is_refused_unkept_and_the_next_is_answered,
+    overlong
+);
+
 async fn unauthorized(backend: Backend) {
     let store = TestStore::new(backend).await;
     let gitlab = GitLabDouble::start().await;

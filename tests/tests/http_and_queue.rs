@@ -542,8 +542,8 @@ async fn queue_contract(backend: Backend) {
         50
     );
     let stats = store.writer().stats();
-    let groups = stats.groups.load(std::sync::atomic::Ordering::Relaxed);
-    let writes = stats.writes.load(std::sync::atomic::Ordering::Relaxed);
+    let groups = stats.groups.get();
+    let writes = stats.writes.get();
     assert!(
         writes > groups,
         "some writes shared a commit ({writes} writes in {groups} groups)"

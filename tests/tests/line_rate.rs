@@ -306,6 +306,11 @@ async fn failed_group_commit(backend: Backend) {
         0,
         "nothing stored"
     );
+    let failures = bot
+        .metric("shepherd_store_group_commit_failures_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(failures >= 1.0, "failed groups are counted: {failures}");
 
     // One poisoned write in a group fails the group: whatever was answered 200 is stored,
     // whatever was answered 503 is not (no partial acknowledgement), and the poisoned ones are
@@ -381,6 +386,14 @@ async fn failed_group_commit(backend: Backend) {
     );
     let lines = said(&human);
     assert_eq!(lines.len(), expected.len(), "none twice");
+    // Every acknowledged notification was one write of a committed group.
+    let writes = bot.metric("shepherd_store_group_writes_total").await;
+    let commits = bot.metric("shepherd_store_group_commits_total").await;
+    let committed = bot.metric("shepherd_store_group_size_count").await;
+    assert!(
+        writes.is_some_and(|w| w >= expected.len() as f64) && commits == committed,
+        "writes {writes:?}, commits {commits:?}, sizes observed {committed:?}"
+    );
 }
 on_both_stores!(
     a_failed_group_commit_answers_every_write_503_and_stores_none,

@@ -19,7 +19,9 @@
 //!   `notifications` notifications; 2xx answers per second of wall time, p50/p99/max of one
 //!   POST; then up to `drain` seconds for every alert to reach IRC. Memory in the same run:
 //!   VmRSS 3 s after the relay joined (idle), the highest VmRSS sampled every 10 ms during the
-//!   POSTs, and VmHWM after the last answer.
+//!   POSTs, and VmHWM after the last answer. Before the relays, the store's own floor
+//!   (`bench_alerts/floor.rs`): one writer committing `clients` notification rows per
+//!   transaction, nothing else — the most a durable relay on that store can answer.
 //! - `latency` (item 2): POST -> the line at the IRC client, one notification at a time: first
 //!   `spaced` notifications each `gap_ms` after the previous line arrived (slower than the
 //!   peer's own pacing), after `idle` seconds of quiet; then `latency` notifications back to
@@ -45,6 +47,8 @@
 
 #[path = "bench_alerts/cut.rs"]
 mod cut;
+#[path = "bench_alerts/floor.rs"]
+mod floor;
 #[path = "bench_alerts/ingest.rs"]
 mod ingest;
 #[path = "bench_alerts/latency.rs"]
@@ -331,6 +335,33 @@ fn print_ingest(results: &[ingest::IngestResult]) {
     println!();
 }
 
+fn print_floor(results: &[floor::FloorResult]) {
+    let Some(first) = results.first() else {
+        return;
+    };
+    println!(
+        "## The store's own floor: one writer, nothing but INSERT and COMMIT of notification rows\n"
+    );
+    println!(
+        "| store | {} rows per commit: rows/s | commits/s | one row per commit: rows/s |",
+        first.clients
+    );
+    println!("|---|---|---|---|");
+    for r in results {
+        println!(
+            "| {} | **{:.0}** | {:.0} | {:.0} |",
+            match r.backend {
+                Backend::Sqlite => "SQLite (WAL, synchronous = FULL)",
+                Backend::Postgres => "PostgreSQL",
+            },
+            r.grouped_per_second(),
+            r.grouped_per_second() / r.clients as f64,
+            r.single_per_second(),
+        );
+    }
+    println!();
+}
+
 fn print_storm(results: &[storm::StormResult]) {
     let Some(first) = results.first() else {
         return;
@@ -494,6 +525,13 @@ async fn main() {
     let mut restarts = Vec::new();
     let mut storms = Vec::new();
     if mode == "all" || mode == "ingest" {
+        let mut floors = Vec::new();
+        for &kind in &o.relays {
+            if let RelayKind::Shepherd(backend) = kind {
+                floors.push(floor::run(backend, o.clients, o.notifications).await);
+            }
+        }
+        print_floor(&floors);
         for &kind in &o.relays {
             ingests.push(ingest::run(kind, o.clients, o.notifications, o.drain).await);
         }
