@@ -30,7 +30,7 @@ use shepherd_core::alerts::{self, Notification, Router, decode_notification};
 use shepherd_core::commit::Line;
 use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::{self, Outbox};
-use shepherd_core::queue::{Enqueued, Leased, NewRequest, Queue};
+use shepherd_core::queue::{Enqueued, Leased, NewRequest, Payload, Queue};
 use shepherd_core::store::{AnyConnection, StoreError};
 use shepherd_core::{FrontEnds, Origin};
 use shepherd_plugins::alerts::AlertFormatter;
@@ -133,7 +133,7 @@ pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>
             return e.response(state.max_body_bytes);
         }
     };
-    let (value, notification) = match decode_notification(&bytes) {
+    let notification = match decode_notification(&bytes) {
         Ok(decoded) => decoded,
         Err(e) => {
             state.count("malformed");
@@ -144,11 +144,22 @@ pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>
         "alertmanager:{}",
         hex::encode(&Sha256::digest(&bytes)[..16])
     );
+    // Stored as it came (it was just decoded as JSON, so this check cannot fail in practice).
+    let payload = match String::from_utf8(bytes.to_vec())
+        .map_err(|e| e.to_string())
+        .and_then(|text| Payload::from_json(text).map_err(|e| e.to_string()))
+    {
+        Ok(payload) => payload,
+        Err(e) => {
+            state.count("malformed");
+            return answer(StatusCode::BAD_REQUEST, json!({"error": e}));
+        }
+    };
     let request = NewRequest {
         kind: NOTIFICATION_KIND.to_string(),
         origin: Origin::new("alertmanager", notification.receiver.clone()),
         identity: format!("alertmanager:{}", notification.receiver),
-        payload: value,
+        payload,
         dedup_key: Some(key),
         after: None,
     };
@@ -199,7 +210,7 @@ impl AlertRelay {
         let read: Vec<Result<(Notification, String), String>> = items
             .iter()
             .map(|item| {
-                let n = Notification::deserialize(&item.payload).map_err(|e| e.to_string())?;
+                let n: Notification = item.payload.decode().map_err(|e| e.to_string())?;
                 let key = hex::encode(Sha256::digest(n.content_key().as_bytes()));
                 Ok((n, key))
             })

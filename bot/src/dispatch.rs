@@ -241,7 +241,7 @@ impl Dispatcher {
                     kind: COMMAND_KIND.to_string(),
                     origin: origin.clone(),
                     identity: inbound.identity.clone(),
-                    payload,
+                    payload: payload.into(),
                     dedup_key: key.map(str::to_string),
                     after: after.map(str::to_string),
                 })

@@ -125,7 +125,7 @@ impl Worker {
 
         let queued: QueuedCommand = match (
             item.kind.as_str(),
-            serde_json::from_value(item.payload.clone()),
+            item.payload.decode::<QueuedCommand>(),
         ) {
             (COMMAND_KIND, Ok(q)) => q,
             (kind, Err(e)) => {
@@ -282,7 +282,10 @@ impl Worker {
             }
             return Ok(());
         };
-        let mut tx = self.services.store.begin().await?;
+        // Relaxed (`Store::begin_relaxed`): the notifications themselves were committed before
+        // their 200; what this writes is derived from them, and if a power failure loses it,
+        // they are relayed again.
+        let mut tx = self.services.store.begin_relaxed().await?;
         let outcomes = match relay.process_batch_in(&mut tx, &items).await {
             Ok(outcomes) => outcomes,
             Err(e) => {

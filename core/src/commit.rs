@@ -290,7 +290,7 @@ async fn write_all(
                 .bind(r.origin.room.clone())
                 .bind(r.origin.addressee.clone())
                 .bind(r.identity.clone())
-                .bind(r.payload.to_string())
+                .bind(r.payload.as_str().to_string())
                 .bind(r.dedup_key.clone())
                 .bind(now)
                 .bind(r.after.clone())

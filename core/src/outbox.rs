@@ -180,8 +180,10 @@ impl Outbox {
         if ids.is_empty() {
             return Ok(());
         }
-        // One transaction, however many statements: one commit for a whole round.
-        let mut tx = self.store.begin().await?;
+        // One transaction, however many statements: one commit for a whole round. Relaxed:
+        // a mark lost in a power failure means the line is sent again, as after a crash
+        // between the send and the mark.
+        let mut tx = self.store.begin_relaxed().await?;
         for chunk in ids.chunks(ID_CHUNK) {
             let sql = format!(
                 "UPDATE outbox SET {set} WHERE id IN ({})",

@@ -30,12 +30,40 @@ pub struct QueueSettings {
     pub lanes: Vec<String>,
 }
 
+/// A request's payload: JSON text, kept as it came and parsed only by whoever reads it (an
+/// Alertmanager storm of 10,000 alerts is 3.5 MiB of text, but tens of MiB as a JSON tree).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload(String);
+
+impl Payload {
+    /// JSON text, checked to be one JSON value (without building a tree of it).
+    pub fn from_json(text: String) -> Result<Payload, serde_json::Error> {
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)?;
+        Ok(Payload(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Reads the payload as a `T`.
+    pub fn decode<'a, T: serde::Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+}
+
+impl From<serde_json::Value> for Payload {
+    fn from(value: serde_json::Value) -> Payload {
+        Payload(value.to_string())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewRequest {
     pub kind: String,
     pub origin: Origin,
     pub identity: String,
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     /// Delivery id of the event that caused it; a second enqueue with the same key is a no-op.
     pub dedup_key: Option<String>,
     /// Not leased before this request is done or dead: the commands of one message (a GitLab
@@ -64,7 +92,7 @@ pub struct Leased {
     pub kind: String,
     pub origin: Origin,
     pub identity: String,
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     /// This attempt's number, from 1.
     pub attempt: u32,
     pub created_at: i64,
@@ -271,7 +299,8 @@ impl Queue {
                 return Ok(Vec::new());
             }
             let lease_until = now + duration_ms(lease);
-            let mut tx = self.store.begin().await?;
+            // Relaxed: a lease lost in a power failure only means the items are leased again.
+            let mut tx = self.store.begin_relaxed().await?;
             let mut taken: std::collections::HashMap<String, i64> = Default::default();
             for chunk in due.chunks(ID_CHUNK) {
                 let sql = format!(
@@ -677,7 +706,7 @@ pub const LANE_LEASE: Duration = Duration::from_secs(10);
 /// A leased row as a [`Leased`].
 fn leased_of(row: &sqlx::any::AnyRow, owner: &str) -> Result<Leased, StoreError> {
     let payload: String = row.try_get("payload")?;
-    let payload = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+    let payload = Payload::from_json(payload).map_err(|e| StoreError::Corrupt {
         what: "requests.payload",
         detail: e.to_string(),
     })?;

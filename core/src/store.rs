@@ -45,6 +45,9 @@ pub enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// SQLite only: one connection whose commits do not wait for the disk (see
+    /// [`Store::begin_relaxed`]).
+    relaxed: Option<AnyPool>,
     backend: Backend,
     writer: GroupWriter,
     /// SQLite only: write transactions of this process take turns here. SQLite has one writer
@@ -111,40 +114,36 @@ impl Store {
             url: redact_url(&url),
             detail: redact_url(&source.to_string()),
         })?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
+        let connect_error = |source: sqlx::Error| StoreError::Connect {
+            url: redact_url(&url),
+            detail: redact_url(&source.to_string()),
+        };
+        let pool = pool_options(
+            backend,
+            true,
+            match backend {
                 Backend::Sqlite => 4,
                 Backend::Postgres => 10,
-            })
-            .acquire_timeout(Duration::from_secs(30))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; FULL makes every commit
-                        // durable before it returns, which "stored before acknowledged" needs.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        // The page cache is per connection: 1 MiB each (4 MiB for the pool)
-                        // holds the hot indexes; the default (~2 MB each) only grows RSS under
-                        // a storm without making the queue's index reads faster.
-                        conn.execute("PRAGMA cache_size = -1024").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await
-            .map_err(|source| StoreError::Connect {
-                url: redact_url(&url),
-                detail: redact_url(&source.to_string()),
-            })?;
+            },
+        )
+        .connect_with(options.clone())
+        .await
+        .map_err(connect_error)?;
         MIGRATOR.run(&pool).await?;
         let gate = (backend == Backend::Sqlite).then(WriteGate::default);
+        let relaxed = match backend {
+            Backend::Sqlite => Some(
+                pool_options(backend, false, 1)
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_error)?,
+            ),
+            Backend::Postgres => None,
+        };
         let writer = GroupWriter::start(pool.clone(), gate.clone());
         Ok(Self {
             pool,
+            relaxed,
             backend,
             writer,
             gate,
@@ -159,6 +158,27 @@ impl Store {
     /// open another, nor wait for the group writer, while holding one.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Tx::begin(&self.pool, self.gate.as_ref()).await
+    }
+
+    /// A write transaction whose loss in a power failure only makes work happen again — a
+    /// line marked delivered (said again), an alert notification's lines and completion (relayed
+    /// again) — and never for what was acknowledged to anyone outside, nor for the record of an
+    /// effect. Its commit does not wait for the disk: on SQLite it runs on a connection with
+    /// `synchronous = NORMAL` (in WAL mode durable across a crash of shepherd, and made durable
+    /// by the next ordinary commit's sync of the same log); on PostgreSQL with
+    /// `synchronous_commit = off` for this transaction. Same rules as [`Store::begin`].
+    pub async fn begin_relaxed(&self) -> Result<Tx, StoreError> {
+        match (&self.relaxed, self.backend) {
+            (Some(relaxed), _) => Tx::begin(relaxed, self.gate.as_ref()).await,
+            (None, Backend::Postgres) => {
+                let mut tx = Tx::begin(&self.pool, None).await?;
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+            (None, Backend::Sqlite) => self.begin().await,
+        }
     }
 
     /// The group writer: requests and lines from outside, committed together (see `commit`).
@@ -185,8 +205,42 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(relaxed) = &self.relaxed {
+            relaxed.close().await;
+        }
         self.pool.close().await;
     }
+}
+
+/// The pool's options; on SQLite every connection gets the store's pragmas with
+/// `synchronous = FULL`, or `NORMAL` when not `durable`.
+fn pool_options(backend: Backend, durable: bool, max: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // WAL lets readers run beside the writer; FULL makes every commit
+                    // durable before it returns, which "stored before acknowledged" needs
+                    // (NORMAL only on the relaxed connection, see `Store::begin_relaxed`).
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute(if durable {
+                        "PRAGMA synchronous = FULL"
+                    } else {
+                        "PRAGMA synchronous = NORMAL"
+                    })
+                    .await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    // The page cache is per connection: 1 MiB each (5 MiB for the pools)
+                    // holds the hot indexes; the default (~2 MB each) only grows RSS under
+                    // a storm without making the queue's index reads faster.
+                    conn.execute("PRAGMA cache_size = -1024").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                }
+                Ok(())
+            })
+        })
 }
 
 /// Current time in Unix milliseconds.

@@ -218,7 +218,7 @@ fn request(n: usize, dedup: Option<&str>) -> NewRequest {
         kind: "command".into(),
         origin: Origin::new("console", "console"),
         identity: "console:tester".into(),
-        payload: serde_json::json!({ "n": n }),
+        payload: serde_json::json!({ "n": n }).into(),
         dedup_key: dedup.map(str::to_string),
         after: None,
     }
@@ -255,7 +255,13 @@ async fn queue_contract(backend: Backend) {
 
     // Lease, then the lease expires (the worker "died"): redelivered as attempt 2.
     let first = queue.lease("w1").await.expect("lease").expect("an item");
-    assert_eq!((first.attempt, first.payload["n"].as_i64()), (1, Some(1)));
+    assert_eq!(
+        (
+            first.attempt,
+            first.payload.decode::<serde_json::Value>().expect("JSON")["n"].as_i64()
+        ),
+        (1, Some(1))
+    );
     assert!(
         queue.lease("w2").await.expect("lease").is_none(),
         "leased items are not shared"

@@ -64,13 +64,12 @@ struct Stored {
     body: Value,
 }
 
-fn decode<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, EventError> {
-    serde_json::from_value(body).map_err(|e| EventError::Unreadable(e.to_string()))
-}
-
 impl GitLabEvents {
     pub async fn process(&self, item: &Leased) -> Result<(), EventError> {
-        let stored: Stored = decode(item.payload.clone())?;
+        let stored: Stored = item
+            .payload
+            .decode()
+            .map_err(|e| EventError::Unreadable(e.to_string()))?;
         let kind = HookKind::from_label(&stored.event)
             .ok_or_else(|| EventError::Unreadable(format!("unknown event {:?}", stored.event)))?;
         let event =

@@ -75,24 +75,29 @@ pub enum NotificationError {
     Shape(String),
 }
 
-/// Decodes a webhook body: JSON, version 4, the payload's shape. Returns the JSON as it came
-/// (what is stored) and the typed notification. `POST /hooks/alertmanager` calls it before it
-/// stores anything; the fuzz target `alertmanager_webhook` feeds it arbitrary input.
-pub fn decode_notification(
-    body: &[u8],
-) -> Result<(serde_json::Value, Notification), NotificationError> {
-    let value: serde_json::Value =
+/// Decodes a webhook body: JSON, version 4, the payload's shape, read straight into the typed
+/// notification (no JSON tree: a storm's 3.5 MiB body stays 3.5 MiB plus its alerts). The body
+/// itself is what is stored. `POST /hooks/alertmanager` calls it before it stores anything; the
+/// fuzz target `alertmanager_webhook` feeds it arbitrary input.
+pub fn decode_notification(body: &[u8]) -> Result<Notification, NotificationError> {
+    /// Only the version, first: a body of another version is refused as such, whatever its
+    /// shape. Everything else is skipped without being kept.
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(default)]
+        version: Option<serde_json::Value>,
+    }
+    let head: Version =
         serde_json::from_slice(body).map_err(|e| NotificationError::NotJson(e.to_string()))?;
-    let version = value
-        .get("version")
+    let version = head
+        .version
+        .as_ref()
         .and_then(serde_json::Value::as_str)
         .unwrap_or("");
     if version != "4" {
         return Err(NotificationError::Version(version.to_string()));
     }
-    let notification =
-        Notification::deserialize(&value).map_err(|e| NotificationError::Shape(e.to_string()))?;
-    Ok((value, notification))
+    serde_json::from_slice(body).map_err(|e| NotificationError::Shape(e.to_string()))
 }
 
 impl Notification {
