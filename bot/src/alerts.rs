@@ -155,10 +155,21 @@ pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>
             return answer(StatusCode::BAD_REQUEST, json!({"error": e}));
         }
     };
+    // Only these are needed from here on: the decoded alerts are let go before the store is
+    // waited for, so a storm's are not still held while the lane decodes them again.
+    let Notification {
+        receiver,
+        alerts,
+        status,
+        ..
+    } = notification;
+    let alert_count = alerts.len();
+    drop(alerts);
+    drop(bytes);
     let request = NewRequest {
         kind: NOTIFICATION_KIND.to_string(),
-        origin: Origin::new("alertmanager", notification.receiver.clone()),
-        identity: format!("alertmanager:{}", notification.receiver),
+        origin: Origin::new("alertmanager", receiver.clone()),
+        identity: format!("alertmanager:{receiver}"),
         payload,
         dedup_key: Some(key),
         after: None,
@@ -166,7 +177,7 @@ pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>
     match state.queue.enqueue(request).await {
         Ok(Enqueued::New(id)) => {
             state.count("stored");
-            tracing::info!(request = %id, alerts = notification.alerts.len(), status = %notification.status, "alertmanager notification stored");
+            tracing::info!(request = %id, alerts = alert_count, status = %status, "alertmanager notification stored");
             answer(StatusCode::OK, json!({"status": "stored", "request": id}))
         }
         Ok(Enqueued::Duplicate(id)) => {

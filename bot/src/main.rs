@@ -15,6 +15,7 @@ mod http;
 mod irc;
 mod limits;
 mod matrix;
+mod memory;
 mod safe_text;
 mod worker;
 
@@ -109,6 +110,7 @@ enum ConfigCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    memory::tune();
     // Several TLS users (GitLab client, IRC) share rustls, and more than one crypto backend
     // is compiled in: choose one for the whole process before anyone connects.
     let _ = rustls::crypto::ring::default_provider().install_default();

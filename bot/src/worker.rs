@@ -307,9 +307,18 @@ impl Worker {
                 }
             }
         }
+        let large = items
+            .iter()
+            .map(|i| i.payload.as_str().len())
+            .sum::<usize>()
+            >= crate::memory::LARGE_WORK_BYTES;
         if self.queue.complete_all_in(&mut tx, &done).await? {
             tx.commit().await?;
             self.outbox.wake();
+            if large {
+                drop(items);
+                crate::memory::release();
+            }
         } else {
             tx.rollback().await?;
             tracing::warn!(
