@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shepherd_core::Origin;
 use shepherd_core::metrics::Metrics;
-use shepherd_core::queue::{Enqueued, FailOutcome, NewRequest, Queue, QueueSettings};
+use shepherd_core::queue::{Enqueued, FailOutcome, NewRequest, Payload, Queue, QueueSettings};
 use shepherd_core::store::Store;
 use shepherd_tests::gitlab::{FaultKind, Faults, GitLabDouble};
 use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore, metric_value};
@@ -708,3 +708,82 @@ async fn lane_batch_statements(backend: Backend) {
     assert_eq!(again, [false], "a used key stores nothing");
 }
 on_both_stores!(alert_lane_batch_statements, lane_batch_statements);
+
+/// Relaxed transactions (`Store::begin_relaxed`) are ordinary transactions whose commit does not
+/// wait for the disk: SQLite runs them on its `synchronous = NORMAL` connection, PostgreSQL with
+/// `synchronous_commit = off` for the transaction only; ordinary ones keep the full sync. What
+/// they commit is there, what they roll back is not, and a payload is stored as its text.
+async fn relaxed_transactions(backend: Backend) {
+    use sqlx::Row;
+
+    let test_store = TestStore::new(backend).await;
+    let store = Store::connect(&test_store.url).await.expect("store");
+    let setting = match backend {
+        Backend::Sqlite => "PRAGMA synchronous",
+        Backend::Postgres => "SHOW synchronous_commit",
+    };
+    async fn read(tx: &mut shepherd_core::store::Tx, sql: &str) -> String {
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&mut **tx)
+            .await
+            .expect("read the setting");
+        row.try_get::<String, _>(0)
+            .or_else(|_| row.try_get::<i64, _>(0).map(|n| n.to_string()))
+            .expect("a text or number")
+    }
+    let mut relaxed = store.begin_relaxed().await.expect("relaxed");
+    let got = read(&mut relaxed, setting).await;
+    match backend {
+        Backend::Sqlite => assert_eq!(got, "1", "NORMAL on the relaxed connection"),
+        Backend::Postgres => assert_eq!(got, "off"),
+    }
+    sqlx::query(
+        "INSERT INTO audit (id, at, identity, frontend, room, command, text, outcome) \
+         VALUES ('relaxed-1', 1, 'test', 'console', 'x', 'relaxed', 'relaxed', 'done')",
+    )
+    .execute(&mut *relaxed)
+    .await
+    .expect("insert");
+    relaxed.commit().await.expect("commit");
+
+    let mut rolled = store.begin_relaxed().await.expect("relaxed");
+    sqlx::query(
+        "INSERT INTO audit (id, at, identity, frontend, room, command, text, outcome) \
+         VALUES ('relaxed-2', 1, 'test', 'console', 'x', 'relaxed', 'relaxed', 'done')",
+    )
+    .execute(&mut *rolled)
+    .await
+    .expect("insert");
+    rolled.rollback().await.expect("rollback");
+
+    // Ordinary transactions after them still sync fully (PostgreSQL's setting was local).
+    for _ in 0..3 {
+        let mut tx = store.begin().await.expect("begin");
+        let got = read(&mut tx, setting).await;
+        let want = match backend {
+            Backend::Sqlite => "2",
+            Backend::Postgres => "on",
+        };
+        assert_eq!(got, want, "full sync outside relaxed transactions");
+        tx.rollback().await.expect("rollback");
+    }
+    assert_eq!(
+        test_store
+            .count("SELECT COUNT(*) FROM audit WHERE command = 'relaxed'")
+            .await,
+        1,
+        "the committed row only"
+    );
+
+    // Payloads are JSON text: refused when not JSON, read back as written.
+    assert!(Payload::from_json("{\"a\": [1, 2".into()).is_err());
+    let payload = Payload::from_json("{\"n\": 7, \"s\": \"x\\u00e9\"}".into()).expect("JSON");
+    assert_eq!(payload.as_str(), "{\"n\": 7, \"s\": \"x\\u00e9\"}");
+    let v: serde_json::Value = payload.decode().expect("decodes");
+    assert_eq!((v["n"].as_i64(), v["s"].as_str()), (Some(7), Some("xé")));
+    store.close().await;
+}
+on_both_stores!(
+    relaxed_transactions_skip_only_the_disk_wait,
+    relaxed_transactions
+);
