@@ -61,6 +61,10 @@ pub fn preflight(config: &Config) -> anyhow::Result<()> {
         let metrics = Arc::new(Metrics::new().context("creating metrics")?);
         alert_relay(a, metrics, FrontEnds::default())?;
     }
+    if let Some(h) = &config.herder {
+        // The herder's patterns, judged where they are compiled.
+        shepherd_core::herder::Herder::new(h)?;
+    }
     crate::frontend::configured(config)?;
     Ok(())
 }
@@ -121,6 +125,11 @@ impl App {
         let metrics = Arc::new(Metrics::new().context("creating metrics")?);
         let store = Store::connect(config.store.url.expose()).await?;
         tracing::info!(backend = ?store.backend(), "store ready (migrations applied)");
+        if config.herder.is_some() {
+            tracing::warn!(
+                "herder: configured and checked, but this version does not act on Job Hooks yet; use `shepherd herder check` to see what it would do"
+            );
+        }
         store
             .register_metrics(metrics.registry())
             .context("registering the store's metrics")?;

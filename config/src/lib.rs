@@ -24,10 +24,10 @@ pub use model::{
     AccessLevel, AlertLines, AlertRoute, AlertsConfig, BotConfig, CanaryConfig,
     CanaryProjectConfig, CanaryReference, CommentProjectConfig, Config, ConsoleConfig,
     DEFAULT_FIRING_TEMPLATE, DEFAULT_GROUP_TEMPLATE, DEFAULT_RESOLVED_TEMPLATE, DeployConfig,
-    DeployEnvironment, DeployPipeline, DeployService, GitlabCommentsConfig, GitlabConfig,
-    HttpConfig, IrcConfig, IrcReplyKind, LogConfig, LogFormat, MatrixConfig, MatrixEncryptFor,
-    Person, QueueConfig, RateLimitsConfig, RetriggerConfig, StoreConfig, WatcherConfig,
-    parse_channel_keys,
+    DeployEnvironment, DeployPipeline, DeployService, FailoverSwitch, GitlabCommentsConfig,
+    GitlabConfig, HerderAction, HerderConfig, HerderMatcher, HttpConfig, IrcConfig, IrcReplyKind,
+    LogConfig, LogFormat, MatrixConfig, MatrixEncryptFor, Person, QueueConfig, RateLimitsConfig,
+    RetriggerConfig, StoreConfig, WatcherConfig, parse_channel_keys,
 };
 pub use secret::{Secret, SecretUrl, redact_url};
 pub use sources::{CONVENTIONAL_SECRET_VARS, ENV_PREFIX, NOT_KEY_VARS};

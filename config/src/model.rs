@@ -52,6 +52,12 @@ pub struct Config {
     /// Deploying merge-request images to environments; absent means not enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployConfig>,
+    /// Retrying jobs that failed for known infrastructure reasons; absent means not enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub herder: Option<HerderConfig>,
+    /// `[[failover]]`: named switches of CI/CD variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<FailoverSwitch>,
     #[serde(skip)]
     pub(crate) warnings: Vec<String>,
 }
@@ -1214,4 +1220,112 @@ fn slot(secret: Option<Secret>) -> SecretSlot {
         Some(secret) => SecretSlot::Set(secret),
         None => SecretSlot::NotConfigured,
     }
+}
+
+/// `[herder]`: finished jobs of these projects are judged by the matchers, in order; the first
+/// that matches decides what happens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HerderConfig {
+    /// Projects (`group/project`) whose jobs are herded (their Job Hooks).
+    pub projects: Vec<String>,
+    /// Where `report` and `alert` matches, given-up retries and failovers are said.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// The most of a job's trace read for `messages` (its tail).
+    #[serde(default = "default_trace_tail_bytes")]
+    pub trace_tail_bytes: u64,
+    #[serde(default)]
+    pub matchers: Vec<HerderMatcher>,
+}
+
+fn default_trace_tail_bytes() -> u64 {
+    256 * 1024
+}
+
+/// What a matching job gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HerderAction {
+    /// Retried after the attempt's delay, up to `retry_limit` times.
+    Retry,
+    /// One line in the targets.
+    Report,
+    /// One line in the targets, shown like an alert.
+    Alert,
+}
+
+impl HerderAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HerderAction::Retry => "retry",
+            HerderAction::Report => "report",
+            HerderAction::Alert => "alert",
+        }
+    }
+}
+
+/// One `[[herder.matchers]]` entry. Every criterion given must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HerderMatcher {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub action: HerderAction,
+    /// The job's status (GitLab's words), one of these.
+    #[serde(default = "default_job_status")]
+    pub job_status: Vec<String>,
+    /// A regular expression the job's name must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// GitLab's `failure_reason`, one of these (empty: any).
+    #[serde(default)]
+    pub failure_reason: Vec<String>,
+    /// Substrings of the trace's tail, or `/regex/flags`; one of them must be found (empty: the
+    /// trace is not read).
+    #[serde(default)]
+    pub messages: Vec<String>,
+    /// The delay before retry n (`1m`, `5m`, ...); the last repeats.
+    #[serde(default = "default_retry_delays")]
+    pub retry_delays: Vec<String>,
+    /// Retries of one job by shepherd; 0 = never retry.
+    #[serde(default = "default_retry_limit")]
+    pub retry_limit: u32,
+}
+
+fn default_job_status() -> Vec<String> {
+    vec!["failed".to_owned()]
+}
+fn default_retry_delays() -> Vec<String> {
+    vec!["5m".to_owned()]
+}
+fn default_retry_limit() -> u32 {
+    3
+}
+
+impl HerderMatcher {
+    /// The delay before retry `attempt` (from 1): its entry of `retry_delays`, the last repeating.
+    /// Validation checked that every entry parses.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let i = (attempt.max(1) as usize - 1).min(self.retry_delays.len().saturating_sub(1));
+        self.retry_delays
+            .get(i)
+            .and_then(|d| humantime::parse_duration(d).ok())
+            .unwrap_or(Duration::from_secs(300))
+    }
+}
+
+/// One `[[failover]]` switch: CI/CD variables set on a project or a group while it is on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverSwitch {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub variables: BTreeMap<String, String>,
 }

@@ -871,3 +871,83 @@ fn matrix_section_defaults_secrets_and_mistakes() {
         assert!(e.contains(expected), "{expected} missing from: {e}");
     }
 }
+
+const COMMENTS: &str = "[gitlab_comments]\nwebhook_secret_env = \"HOOK_SECRET\"\n";
+
+#[test]
+fn herder_and_failover_sections_load_with_their_defaults() {
+    let text = format!(
+        "{COMMENTS}[herder]\nprojects = [\"cki/pipeline\"]\n\
+         [[herder.matchers]]\nname = \"runner-system-failure\"\naction = \"retry\"\n\
+         failure_reason = [\"runner_system_failure\"]\nretry_delays = [\"1m\", \"5m\"]\n\
+         [[herder.matchers]]\nname = \"oom\"\naction = \"report\"\nmessages = [\"/out of memory/i\"]\n\
+         [[failover]]\nname = \"beaker\"\ngroup = \"cki\"\nvariables = {{ BEAKER_URL = \"https://beaker-2.example.org\" }}\n"
+    );
+    let c = load_text(&text, &[]).expect("loads");
+    let herder = c.herder.expect("herder");
+    assert_eq!(herder.trace_tail_bytes, 256 * 1024);
+    let retry = &herder.matchers[0];
+    assert_eq!(retry.action, crate::HerderAction::Retry);
+    assert_eq!(
+        (retry.job_status.as_slice(), retry.retry_limit),
+        (&["failed".to_string()][..], 3)
+    );
+    assert_eq!(
+        [1, 2, 3, 9].map(|n| retry.retry_delay(n).as_secs()),
+        [60, 300, 300, 300],
+        "the last delay repeats"
+    );
+    let report = &herder.matchers[1];
+    assert_eq!(report.retry_delays, ["5m"]);
+    assert_eq!(report.retry_delay(1).as_secs(), 300);
+    assert_eq!(c.failover[0].group.as_deref(), Some("cki"));
+    assert_eq!(
+        c.failover[0].variables["BEAKER_URL"],
+        "https://beaker-2.example.org"
+    );
+}
+
+#[test]
+fn herder_and_failover_mistakes_name_their_keys() {
+    let shown = err(
+        "[herder]\nprojects = [\"nogroup\"]\ntargets = [\"irc:#nowhere\"]\ntrace_tail_bytes = 10\n\
+         [[herder.matchers]]\nname = \"a b\"\naction = \"retry\"\njob_status = []\nretry_delays = [\"soon\"]\n\
+         [[herder.matchers]]\nname = \"A-B\"\naction = \"report\"\nretry_delays = []\nmessages = [\" \"]\n\
+         [[herder.matchers]]\nname = \"a-b\"\naction = \"report\"\n\
+         [[failover]]\nname = \"x\"\nproject = \"g/p\"\ngroup = \"g\"\nvariables = {}\n\
+         [[failover]]\nname = \"X\"\nvariables = { \"BAD-NAME\" = \"1\" }\n",
+        &[],
+    );
+    for key in [
+        "herder:",
+        "herder.projects[0]",
+        "herder.targets[0]",
+        "herder.trace_tail_bytes",
+        "herder.matchers[0].name",
+        "herder.matchers[0].job_status",
+        "herder.matchers[0].retry_delays[0]",
+        "herder.matchers[1].retry_delays",
+        "herder.matchers[1].messages[0]",
+        "herder.matchers[2].name",
+        "failover[0]:",
+        "failover[0].variables",
+        "failover[1]:",
+        "failover[1].name",
+        "failover[1].variables.BAD-NAME",
+    ] {
+        assert!(shown.contains(key), "{key} not named in:\n{shown}");
+    }
+    assert!(shown.contains("\"soon\" is not a duration"), "{shown}");
+    assert!(shown.contains("needs [gitlab_comments]"), "{shown}");
+
+    let action = err(
+        &format!(
+            "{COMMENTS}[herder]\nprojects = [\"g/p\"]\n[[herder.matchers]]\nname = \"m\"\naction = \"reboot\"\n"
+        ),
+        &[],
+    );
+    assert!(
+        action.contains("herder.matchers") && action.contains("reboot"),
+        "{action}"
+    );
+}

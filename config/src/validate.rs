@@ -554,6 +554,10 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     if let Some(deploy) = &config.deploy {
         validate_deploy(&mut c, deploy, config);
     }
+    if let Some(herder) = &config.herder {
+        validate_herder(&mut c, herder, config);
+    }
+    validate_failovers(&mut c, &config.failover);
 
     c.problems
 }
@@ -682,6 +686,87 @@ fn validate_deploy(c: &mut Checker, deploy: &crate::model::DeployConfig, config:
         }
         for (j, group) in env.groups.iter().enumerate() {
             c.word(&format!("{at}.groups[{j}]"), group);
+        }
+    }
+}
+
+/// `[herder]`: what types cannot say. (Regular expressions are compiled, and judged, by the
+/// herder itself at start: `shepherd_core::herder`.)
+fn validate_herder(c: &mut Checker, herder: &crate::model::HerderConfig, config: &Config) {
+    if config.gitlab_comments.is_none() {
+        c.fail(
+            "herder",
+            "needs [gitlab_comments]: its webhook (`POST /hooks/gitlab`, with the webhook secret) is how Job Hooks arrive",
+        );
+    }
+    if herder.projects.is_empty() {
+        c.fail("herder.projects", "must list at least one project");
+    }
+    for (i, project) in herder.projects.iter().enumerate() {
+        c.project_path(&format!("herder.projects[{i}]"), project);
+    }
+    for (i, target) in herder.targets.iter().enumerate() {
+        c.room(&format!("herder.targets[{i}]"), target, config);
+    }
+    c.at_least("herder.trace_tail_bytes", herder.trace_tail_bytes, 1024);
+    let mut names = BTreeSet::new();
+    for (i, m) in herder.matchers.iter().enumerate() {
+        let at = format!("herder.matchers[{i}]");
+        name_like(c, &format!("{at}.name"), &m.name);
+        if !names.insert(m.name.to_ascii_lowercase()) {
+            c.fail(
+                &format!("{at}.name"),
+                format!("{:?} is configured twice", m.name),
+            );
+        }
+        if m.job_status.is_empty() {
+            c.fail(&format!("{at}.job_status"), "must list at least one status");
+        }
+        if m.retry_delays.is_empty() {
+            c.fail(
+                &format!("{at}.retry_delays"),
+                "must list at least one delay",
+            );
+        }
+        for (j, delay) in m.retry_delays.iter().enumerate() {
+            if let Err(e) = humantime::parse_duration(delay) {
+                c.fail(
+                    &format!("{at}.retry_delays[{j}]"),
+                    format!("{delay:?} is not a duration ({e}; expected e.g. 30s, 5m, 1h)"),
+                );
+            }
+        }
+        for (j, message) in m.messages.iter().enumerate() {
+            c.not_empty(&format!("{at}.messages[{j}]"), message);
+        }
+    }
+}
+
+/// `[[failover]]`: unique names, exactly one of project or group, valid variable names.
+fn validate_failovers(c: &mut Checker, switches: &[crate::model::FailoverSwitch]) {
+    let mut names = BTreeSet::new();
+    for (i, f) in switches.iter().enumerate() {
+        let at = format!("failover[{i}]");
+        name_like(c, &format!("{at}.name"), &f.name);
+        if !names.insert(f.name.to_ascii_lowercase()) {
+            c.fail(
+                &format!("{at}.name"),
+                format!("{:?} is configured twice", f.name),
+            );
+        }
+        match (&f.project, &f.group) {
+            (Some(project), None) => c.project_path(&format!("{at}.project"), project),
+            (None, Some(group)) => c.not_empty(&format!("{at}.group"), group),
+            _ => c.fail(
+                &at,
+                "needs exactly one of `project` or `group` (where its CI/CD variables are set)",
+            ),
+        }
+        if f.variables.is_empty() {
+            c.fail(&format!("{at}.variables"), "must set at least one variable");
+        }
+        for name in f.variables.keys() {
+            c.variable_name(&format!("{at}.variables.{name}"), name);
         }
     }
 }

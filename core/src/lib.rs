@@ -11,6 +11,7 @@ pub mod deploy;
 pub mod effects;
 pub mod frontend;
 pub mod gitlab;
+pub mod herder;
 pub mod metrics;
 pub mod once;
 pub mod origin;

@@ -257,6 +257,24 @@ async fn a_bad_config_fails_at_start_naming_the_key() {
         ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
         ("[permissions]\nretriger = [\"admins\"]\n", "retriger"),
         ("production = \n", "TOML"),
+        // The herder: a pattern that does not compile, an unknown action, a delay that does
+        // not parse, and no way to receive Job Hooks.
+        (
+            "[gitlab_comments]\nwebhook_secret_env = \"H\"\n[herder]\nprojects = [\"g/p\"]\n[[herder.matchers]]\nname = \"m\"\naction = \"retry\"\nmessages = [\"/oom(/i\"]\n",
+            "herder.matchers[0].messages[0]",
+        ),
+        (
+            "[gitlab_comments]\nwebhook_secret_env = \"H\"\n[herder]\nprojects = [\"g/p\"]\n[[herder.matchers]]\nname = \"m\"\naction = \"reboot\"\n",
+            "herder.matchers",
+        ),
+        (
+            "[gitlab_comments]\nwebhook_secret_env = \"H\"\n[herder]\nprojects = [\"g/p\"]\n[[herder.matchers]]\nname = \"m\"\naction = \"retry\"\nretry_delays = [\"1 fortnight\"]\n",
+            "herder.matchers[0].retry_delays[0]",
+        ),
+        (
+            "[herder]\nprojects = [\"g/p\"]\n",
+            "needs [gitlab_comments]",
+        ),
     ];
     for (config, key) in cases {
         for sub in [&["config", "check"][..], &["console"][..]] {
