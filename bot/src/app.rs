@@ -48,6 +48,19 @@ pub struct App {
     pub shutdown: watch::Sender<bool>,
 }
 
+/// The GitLab client's settings from `[gitlab]`.
+pub fn gitlab_settings(config: &Config) -> GitLabSettings {
+    GitLabSettings {
+        base_url: config.gitlab.url.clone(),
+        token: config.gitlab.token().map(|s| s.expose().to_string()),
+        timeout: config.gitlab.timeout(),
+        max_retries: config.gitlab.max_retries,
+        retry_base: config.gitlab.retry_base(),
+        retry_max: config.gitlab.retry_max(),
+        requests_per_minute: config.gitlab.requests_per_minute,
+    }
+}
+
 /// Everything `serve` would refuse in a configuration before it connects anywhere — the commands
 /// permissions name, the queue, alert matchers and templates, canary templates, identity
 /// patterns, the front ends' own settings. `shepherd config check` and `App::start` both call
@@ -127,25 +140,14 @@ impl App {
         tracing::info!(backend = ?store.backend(), "store ready (migrations applied)");
         if config.herder.is_some() {
             tracing::warn!(
-                "herder: configured and checked, but this version does not act on Job Hooks yet; use `shepherd herder check` to see what it would do"
+                "herder: configured and checked, but this version does not act on Job Hooks yet; use `shepherd herder check --job-url URL` to see what it would do"
             );
         }
         store
             .register_metrics(metrics.registry())
             .context("registering the store's metrics")?;
 
-        let gitlab = GitLab::new(
-            GitLabSettings {
-                base_url: config.gitlab.url.clone(),
-                token: config.gitlab.token().map(|s| s.expose().to_string()),
-                timeout: config.gitlab.timeout(),
-                max_retries: config.gitlab.max_retries,
-                retry_base: config.gitlab.retry_base(),
-                retry_max: config.gitlab.retry_max(),
-                requests_per_minute: config.gitlab.requests_per_minute,
-            },
-            metrics.clone(),
-        )?;
+        let gitlab = GitLab::new(gitlab_settings(&config), metrics.clone())?;
 
         let registry = Arc::new(Registry::new());
         let policy = Arc::new(policy_of(&config, &registry)?);

@@ -11,6 +11,7 @@ mod console;
 mod dispatch;
 mod frontend;
 mod gitlab;
+mod herder_check;
 mod http;
 mod irc;
 mod limits;
@@ -72,6 +73,23 @@ enum Cmd {
     Outbox {
         #[command(subcommand)]
         command: OutboxCmd,
+    },
+    /// The herder: retries of jobs that failed for known infrastructure reasons.
+    Herder {
+        #[command(subcommand)]
+        command: HerderCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum HerderCmd {
+    /// Show which matcher a job matches and what the herder would do; changes nothing.
+    Check {
+        /// The job's web URL (`<gitlab>/<group>/<project>/-/jobs/<id>`).
+        #[arg(long)]
+        job_url: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -230,6 +248,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listed = app::parked_messages(&store, limit).await?;
             print!("{listed}");
             store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Herder {
+            command: HerderCmd::Check { job_url, config },
+        } => {
+            let config = load(config)?;
+            app::preflight(&config)?;
+            print!("{}", herder_check::check(&config, &job_url).await?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Serve { config } => {

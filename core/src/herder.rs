@@ -193,6 +193,34 @@ fn message(text: &str) -> Result<Message, String> {
         .map_err(|e| format!("{text:?} is not a valid regular expression: {e}"))
 }
 
+/// A job's web URL on the GitLab at `base` (`<base>/<project path>/-/jobs/<id>`): its project
+/// path and id. A URL of another instance, or not of a job, is refused with the reason.
+pub fn parse_job_url(base: &url::Url, text: &str) -> Result<(String, u64), String> {
+    let url = url::Url::parse(text.trim()).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    let same_instance = url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default();
+    let prefix = base.path().trim_end_matches('/');
+    let path = url.path();
+    let rest = match path.strip_prefix(prefix) {
+        Some(rest) if same_instance && rest.starts_with('/') => &rest[1..],
+        _ => {
+            return Err(format!(
+                "{text:?} is not on the GitLab at {base} (the herder reads jobs there only)"
+            ));
+        }
+    };
+    let not_a_job =
+        || format!("{text:?} is not a job URL (expected {base}<group>/<project>/-/jobs/<id>)");
+    let (project, id) = rest.split_once("/-/jobs/").ok_or_else(not_a_job)?;
+    let id = id.trim_end_matches('/');
+    if !project.contains('/') || id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(not_a_job());
+    }
+    let id = id.parse::<u64>().map_err(|_| not_a_job())?;
+    Ok((project.to_string(), id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +338,34 @@ mod tests {
                 assert_eq!(line.chars().count(), MAX_MESSAGE_CHARS)
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn job_urls_of_the_configured_instance_only() {
+        let base = url::Url::parse("https://gitlab.example.com/").expect("url");
+        assert_eq!(
+            parse_job_url(&base, "https://gitlab.example.com/cki/pipeline/-/jobs/123"),
+            Ok(("cki/pipeline".to_string(), 123))
+        );
+        assert_eq!(
+            parse_job_url(&base, " https://gitlab.example.com/a/b/c/-/jobs/7/ "),
+            Ok(("a/b/c".to_string(), 7))
+        );
+        let prefixed = url::Url::parse("http://127.0.0.1:8929/gitlab/").expect("url");
+        assert_eq!(
+            parse_job_url(&prefixed, "http://127.0.0.1:8929/gitlab/g/p/-/jobs/5"),
+            Ok(("g/p".to_string(), 5))
+        );
+        for bad in [
+            "https://evil.example.com/cki/pipeline/-/jobs/123",
+            "http://gitlab.example.com/cki/pipeline/-/jobs/123",
+            "https://gitlab.example.com/cki/pipeline/-/pipelines/123",
+            "https://gitlab.example.com/cki/pipeline/-/jobs/12x",
+            "https://gitlab.example.com/pipeline/-/jobs/1",
+            "not a url",
+        ] {
+            assert!(parse_job_url(&base, bad).is_err(), "{bad}");
         }
     }
 

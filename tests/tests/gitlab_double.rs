@@ -2214,3 +2214,129 @@ async fn wait_notes_wakes_when_a_note_is_written() {
         .await;
     assert!(!never);
 }
+
+/// Jobs one by one, as the herder reads and retries them: `GET /projects/:id/jobs/:job_id`,
+/// its log (`.../trace`, plain text), and `POST .../retry` (a new job of the same name; the old
+/// one is listed again only with `include_retried=true`; a job that has not finished, or was
+/// already retried, is not retryable: 403).
+#[tokio::test]
+async fn jobs_are_read_traced_and_retried_like_gitlab() {
+    let d = GitLabDouble::start().await;
+    let p = d.add_pipeline("g/p", "main", "failed", &[]);
+    let boot = d.add_job(p.id, "boot x86_64", "test", "failed");
+    d.set_job_status(boot, "failed", Some("runner_system_failure"));
+    let running = d.add_job(p.id, "lint", "test", "running");
+    d.set_trace(boot, "step 1\nConnection reset by peer\n");
+
+    let r = get(&d, &format!("/projects/g%2Fp/jobs/{boot}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let job = json_of(r).await;
+    assert_eq!(job["name"], json!("boot x86_64"));
+    assert_eq!(job["failure_reason"], json!("runner_system_failure"));
+    assert_eq!(job["pipeline"]["id"], json!(p.id));
+
+    let r = get(&d, &format!("/projects/1/jobs/{boot}/trace")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(header(&r, "content-type").starts_with("text/plain"));
+    assert_eq!(
+        r.text().await.expect("trace"),
+        "step 1\nConnection reset by peer\n"
+    );
+
+    let r = post(&d, &format!("/projects/1/jobs/{boot}/retry"), json!({})).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let new = json_of(r).await;
+    let new_id = new["id"].as_u64().expect("id");
+    assert!(new_id > boot);
+    assert_eq!(
+        (new["name"].clone(), new["status"].clone()),
+        (json!("boot x86_64"), json!("pending"))
+    );
+    assert!(d.job(boot).expect("old job").retried);
+
+    let listed = |r: Value| -> Vec<u64> {
+        r.as_array()
+            .expect("array")
+            .iter()
+            .map(|j| j["id"].as_u64().expect("id"))
+            .collect()
+    };
+    let r = get(&d, &format!("/projects/1/pipelines/{}/jobs", p.id)).await;
+    assert_eq!(listed(json_of(r).await), vec![running, new_id]);
+    let r = get(
+        &d,
+        &format!("/projects/1/pipelines/{}/jobs?include_retried=true", p.id),
+    )
+    .await;
+    assert_eq!(listed(json_of(r).await), vec![boot, running, new_id]);
+
+    for (job, why) in [(boot, "already retried"), (running, "not finished")] {
+        let r = post(&d, &format!("/projects/1/jobs/{job}/retry"), json!({})).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{why}");
+        assert_eq!(
+            json_of(r).await,
+            json!({ "message": "403 Forbidden - Job is not retryable" })
+        );
+    }
+    let r = get(&d, "/projects/1/jobs/999999").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(json_of(r).await, json!({ "message": "404 Job Not Found" }));
+    let other = d.add_pipeline("g/other", "main", "failed", &[]);
+    let theirs = d.add_job(other.id, "build", "build", "failed");
+    let r = get(&d, &format!("/projects/1/jobs/{theirs}")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "another project's job");
+}
+
+/// shepherd's client on the job routes: a job with its pipeline, the tail of a long log read
+/// as it streams (never the whole log), and a retry.
+#[tokio::test]
+async fn the_client_reads_a_jobs_trace_tail_and_retries_it() {
+    use shepherd_core::gitlab::{GitLab, GitLabSettings, JobStatus};
+    let d = GitLabDouble::start().await;
+    let p = d.add_pipeline("g/p", "main", "failed", &[]);
+    let boot = d.add_job(p.id, "boot", "test", "failed");
+    d.set_job_status(boot, "failed", Some("stuck_or_timeout_failure"));
+    // 2 MiB of log with the interesting part at the end.
+    let long = format!(
+        "{}\nkernel: Out of memory: Killed process 4242\n",
+        "x".repeat(2 << 20)
+    );
+    d.set_trace(boot, &long);
+    let mut settings = GitLabSettings::new(url::Url::parse(&d.url()).expect("url"));
+    settings.token = Some(d.token().to_string());
+    let metrics = std::sync::Arc::new(shepherd_core::metrics::Metrics::new().expect("metrics"));
+    let gitlab = GitLab::new(settings, metrics).expect("client");
+
+    let job = gitlab.job("g/p", boot).await.expect("job");
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(
+        job.failure_reason.as_deref(),
+        Some("stuck_or_timeout_failure")
+    );
+    assert_eq!(job.pipeline.as_ref().map(|p| p.id), Some(p.id));
+
+    let tail = gitlab
+        .job_trace_tail("g/p", boot, 4096)
+        .await
+        .expect("trace");
+    assert_eq!(tail.len(), 4096);
+    assert!(long.ends_with(&tail));
+    assert!(tail.ends_with("Killed process 4242\n"));
+    let short = gitlab
+        .job_trace_tail("g/p", boot, 10 << 20)
+        .await
+        .expect("trace");
+    assert_eq!(short, long, "a log shorter than the bound is read whole");
+
+    let new = gitlab.retry_job("g/p", boot).await.expect("retry");
+    assert_eq!(
+        (new.name.as_str(), new.status),
+        ("boot", JobStatus::Pending)
+    );
+    let again = gitlab.retry_job("g/p", boot).await;
+    assert!(again.is_err(), "a retried job is not retryable: {again:?}");
+    assert!(matches!(
+        gitlab.job("g/p", 999_999).await,
+        Err(shepherd_core::gitlab::GitLabError::NotFound { .. })
+    ));
+}

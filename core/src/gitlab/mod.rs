@@ -28,7 +28,7 @@ mod tests;
 
 pub use error::GitLabError;
 pub use types::{
-    AccessLevel, Job, JobStatus, MergeRequest, Note, ParseAccessLevelError, Pipeline,
+    AccessLevel, Job, JobPipeline, JobStatus, MergeRequest, Note, ParseAccessLevelError, Pipeline,
     PipelineQuery, PipelineStatus, PipelineSummary, Project, User, UserRef, Variable, VariableType,
 };
 
@@ -149,6 +149,8 @@ struct Call {
     repeat: Repeat,
     /// What a 404 means, for [`GitLabError::NotFound`]: "pipeline 12 of group/project".
     what: String,
+    /// Keep only this many bytes of the body, its end (a job's log can be gigabytes).
+    tail: Option<usize>,
 }
 
 /// A successful (2xx) answer.
@@ -360,6 +362,7 @@ impl GitLab {
             body: Some(body),
             repeat: Repeat::OnlyIfNoEffect,
             what: project_what(project),
+            tail: None,
         };
         self.call_json(&call).await
     }
@@ -379,6 +382,7 @@ impl GitLab {
             body: None,
             repeat: Repeat::Safe,
             what: pipeline_what(project, id),
+            tail: None,
         };
         self.call_json(&call).await
     }
@@ -392,6 +396,30 @@ impl GitLab {
         project: &str,
         id: u64,
         scope: &[S],
+    ) -> Result<Vec<Job>, GitLabError> {
+        self.list_jobs(project, id, scope, false).await
+    }
+
+    /// Every job of pipeline `id` named `name`, retried ones included (`include_retried=true`),
+    /// oldest first: one per attempt of that job.
+    pub async fn job_attempts(
+        &self,
+        project: &str,
+        id: u64,
+        name: &str,
+    ) -> Result<Vec<Job>, GitLabError> {
+        let mut jobs = self.list_jobs::<&str>(project, id, &[], true).await?;
+        jobs.retain(|j| j.name == name);
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    async fn list_jobs<S: AsRef<str>>(
+        &self,
+        project: &str,
+        id: u64,
+        scope: &[S],
+        include_retried: bool,
     ) -> Result<Vec<Job>, GitLabError> {
         let base = self.url(&[
             "projects",
@@ -410,6 +438,9 @@ impl GitLab {
                     if !status.is_empty() && status != JobStatus::Unknown.as_str() {
                         q.append_pair("scope[]", status);
                     }
+                }
+                if include_retried {
+                    q.append_pair("include_retried", "true");
                 }
                 q.append_pair("per_page", &PAGE_SIZE.to_string());
                 q.append_pair("page", &page.to_string());
@@ -445,6 +476,68 @@ impl GitLab {
             }
         }
         Ok(jobs)
+    }
+
+    /// `GET /projects/:id/jobs/:job_id`.
+    pub async fn job(&self, project: &str, id: u64) -> Result<Job, GitLabError> {
+        let call = self.get(
+            "GET /projects/:id/jobs/:job_id",
+            self.url(&[
+                "projects",
+                project_segment(project),
+                "jobs",
+                &id.to_string(),
+            ]),
+            format!("job {id} of {project}"),
+        );
+        self.call_json(&call).await
+    }
+
+    /// `GET /projects/:id/jobs/:job_id/trace`: the last `max_bytes` of the job's log (read as
+    /// it streams in, never held whole), as text (invalid UTF-8, such as a character cut at the
+    /// start, replaced).
+    pub async fn job_trace_tail(
+        &self,
+        project: &str,
+        id: u64,
+        max_bytes: usize,
+    ) -> Result<String, GitLabError> {
+        let mut call = self.get(
+            "GET /projects/:id/jobs/:job_id/trace",
+            self.url(&[
+                "projects",
+                project_segment(project),
+                "jobs",
+                &id.to_string(),
+                "trace",
+            ]),
+            format!("job {id} of {project}"),
+        );
+        call.tail = Some(max_bytes);
+        let reply = self.execute(&call).await?;
+        Ok(String::from_utf8_lossy(&reply.body).into_owned())
+    }
+
+    /// `POST /projects/:id/jobs/:job_id/retry`: the new job. Not idempotent (each call makes a
+    /// new job), so an ambiguous failure is not retried here: the caller looks for a newer job
+    /// of the same name in the pipeline before trying again.
+    pub async fn retry_job(&self, project: &str, id: u64) -> Result<Job, GitLabError> {
+        let call = Call {
+            method: Method::POST,
+            endpoint: "POST /projects/:id/jobs/:job_id/retry",
+            url: self.url(&[
+                "projects",
+                project_segment(project),
+                "jobs",
+                &id.to_string(),
+                "retry",
+            ]),
+            body: None,
+            repeat: Repeat::OnlyIfNoEffect,
+            what: format!("job {id} of {project}"),
+            tail: None,
+        };
+        self.call_json(&call).await
     }
 
     /// `GET /user`: who the token belongs to.
@@ -557,6 +650,7 @@ impl GitLab {
             body: Some(note_body(body)?),
             repeat: Repeat::OnlyIfNoEffect,
             what: merge_request_what(project, iid),
+            tail: None,
         };
         self.call_json(&call).await
     }
@@ -585,6 +679,7 @@ impl GitLab {
             body: Some(note_body(body)?),
             repeat: Repeat::Safe,
             what: format!("note {note_id} of {}", merge_request_what(project, iid)),
+            tail: None,
         };
         self.call_json(&call).await
     }
@@ -626,6 +721,7 @@ impl GitLab {
             body: None,
             repeat: Repeat::Safe,
             what,
+            tail: None,
         }
     }
 
@@ -753,8 +849,12 @@ impl GitLab {
         let status = response.status();
         let label = status.as_str().to_string();
         let headers = response.headers().clone();
-        let body = match response.bytes().await {
-            Ok(body) => body.to_vec(),
+        let read = match call.tail {
+            Some(limit) if status.is_success() => read_tail(response, limit).await,
+            _ => response.bytes().await.map(|b| b.to_vec()),
+        };
+        let body = match read {
+            Ok(body) => body,
             // A success whose body did not arrive is a failure of the whole attempt.
             Err(e) if status.is_success() => return (transport_failure(e), label),
             // For an error status the status says enough.
@@ -762,6 +862,25 @@ impl GitLab {
         };
         (classify(call, status, headers, body), label)
     }
+}
+
+/// The last `limit` bytes of a body, read chunk by chunk so that no more than about twice
+/// that is held at once however long the body is.
+async fn read_tail(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
+    let mut tail: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        tail.extend_from_slice(&chunk);
+        if tail.len() > limit.saturating_mul(2) {
+            tail.drain(..tail.len() - limit);
+        }
+    }
+    if tail.len() > limit {
+        tail.drain(..tail.len() - limit);
+    }
+    Ok(tail)
 }
 
 /// Decodes a success body. For a non-idempotent write an unreadable success is ambiguous:

@@ -216,6 +216,20 @@ pub struct Job {
     /// Why it failed: `script_failure`, `runner_system_failure`, `stuck_or_timeout_failure`, ...
     #[serde(default)]
     pub failure_reason: Option<String>,
+    /// The pipeline it belongs to (GitLab includes it in job answers).
+    #[serde(default)]
+    pub pipeline: Option<JobPipeline>,
+}
+
+/// The `pipeline` object of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPipeline {
+    pub id: u64,
+    pub project_id: u64,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub sha: String,
+    pub status: String,
 }
 
 /// The token's user (`GET /user`).

@@ -234,6 +234,7 @@ impl PipelineEvent {
                 web_url: format!("{}/-/jobs/{}", self.project.web_url, b.id),
                 allow_failure: b.allow_failure,
                 failure_reason: b.failure_reason.clone(),
+                pipeline: None,
             })
             .collect()
     }

@@ -93,6 +93,12 @@ pub enum Route {
     CancelPipeline,
     /// `GET /projects/:id/pipelines/:pipeline_id/jobs`
     ListJobs,
+    /// `GET /projects/:id/jobs/:job_id`
+    GetJob,
+    /// `GET /projects/:id/jobs/:job_id/trace`
+    JobTrace,
+    /// `POST /projects/:id/jobs/:job_id/retry`
+    RetryJob,
     /// `GET /projects/:id`
     GetProject,
     /// `GET /projects/:id/members/all/:user_id`

@@ -16,7 +16,10 @@
 //!   `ref`, `status`, `source`, `scope`, `sha`, `username`, `updated_after`, `updated_before`;
 //!   `order_by` id|status|ref|updated_at|user_id, `sort` asc|desc), create a pipeline
 //!   (`POST /projects/:id/pipeline`, `ref` and `variables` in a JSON body or `ref` in the query),
-//!   cancel a pipeline, list a pipeline's jobs (`scope[]` repeatable), get a project
+//!   cancel a pipeline, list a pipeline's jobs (`scope[]` repeatable, `include_retried`), get a
+//!   job (`GET /projects/:id/jobs/:job_id`), its log (`.../trace`, `text/plain`), retry it
+//!   (`POST .../retry`: a new job of the same name, `pending`, 201; 403 `{"message":"403
+//!   Forbidden - Job is not retryable"}` unless it finished and was not retried), get a project
 //!   (`GET /projects/:id`), get a member's effective access (`GET /projects/:id/members/all/:user_id`),
 //!   get a merge request (`GET /projects/:id/merge_requests/:merge_request_iid`), list its notes
 //!   (`order_by` created_at|updated_at, `sort` asc|desc, default created_at desc), get one, create
@@ -527,6 +530,8 @@ impl State {
             started_at: None,
             finished_at: None,
             web_url: format!("{}/{}/-/jobs/{id}", self.base_url, pipeline.project_path),
+            trace: String::new(),
+            retried: false,
         };
         if status != "created" {
             job.transition(status, None, at);
@@ -1010,6 +1015,24 @@ impl GitLabDouble {
             .unwrap_or_else(|| panic!("GitLab double: no job {id}"));
         job.transition(status, failure_reason, Utc::now());
         state.emit_job(id);
+    }
+
+    /// Sets job `id`'s log, as `GET .../jobs/:job_id/trace` serves it.
+    ///
+    /// # Panics
+    /// If there is no such job.
+    pub fn set_trace(&self, id: u64, trace: &str) {
+        let mut state = self.shared.lock();
+        let job = state
+            .jobs
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("GitLab double: no job {id}"));
+        job.trace = trace.to_owned();
+    }
+
+    /// The job `id`, if there is one.
+    pub fn job(&self, id: u64) -> Option<Job> {
+        self.shared.lock().jobs.get(&id).cloned()
     }
 
     /// The jobs of pipeline `id`, by id.

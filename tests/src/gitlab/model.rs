@@ -358,9 +358,20 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub web_url: String,
+    /// The job's log (`GET /projects/:id/jobs/:job_id/trace`), as the test set it.
+    pub trace: String,
+    /// Retried: a newer job of the same name replaced it (GitLab lists it only with
+    /// `include_retried=true`).
+    pub retried: bool,
 }
 
 impl Job {
+    /// Whether GitLab would retry it (`POST .../jobs/:job_id/retry`): finished, and not
+    /// already replaced by a retry.
+    pub fn retryable(&self) -> bool {
+        matches!(self.status.as_str(), "failed" | "canceled" | "success") && !self.retried
+    }
+
     /// Moves the job to `status` at `at`, filling the timestamps as GitLab does.
     pub(crate) fn transition(
         &mut self,

@@ -176,6 +176,8 @@ struct Target {
     note_ref: Option<String>,
     /// The `:user_id` segment of the members route (may not be a number).
     user_ref: Option<String>,
+    /// The `:job_id` segment (may not be a number).
+    job_ref: Option<String>,
 }
 
 fn percent_decode(s: &str) -> String {
@@ -226,6 +228,9 @@ fn parse_target(method: &str, path: &str) -> Target {
         ("GET", ["projects", _, "pipelines", _, "variables"]) => Route::PipelineVariables,
         ("POST", ["projects", _, "pipelines", _, "cancel"]) => Route::CancelPipeline,
         ("GET", ["projects", _, "pipelines", _, "jobs"]) => Route::ListJobs,
+        ("GET", ["projects", _, "jobs", _]) => Route::GetJob,
+        ("GET", ["projects", _, "jobs", _, "trace"]) => Route::JobTrace,
+        ("POST", ["projects", _, "jobs", _, "retry"]) => Route::RetryJob,
         ("GET", ["projects", _, "merge_requests", _]) => Route::GetMergeRequest,
         ("GET", ["projects", _, "merge_requests", _, "notes"]) => Route::ListNotes,
         ("POST", ["projects", _, "merge_requests", _, "notes"]) => Route::CreateNote,
@@ -249,6 +254,7 @@ fn parse_target(method: &str, path: &str) -> Target {
             target.mr_ref = owned(3);
             target.note_ref = owned(5);
         }
+        Route::GetJob | Route::JobTrace | Route::RetryJob => target.job_ref = owned(3),
         _ => {}
     }
     target
@@ -615,6 +621,9 @@ async fn project_route(
             }
         }
         (Route::ListJobs, Some(id)) => list_jobs(shared, req, id, base_url),
+        (Route::GetJob | Route::JobTrace | Route::RetryJob, _) => {
+            job_route(shared, req, route, project.id, can_write, base_url)
+        }
         (Route::GetProject, _) => json_response(
             StatusCode::OK,
             project_json(base_url, project.id, &project.path),
@@ -839,6 +848,17 @@ fn list_jobs(
     if scopes.iter().any(|s| !STATUSES.contains(&s.as_str())) {
         return param_error("scope does not have a valid value");
     }
+    let include_retried = match req
+        .query_pairs()
+        .into_iter()
+        .find(|(k, _)| k == "include_retried")
+        .map(|(_, v)| v)
+    {
+        None => false,
+        Some(v) if v == "true" => true,
+        Some(v) if v == "false" => false,
+        Some(_) => return param_error("include_retried is invalid"),
+    };
     let mut state = shared.lock();
     state.advance(pipeline_id, Utc::now());
     let Some(pipeline) = state.pipelines.get(&pipeline_id) else {
@@ -848,11 +868,79 @@ fn list_jobs(
         .jobs
         .values()
         .filter(|j| j.pipeline_id == pipeline_id)
+        .filter(|j| include_retried || !j.retried)
         .filter(|j| scopes.is_empty() || scopes.contains(&j.status))
         .map(|j| j.to_json(pipeline, base_url))
         .collect();
     drop(state);
     paginate(req, base_url, items, page, per_page)
+}
+
+/// `GET /projects/:id/jobs/:job_id`, `.../trace` and `POST .../retry`.
+fn job_route(
+    shared: &Shared,
+    req: &ApiRequest<'_>,
+    route: Route,
+    project_id: u64,
+    can_write: bool,
+    base_url: &str,
+) -> Response<Body> {
+    let Some(id) = req
+        .target
+        .job_ref
+        .as_deref()
+        .and_then(|r| r.parse::<u64>().ok())
+    else {
+        return param_error("job_id is invalid");
+    };
+    if route == Route::RetryJob && !can_write {
+        return message(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let mut state = shared.lock();
+    let found = state.jobs.get(&id).and_then(|j| {
+        let pipeline = state.pipelines.get(&j.pipeline_id)?;
+        (pipeline.project_id == project_id).then(|| (j.clone(), pipeline.clone()))
+    });
+    let Some((job, pipeline)) = found else {
+        return message(StatusCode::NOT_FOUND, "404 Job Not Found");
+    };
+    match route {
+        Route::GetJob => json_response(StatusCode::OK, job.to_json(&pipeline, base_url)),
+        Route::JobTrace => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            job.trace.clone(),
+        )
+            .into_response(),
+        _ => {
+            if !job.retryable() {
+                return message(
+                    StatusCode::FORBIDDEN,
+                    "403 Forbidden - Job is not retryable",
+                );
+            }
+            if let Some(old) = state.jobs.get_mut(&id) {
+                old.retried = true;
+            }
+            let new_id = state.insert_job(
+                job.pipeline_id,
+                &job.name,
+                &job.stage,
+                "pending",
+                Utc::now(),
+            );
+            let Some(new_job) = state.jobs.get(&new_id).cloned() else {
+                return message(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "500 Internal Server Error",
+                );
+            };
+            json_response(StatusCode::CREATED, new_job.to_json(&pipeline, base_url))
+        }
+    }
 }
 
 /// `POST /projects/:id/pipeline`.
