@@ -140,7 +140,7 @@ impl App {
         tracing::info!(backend = ?store.backend(), "store ready (migrations applied)");
         if config.herder.is_some() {
             tracing::warn!(
-                "herder: configured and checked, but this version does not act on Job Hooks yet; use `shepherd herder check --job-url URL` to see what it would do"
+                "herder: configured; this version judges Job Hooks, says report and alert matches and counts every match, but does not retry jobs yet (`shepherd herder check --job-url URL` shows what it would do)"
             );
         }
         store
@@ -233,6 +233,11 @@ impl App {
             watcher: watcher.clone(),
             outbox: outbox.clone(),
             comments: config.gitlab_comments.clone(),
+            herder: match &config.herder {
+                Some(h) => Some((h.clone(), Arc::new(shepherd_core::herder::Herder::new(h)?))),
+                None => None,
+            },
+            metrics: metrics.clone(),
         });
 
         let relay = match &config.alerts {

@@ -48,6 +48,11 @@ pub struct Metrics {
     /// and outcome (`accepted`, `duplicate`, `ignored`, `unauthorized`, `too_large`, `malformed`,
     /// `unavailable`).
     pub gitlab_webhooks: IntCounterVec,
+    /// Finished jobs of herded projects a matcher matched, by matcher and action.
+    pub herder_problems: IntCounterVec,
+    /// Failed jobs of herded projects no matcher matched (the ones to write matchers for), by
+    /// project.
+    pub herder_unmatched: IntCounterVec,
     /// Canary runs started, and canary pipelines created.
     pub canary_runs: IntCounterVec,
     /// Alertmanager notifications by outcome: `stored`, `duplicate`, `unauthorized`,
@@ -155,6 +160,20 @@ impl Metrics {
             ),
             &["event", "outcome"],
         )?;
+        let herder_problems = IntCounterVec::new(
+            Opts::new(
+                "herder_problems_total",
+                "Finished jobs a herder matcher matched, by matcher and action",
+            ),
+            &["matcher", "action"],
+        )?;
+        let herder_unmatched = IntCounterVec::new(
+            Opts::new(
+                "herder_unmatched_failures_total",
+                "Failed jobs of herded projects that no matcher matched, by project",
+            ),
+            &["project"],
+        )?;
         let canary_runs = IntCounterVec::new(
             Opts::new(
                 "canary_total",
@@ -231,6 +250,8 @@ impl Metrics {
         registry.register(Box::new(outbox_delivery_lag.clone()))?;
         registry.register(Box::new(watch_updates.clone()))?;
         registry.register(Box::new(gitlab_webhooks.clone()))?;
+        registry.register(Box::new(herder_problems.clone()))?;
+        registry.register(Box::new(herder_unmatched.clone()))?;
         registry.register(Box::new(canary_runs.clone()))?;
         registry.register(Box::new(commands.clone()))?;
         registry.register(Box::new(command_duration.clone()))?;
@@ -272,6 +293,8 @@ impl Metrics {
             outbox_pending,
             watch_updates,
             gitlab_webhooks,
+            herder_problems,
+            herder_unmatched,
             canary_runs,
             alert_notifications,
             alerts,

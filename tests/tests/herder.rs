@@ -1,11 +1,15 @@
 //! The herder (issue 13), as far as it is built: `shepherd herder check --job-url URL` judges a
 //! job of the GitLab double with the configured matchers and says what the herder would do,
-//! reading only (the double sees no write from it).
+//! reading only (the double sees no write from it); and `serve` judges the double's Job Hooks,
+//! says `report` and `alert` matches once in the herder's targets on a real ngIRCd, and counts
+//! every match and every failure no matcher knows.
 
 use std::time::Duration;
 
 use shepherd_tests::gitlab::GitLabDouble;
-use shepherd_tests::harness::{Backend, ShepherdConfig, TestStore, shepherd_bin};
+use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore, shepherd_bin};
+use shepherd_tests::irc_client::{IrcClient, Message, joined};
+use shepherd_tests::ircd::{Ngircd, Throttle};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -233,4 +237,145 @@ async fn herder_check_without_a_herder_says_so() {
         out.stderr
     );
     assert!(gitlab.requests().is_empty(), "{:?}", gitlab.requests());
+}
+
+const SECRET: &str = "herder-hook-secret";
+
+fn said_in_ops(msgs: &[Message]) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| {
+            m.is_message_from("shepherd")
+                && m.param(0).is_some_and(|c| c.eq_ignore_ascii_case("#ops"))
+        })
+        .map(|m| m.text().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn job_hooks_are_judged_reports_said_once_and_matches_counted() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    let server = Ngircd::start(Throttle::Off).await;
+    let mut human = IrcClient::connect(&server.addr(), "human").await;
+    human.join("#ops").await;
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.extra = format!(
+        r##"[irc]
+server = "127.0.0.1"
+port = {port}
+tls = false
+channels = ["#ops"]
+flood_burst = 1000
+flood_rate = 1000.0
+{herder}"##,
+        port = server.port(),
+        herder = HERDER
+            .replace("targets = []", "targets = [\"irc:#ops\"]")
+            .replace("TEST_HOOK_SECRET", "TEST_WEBHOOK_SECRET"),
+    );
+    config
+        .env
+        .push(("TEST_WEBHOOK_SECRET".into(), SECRET.into()));
+    let bot = Shepherd::serve(&config).await;
+    bot.wait_http(WAIT).await;
+    assert!(
+        human.wait_for(WAIT, joined("shepherd", "#ops")).await,
+        "{}",
+        bot.stderr()
+    );
+    gitlab.set_webhook(&format!("{}/hooks/gitlab", bot.base_url()), SECRET);
+
+    let p = gitlab.add_pipeline("g/p", "main", "running", &[]);
+    let oom = gitlab.add_job(p.id, "build", "build", "running");
+    gitlab.set_trace(oom, "cc1: Out Of Memory allocating 1 GB\n");
+    let lint = gitlab.add_job(p.id, "lint", "test", "running");
+    gitlab.set_trace(lint, "error: unused variable\n");
+    let boot = gitlab.add_job(p.id, "boot", "test", "running");
+    let docs = gitlab.add_job(p.id, "docs", "test", "running");
+    let other = gitlab.add_pipeline("g/other", "main", "running", &[]);
+    let theirs = gitlab.add_job(other.id, "build", "build", "running");
+    gitlab.set_trace(theirs, "Out of memory\n");
+
+    gitlab.set_job_status(oom, "failed", None);
+    gitlab.set_job_status(lint, "failed", None);
+    gitlab.set_job_status(boot, "failed", Some("runner_system_failure"));
+    gitlab.set_job_status(docs, "success", None);
+    gitlab.set_job_status(theirs, "failed", None);
+    // The same Job Hook again: said once all the same.
+    let failed_oom = |d: &shepherd_tests::gitlab::HookDelivery| {
+        d.body["build_id"] == serde_json::json!(oom) && d.body["build_status"] == "failed"
+    };
+    assert!(
+        gitlab
+            .wait_hooks(|ds| ds.iter().any(failed_oom), WAIT)
+            .await
+    );
+    let deliveries = gitlab.hook_deliveries();
+    let oom_hook = deliveries
+        .iter()
+        .rposition(failed_oom)
+        .expect("the failed oom job's hook");
+
+    let counted =
+        |metrics: &str, series: &str| shepherd_tests::harness::metric_value(metrics, series);
+    let problems = "shepherd_herder_problems_total{action=\"report\",matcher=\"oom\"}";
+    let retries =
+        "shepherd_herder_problems_total{action=\"retry\",matcher=\"runner-system-failure\"}";
+    let unmatched = "shepherd_herder_unmatched_failures_total{project=\"g/p\"}";
+    let mut settled = false;
+    for _ in 0..600 {
+        let m = bot.metrics_text().await;
+        if counted(&m, problems) == Some(1.0)
+            && counted(&m, retries) == Some(1.0)
+            && counted(&m, unmatched) == Some(1.0)
+        {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(settled, "{}\n{}", bot.metrics_text().await, bot.stderr());
+    gitlab.redeliver(oom_hook).await.expect("redelivered");
+    let url = format!("{}/g/p/-/jobs/{oom}", gitlab.url());
+    assert!(
+        human.wait_for(WAIT, |m| !said_in_ops(m).is_empty()).await,
+        "{}",
+        bot.stderr()
+    );
+    // Wait for the redelivery to be processed, then check nothing more was said.
+    let mut redelivered = false;
+    for _ in 0..600 {
+        if counted(
+            &bot.metrics_text().await,
+            "shepherd_gitlab_webhooks_total{event=\"job\",outcome=\"duplicate\"}",
+        )
+        .is_some()
+        {
+            redelivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(redelivered, "{}", bot.metrics_text().await);
+    let lines = said_in_ops(&human.received());
+    assert_eq!(
+        lines,
+        vec![format!(
+            "herder: oom — job `build` {url}: oom: cc1: Out Of Memory allocating 1 GB"
+        )],
+        "one report, for the herded project's job only"
+    );
+    // Judging reads traces only where a matcher needs them, and writes nothing.
+    assert!(
+        gitlab.requests().iter().all(|r| r.method == "GET"),
+        "{:?}",
+        gitlab.requests()
+    );
+    let traced: Vec<String> = gitlab
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/trace"))
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(traced.len(), 2, "oom and lint only: {traced:?}");
 }

@@ -7,14 +7,17 @@
 //! - Merge Request Hook: `open` posts the welcome comment where configured; an `update` that
 //!   pushed commits marks the MR's canary summaries outdated.
 //! - Pipeline Hook: updates the watches of that pipeline without an API call.
-//! - Job Hook: stored and counted; nothing in this version acts on single jobs.
+//! - Job Hook: a finished job of a project in `[herder] projects` is judged by the herder's
+//!   matchers (the trace's tail read only when one needs it). A `report` or `alert` match is
+//!   said once in the herder's targets; every match is counted by matcher and action, and a
+//!   failed job no matcher knows is counted as unmatched. Retries (`retry`) are not made yet.
 
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
 use shepherd_commands::{Frontend, MrRef, ParseContext, parse};
-use shepherd_config::GitlabCommentsConfig;
+use shepherd_config::{GitlabCommentsConfig, HerderAction};
 use shepherd_core::Origin;
 use shepherd_core::audit::{self, AuditOutcome};
 use shepherd_core::canary::{self, Publish};
@@ -27,8 +30,9 @@ use shepherd_plugins::{Services, welcome_text};
 
 use crate::dispatch::{Dispatcher, Inbound, command_key, command_keys};
 use shepherd_core::gitlab::webhook::{
-    Event, HookKind, MergeRequestEvent, NoteEvent, PipelineEvent,
+    Event, HookKind, JobEvent, MergeRequestEvent, NoteEvent, PipelineEvent,
 };
+use shepherd_core::herder::{Herder, JobFacts, Verdict};
 
 /// The marker every note shepherd writes carries (see `notes.rs`).
 pub const MARKER_PREFIX: &str = "<!-- shepherd:";
@@ -56,6 +60,9 @@ pub struct GitLabEvents {
     pub outbox: Outbox,
     /// `None` when comments are not configured: notes and MR events are then ignored.
     pub comments: Option<GitlabCommentsConfig>,
+    /// The herder's settings and compiled matchers, when `[herder]` is configured.
+    pub herder: Option<(shepherd_config::HerderConfig, Arc<Herder>)>,
+    pub metrics: Arc<shepherd_core::metrics::Metrics>,
 }
 
 #[derive(Deserialize)]
@@ -78,11 +85,87 @@ impl GitLabEvents {
             Event::Note(note) => self.note(note).await,
             Event::MergeRequest(mr) => self.merge_request(mr).await,
             Event::Pipeline(pipeline) => self.pipeline(pipeline).await,
-            Event::Job(job) => {
-                tracing::debug!(job = job.build_id, name = %job.build_name, status = %job.build_status, pipeline = job.pipeline_id, project = job.project_id, "gitlab: job event");
-                Ok(())
+            Event::Job(job) => self.job(job).await,
+        }
+    }
+
+    /// A Job Hook: judged by the herder when its project is herded and the job finished.
+    async fn job(&self, job: JobEvent) -> Result<(), EventError> {
+        tracing::debug!(job = job.build_id, name = %job.build_name, status = %job.build_status, pipeline = job.pipeline_id, project = job.project_id, "gitlab: job event");
+        let Some((config, herder)) = &self.herder else {
+            return Ok(());
+        };
+        let Some(project) = job.project.as_ref().map(|p| p.path_with_namespace.clone()) else {
+            return Ok(());
+        };
+        let finished = matches!(
+            job.build_status.as_str(),
+            "success" | "failed" | "canceled" | "skipped"
+        );
+        if !finished
+            || !config
+                .projects
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(&project))
+        {
+            return Ok(());
+        }
+        let facts = JobFacts {
+            status: &job.build_status,
+            name: &job.build_name,
+            failure_reason: job.build_failure_reason.as_deref(),
+        };
+        let trace = if herder.needs_trace(&facts) {
+            let max = usize::try_from(config.trace_tail_bytes).unwrap_or(usize::MAX);
+            match self
+                .services
+                .gitlab
+                .job_trace_tail(&project, job.build_id, max)
+                .await
+            {
+                Ok(trace) => Some(trace),
+                Err(e) if !e.is_retryable() => {
+                    tracing::warn!(job = job.build_id, error = %e, "herder: cannot read the job's trace; judging without it");
+                    None
+                }
+                Err(e) => return Err(EventError::Retry(e.to_string())),
+            }
+        } else {
+            None
+        };
+        let url = job
+            .web_url()
+            .unwrap_or_else(|| format!("job {} of {project}", job.build_id));
+        match herder.judge(&facts, trace.as_deref()) {
+            Verdict::NoMatcher => {
+                if job.build_status == "failed" {
+                    self.metrics
+                        .herder_unmatched
+                        .with_label_values(&[project.as_str()])
+                        .inc();
+                    tracing::info!(job = job.build_id, %url, "herder: a failed job no matcher knows");
+                }
+            }
+            Verdict::Matched { matcher, message } => {
+                self.metrics
+                    .herder_problems
+                    .with_label_values(&[matcher.name.as_str(), matcher.action.as_str()])
+                    .inc();
+                tracing::info!(job = job.build_id, %url, matcher = %matcher.name, action = matcher.action.as_str(), "herder: matched");
+                if matches!(matcher.action, HerderAction::Report | HerderAction::Alert) {
+                    let text = herder_line(matcher, &job.build_name, &url, message.as_deref());
+                    for target in &config.targets {
+                        let Some(origin) = Origin::parse(target) else {
+                            continue;
+                        };
+                        let key = format!("herder:{}:{}:{target}", job.build_id, matcher.name);
+                        self.outbox.push(&origin, &text, Some(&key), None).await?;
+                    }
+                    self.outbox.wake();
+                }
             }
         }
+        Ok(())
     }
 
     async fn note(&self, note: NoteEvent) -> Result<(), EventError> {
@@ -277,5 +360,26 @@ impl GitLabEvents {
             tracing::debug!(pipeline = event.object_attributes.id, status = %event.object_attributes.status, watches = n, "gitlab: pipeline event applied");
         }
         Ok(())
+    }
+}
+
+/// The line a `report` or `alert` match says: the matcher, the job, its URL and what matched.
+fn herder_line(
+    matcher: &shepherd_config::HerderMatcher,
+    job: &str,
+    url: &str,
+    message: Option<&str>,
+) -> String {
+    let mark = match matcher.action {
+        HerderAction::Alert => "[ALERT] ",
+        _ => "",
+    };
+    let what = matcher.description.as_deref().unwrap_or(&matcher.name);
+    match message {
+        Some(m) => format!(
+            "{mark}herder: {} — job `{job}` {url}: {what}: {m}",
+            matcher.name
+        ),
+        None => format!("{mark}herder: {} — job `{job}` {url}: {what}", matcher.name),
     }
 }

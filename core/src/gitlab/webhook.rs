@@ -172,8 +172,32 @@ pub struct JobEvent {
     pub build_id: u64,
     pub build_name: String,
     pub build_status: String,
+    /// GitLab's reason for a failure (`runner_system_failure`, ...).
+    #[serde(default)]
+    pub build_failure_reason: Option<String>,
     pub pipeline_id: u64,
     pub project_id: u64,
+    #[serde(rename = "ref", default)]
+    pub git_ref: String,
+    /// Present in the payloads of GitLab 15 and later.
+    #[serde(default)]
+    pub project: Option<HookProject>,
+}
+
+impl JobEvent {
+    /// The job's web page, when the payload names its project's.
+    pub fn web_url(&self) -> Option<String> {
+        self.project
+            .as_ref()
+            .filter(|p| !p.web_url.is_empty())
+            .map(|p| {
+                format!(
+                    "{}/-/jobs/{}",
+                    p.web_url.trim_end_matches('/'),
+                    self.build_id
+                )
+            })
+    }
 }
 
 /// GitLab's hook timestamps: `2025-01-01 12:00:00 UTC`, or RFC 3339 in newer payloads.
