@@ -30,7 +30,7 @@ use shepherd_core::alerts::{self, Notification, Router, decode_notification};
 use shepherd_core::commit::Line;
 use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::{self, Outbox};
-use shepherd_core::queue::{Enqueued, Leased, NewRequest, Payload, Queue};
+use shepherd_core::queue::{Enqueued, Leased, NewRequest, Queue};
 use shepherd_core::store::{AnyConnection, StoreError};
 use shepherd_core::{FrontEnds, Origin};
 use shepherd_plugins::alerts::AlertFormatter;
@@ -133,7 +133,7 @@ pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>
             return e.response(state.max_body_bytes);
         }
     };
-    let notification = match decode_notification(&bytes) {
+    let (payload, notification) = match decode_notification(&bytes) {
         Ok(decoded) => decoded,
         Err(e) => {
             state.count("malformed");
@@ -144,17 +144,6 @@ pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>
         "alertmanager:{}",
         hex::encode(&Sha256::digest(&bytes)[..16])
     );
-    // Stored as it came (it was just decoded as JSON, so this check cannot fail in practice).
-    let payload = match String::from_utf8(bytes.to_vec())
-        .map_err(|e| e.to_string())
-        .and_then(|text| Payload::from_json(text).map_err(|e| e.to_string()))
-    {
-        Ok(payload) => payload,
-        Err(e) => {
-            state.count("malformed");
-            return answer(StatusCode::BAD_REQUEST, json!({"error": e}));
-        }
-    };
     // Only these are needed from here on: the decoded alerts are let go before the store is
     // waited for, so a storm's are not still held while the lane decodes them again.
     let Notification {

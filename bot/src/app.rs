@@ -234,7 +234,7 @@ impl App {
             outbox: outbox.clone(),
             comments: config.gitlab_comments.clone(),
             herder: match &config.herder {
-                Some(h) => Some((h.clone(), Arc::new(shepherd_core::herder::Herder::new(h)?))),
+                Some(h) => Some(Arc::new(shepherd_core::herder::Herder::new(h)?)),
                 None => None,
             },
             metrics: metrics.clone(),

@@ -37,10 +37,7 @@ pub async fn check(config: &Config, job_url: &str) -> anyhow::Result<String> {
         reason.map(|r| format!(" ({r})")).unwrap_or_default(),
         job.web_url
     );
-    let herded = herder_config
-        .projects
-        .iter()
-        .any(|p| p.eq_ignore_ascii_case(&project));
+    let herded = herder.herds(&project);
     let attempts = match &job.pipeline {
         Some(pipeline) => {
             let _ = writeln!(
@@ -74,12 +71,7 @@ pub async fn check(config: &Config, job_url: &str) -> anyhow::Result<String> {
         name: &job.name,
         failure_reason: reason,
     };
-    let trace = if herder.needs_trace(&facts) {
-        let max = usize::try_from(herder_config.trace_tail_bytes).unwrap_or(usize::MAX);
-        Some(gitlab.job_trace_tail(&project, id, max).await?)
-    } else {
-        None
-    };
+    let trace = herder.trace_for(&gitlab, &project, id, &facts).await?;
     let verdict = herder.judge(&facts, trace.as_deref());
     let action = match &verdict {
         Verdict::NoMatcher => {

@@ -221,6 +221,10 @@ fn shipped_commented_sections_are_valid_when_uncommented() {
         Some(("cki/deployment-all", "main"))
     );
     assert!(deploy.registry_password().is_none());
+    let herder = c.herder.expect("herder");
+    assert_eq!(herder.targets, ["irc:#ops"]);
+    assert_eq!(herder.matchers[0].retry_delay(4).as_secs(), 15 * 60);
+    assert_eq!(c.failover[0].project.as_deref(), Some("cki/pipeline"));
 }
 
 #[test]

@@ -1,13 +1,15 @@
 //! The herder's judgement: which `[[herder.matchers]]` entry, if any, a finished job matches.
 //!
-//! Pure and synchronous: the caller reads the job (and, only when [`Herder::needs_trace`] says
-//! so, the bounded tail of its trace) and acts on the [`Verdict`]. Matchers are tried in order
+//! The judgement itself is pure: the caller reads the job, asks [`Herder::trace_for`] for the
+//! bounded tail of its trace (read only when a matcher needs it), and acts on the [`Verdict`]. Matchers are tried in order
 //! and the first whose every criterion holds decides: `job_status` (one of), `job_name` (a
 //! regular expression), `failure_reason` (one of GitLab's reasons, or any when empty), and
 //! `messages` (one of them found in the trace's tail: a substring, or `/regex/flags` with flags
 //! from `imsx`).
 
 use regex::{Regex, RegexBuilder};
+
+use crate::gitlab::{GitLab, GitLabError};
 use shepherd_config::{HerderConfig, HerderMatcher};
 
 /// A pattern in the configuration that does not compile, with the key that holds it.
@@ -55,6 +57,7 @@ struct Compiled {
 
 /// The compiled matchers of `[herder]`, in order.
 pub struct Herder {
+    config: HerderConfig,
     matchers: Vec<Compiled>,
 }
 
@@ -84,21 +87,48 @@ impl Herder {
                 messages,
             });
         }
-        Ok(Herder { matchers })
+        Ok(Herder {
+            config: config.clone(),
+            matchers,
+        })
+    }
+
+    /// The `[herder]` settings it was made from.
+    pub fn config(&self) -> &HerderConfig {
+        &self.config
+    }
+
+    /// Whether jobs of `project` are herded (`herder.projects`, without case).
+    pub fn herds(&self, project: &str) -> bool {
+        self.config
+            .projects
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(project))
+    }
+
+    /// The tail of job `id`'s trace (at most `trace_tail_bytes`) when judging `job` needs it,
+    /// else `None` without a request.
+    pub async fn trace_for(
+        &self,
+        gitlab: &GitLab,
+        project: &str,
+        id: u64,
+        job: &JobFacts<'_>,
+    ) -> Result<Option<String>, GitLabError> {
+        if !self.needs_trace(job) {
+            return Ok(None);
+        }
+        let max = usize::try_from(self.config.trace_tail_bytes).unwrap_or(usize::MAX);
+        gitlab.job_trace_tail(project, id, max).await.map(Some)
     }
 
     /// Whether judging `job` may need its trace: some matcher whose other criteria hold has
     /// `messages`, and no matcher before it decides without them.
     pub fn needs_trace(&self, job: &JobFacts<'_>) -> bool {
-        for c in &self.matchers {
-            if c.facts_match(job) {
-                if c.messages.is_empty() {
-                    return false;
-                }
-                return true;
-            }
-        }
-        false
+        self.matchers
+            .iter()
+            .find(|c| c.facts_match(job))
+            .is_some_and(|c| !c.messages.is_empty())
     }
 
     /// The first matcher `job` matches; `trace` is the tail of its trace, if it was read (a

@@ -42,6 +42,11 @@ impl Payload {
         Ok(Payload(text))
     }
 
+    /// Text already known to be JSON (it was just decoded), not checked again.
+    pub(crate) fn decoded(text: String) -> Payload {
+        Payload(text)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -168,17 +168,15 @@ impl Store {
     /// by the next ordinary commit's sync of the same log); on PostgreSQL with
     /// `synchronous_commit = off` for this transaction. Same rules as [`Store::begin`].
     pub async fn begin_relaxed(&self) -> Result<Tx, StoreError> {
-        match (&self.relaxed, self.backend) {
-            (Some(relaxed), _) => Tx::begin(relaxed, self.gate.as_ref()).await,
-            (None, Backend::Postgres) => {
-                let mut tx = Tx::begin(&self.pool, None).await?;
-                sqlx::query("SET LOCAL synchronous_commit = off")
-                    .execute(&mut *tx)
-                    .await?;
-                Ok(tx)
-            }
-            (None, Backend::Sqlite) => self.begin().await,
+        // SQLite has the relaxed connection; PostgreSQL relaxes the transaction itself.
+        if let Some(relaxed) = &self.relaxed {
+            return Tx::begin(relaxed, self.gate.as_ref()).await;
         }
+        let mut tx = Tx::begin(&self.pool, None).await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
 
     /// The group writer: requests and lines from outside, committed together (see `commit`).

@@ -36,7 +36,7 @@ fn relay() -> &'static (Router, AlertFormatter, AlertFormatter) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(notification) = decode_notification(data) else {
+    let Ok((_stored, notification)) = decode_notification(data) else {
         return;
     };
     let _ = notification.content_key();

@@ -60,8 +60,8 @@ pub struct GitLabEvents {
     pub outbox: Outbox,
     /// `None` when comments are not configured: notes and MR events are then ignored.
     pub comments: Option<GitlabCommentsConfig>,
-    /// The herder's settings and compiled matchers, when `[herder]` is configured.
-    pub herder: Option<(shepherd_config::HerderConfig, Arc<Herder>)>,
+    /// The herder's compiled matchers and settings, when `[herder]` is configured.
+    pub herder: Option<Arc<Herder>>,
     pub metrics: Arc<shepherd_core::metrics::Metrics>,
 }
 
@@ -92,22 +92,13 @@ impl GitLabEvents {
     /// A Job Hook: judged by the herder when its project is herded and the job finished.
     async fn job(&self, job: JobEvent) -> Result<(), EventError> {
         tracing::debug!(job = job.build_id, name = %job.build_name, status = %job.build_status, pipeline = job.pipeline_id, project = job.project_id, "gitlab: job event");
-        let Some((config, herder)) = &self.herder else {
+        let Some(herder) = &self.herder else {
             return Ok(());
         };
         let Some(project) = job.project.as_ref().map(|p| p.path_with_namespace.clone()) else {
             return Ok(());
         };
-        let finished = matches!(
-            job.build_status.as_str(),
-            "success" | "failed" | "canceled" | "skipped"
-        );
-        if !finished
-            || !config
-                .projects
-                .iter()
-                .any(|p| p.eq_ignore_ascii_case(&project))
-        {
+        if !job.status().is_finished() || !herder.herds(&project) {
             return Ok(());
         }
         let facts = JobFacts {
@@ -115,23 +106,16 @@ impl GitLabEvents {
             name: &job.build_name,
             failure_reason: job.build_failure_reason.as_deref(),
         };
-        let trace = if herder.needs_trace(&facts) {
-            let max = usize::try_from(config.trace_tail_bytes).unwrap_or(usize::MAX);
-            match self
-                .services
-                .gitlab
-                .job_trace_tail(&project, job.build_id, max)
-                .await
-            {
-                Ok(trace) => Some(trace),
-                Err(e) if !e.is_retryable() => {
-                    tracing::warn!(job = job.build_id, error = %e, "herder: cannot read the job's trace; judging without it");
-                    None
-                }
-                Err(e) => return Err(EventError::Retry(e.to_string())),
+        let trace = match herder
+            .trace_for(&self.services.gitlab, &project, job.build_id, &facts)
+            .await
+        {
+            Ok(trace) => trace,
+            Err(e) if !e.is_retryable() => {
+                tracing::warn!(job = job.build_id, error = %e, "herder: cannot read the job's trace; judging without it");
+                None
             }
-        } else {
-            None
+            Err(e) => return Err(EventError::Retry(e.to_string())),
         };
         let url = job
             .web_url()
@@ -154,7 +138,7 @@ impl GitLabEvents {
                 tracing::info!(job = job.build_id, %url, matcher = %matcher.name, action = matcher.action.as_str(), "herder: matched");
                 if matches!(matcher.action, HerderAction::Report | HerderAction::Alert) {
                     let text = herder_line(matcher, &job.build_name, &url, message.as_deref());
-                    for target in &config.targets {
+                    for target in &herder.config().targets {
                         let Some(origin) = Origin::parse(target) else {
                             continue;
                         };

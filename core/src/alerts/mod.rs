@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
 use crate::origin::Origin;
+use crate::queue::Payload;
 use crate::store::{StoreError, now_ms};
 pub use client::{
     ActiveAlert, Alertmanager, AlertmanagerError, AlertmanagerSettings, NewSilence, Silence,
@@ -76,10 +77,11 @@ pub enum NotificationError {
 }
 
 /// Decodes a webhook body: JSON, version 4, the payload's shape, read straight into the typed
-/// notification (no JSON tree: a storm's 3.5 MiB body stays 3.5 MiB plus its alerts). The body
-/// itself is what is stored. `POST /hooks/alertmanager` calls it before it stores anything; the
-/// fuzz target `alertmanager_webhook` feeds it arbitrary input.
-pub fn decode_notification(body: &[u8]) -> Result<Notification, NotificationError> {
+/// notification (no JSON tree: a storm's 3.5 MiB body stays 3.5 MiB plus its alerts). Returns
+/// the body as it came, which is what is stored, beside the notification. `POST
+/// /hooks/alertmanager` calls it before it stores anything; the fuzz target
+/// `alertmanager_webhook` feeds it arbitrary input.
+pub fn decode_notification(body: &[u8]) -> Result<(Payload, Notification), NotificationError> {
     /// Only the version, first: a body of another version is refused as such, whatever its
     /// shape. Everything else is skipped without being kept.
     #[derive(Deserialize)]
@@ -97,7 +99,12 @@ pub fn decode_notification(body: &[u8]) -> Result<Notification, NotificationErro
     if version != "4" {
         return Err(NotificationError::Version(version.to_string()));
     }
-    serde_json::from_slice(body).map_err(|e| NotificationError::Shape(e.to_string()))
+    let notification =
+        serde_json::from_slice(body).map_err(|e| NotificationError::Shape(e.to_string()))?;
+    // Skipped fields are not checked for UTF-8 by the decoder; the stored text must be.
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|e| NotificationError::NotJson(format!("the body is not UTF-8: {e}")))?;
+    Ok((Payload::decoded(text), notification))
 }
 
 impl Notification {
@@ -187,29 +194,8 @@ impl Router {
     }
 }
 
-/// Records that a notification with `key` was shown; false when it already was within the
-/// window (then nothing should be shown). Runs inside the caller's transaction.
-pub async fn first_showing_in(
-    conn: &mut AnyConnection,
-    key: &str,
-    window_ms: i64,
-) -> Result<bool, StoreError> {
-    let now = now_ms();
-    let inserted = sqlx::query(
-        "INSERT INTO alert_notices (key, shown_at) VALUES ($1, $2) \
-         ON CONFLICT (key) DO UPDATE SET shown_at = $2 WHERE alert_notices.shown_at < $3",
-    )
-    .bind(key)
-    .bind(now)
-    .bind(now - window_ms)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
-}
-
-/// [`first_showing_in`] for many notifications in one statement per chunk: which of `keys` are
-/// shown now (new, or last shown before the window). `keys` must be distinct (PostgreSQL refuses
+/// Whether each of many notifications is shown now, judged in one statement per chunk: which of
+/// `keys` are new, or were last shown before the window (`window_ms` ago), and so are shown now. `keys` must be distinct (PostgreSQL refuses
 /// to update one row twice in a statement); a key repeated in a batch is a repeat by definition.
 pub async fn first_showings_in(
     conn: &mut AnyConnection,

@@ -93,6 +93,14 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Finished for good, as for pipelines: success, failed, canceled, skipped.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self,
+            Self::Success | Self::Failed | Self::Canceled | Self::Skipped
+        )
+    }
+
     /// GitLab's spelling.
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -185,6 +185,11 @@ pub struct JobEvent {
 }
 
 impl JobEvent {
+    /// The job's status (`Unknown` for a word this version does not know).
+    pub fn status(&self) -> JobStatus {
+        status_of(&self.build_status).unwrap_or(JobStatus::Unknown)
+    }
+
     /// The job's web page, when the payload names its project's.
     pub fn web_url(&self) -> Option<String> {
         self.project

@@ -13,8 +13,6 @@ use super::relay::{
 };
 
 pub const PREFIX: &str = "AmLoad";
-/// How long the relay settles after joining before its idle memory is read.
-const SETTLE: Duration = Duration::from_secs(3);
 
 pub struct IngestResult {
     pub kind: RelayKind,
@@ -100,11 +98,8 @@ pub async fn run(
         "[ingest] {}: {notifications} notifications from {clients} clients",
         kind.label()
     );
-    let scene = Scene::start(kind, None).await;
+    let (scene, pid, rss_idle_kib) = Scene::settled(kind).await;
     let nick = scene.relay.nick();
-    let pid = scene.relay.pid().expect("the relay runs");
-    tokio::time::sleep(SETTLE).await;
-    let (rss_idle_kib, _) = rss_kib(pid).expect("the relay's /proc status");
 
     // Every body is built before the clock starts, dealt round-robin to the clients.
     let mut per_client: Vec<Vec<Vec<u8>>> = (0..clients).map(|_| Vec::new()).collect();

@@ -28,6 +28,8 @@ pub const FLOOD_BURST: u32 = 100_000;
 pub const FLOOD_RATE: f64 = 100_000.0;
 /// How long a start, a join or a single expected line may take before the bench gives up.
 pub const WAIT: Duration = Duration::from_secs(60);
+/// Quiet after a relay joined before its idle memory is read.
+pub const IDLE_SETTLE: Duration = Duration::from_secs(3);
 
 /// A webhook body captured from Alertmanager 0.25 (`payload-firing.json` of the test bed, kept
 /// here so the bench runs where that folder is absent). Each notification replaces the alert's
@@ -462,6 +464,16 @@ impl Scene {
             human,
             relay,
         }
+    }
+
+    /// A scene whose relay has settled: started, joined, then `IDLE_SETTLE` of quiet; with the
+    /// relay's pid and its idle VmRSS (KiB), read then.
+    pub async fn settled(kind: RelayKind) -> (Scene, u32, u64) {
+        let scene = Scene::start(kind, None).await;
+        let pid = scene.relay.pid().expect("the relay runs");
+        tokio::time::sleep(IDLE_SETTLE).await;
+        let (rss_idle_kib, _) = rss_kib(pid).expect("the relay's /proc status");
+        (scene, pid, rss_idle_kib)
     }
 
     pub async fn stop(self, phase: &str) {

@@ -33,11 +33,8 @@ pub async fn run(kind: RelayKind, alerts: usize) -> StormResult {
         "[storm] {}: one notification of {alerts} alerts",
         kind.label()
     );
-    let scene = Scene::start(kind, None).await;
+    let (scene, pid, rss_idle_kib) = Scene::settled(kind).await;
     let nick = scene.relay.nick();
-    let pid = scene.relay.pid().expect("the relay runs");
-    tokio::time::sleep(SETTLE).await;
-    let (rss_idle_kib, _) = rss_kib(pid).expect("the relay's /proc status");
     let before = relay_lines(&scene.human.received(), nick).count();
 
     let body = storm_payload(PREFIX, alerts);
