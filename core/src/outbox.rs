@@ -182,7 +182,32 @@ impl Outbox {
         }
         // One transaction, however many statements: one commit for a whole round. Relaxed:
         // a mark lost in a power failure means the line is sent again, as after a crash
-        // between the send and the mark.
+        // between the send and the mark. On SQLite on the writer's own connection, one
+        // prepared statement run for each id.
+        let writer = self.store.writer();
+        if writer.has_thread() {
+            let sql = format!(
+                "UPDATE outbox SET {} WHERE id = ?2",
+                set.replace("$1", "?1")
+            );
+            let value = match value {
+                Value::Millis(ms) => rusqlite::types::Value::Integer(ms),
+                Value::Text(text) => rusqlite::types::Value::Text(text.to_string()),
+            };
+            let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+            if let Some(done) = writer
+                .on_thread(true, move |tx| {
+                    let mut update = tx.prepare_cached(&sql)?;
+                    for id in &ids {
+                        update.execute(rusqlite::params![value, id])?;
+                    }
+                    Ok(())
+                })
+                .await
+            {
+                return done;
+            }
+        }
         let mut tx = self.store.begin_relaxed().await?;
         for chunk in ids.chunks(ID_CHUNK) {
             let sql = format!(

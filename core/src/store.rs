@@ -28,6 +28,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store: {0}")]
     Sql(#[from] sqlx::Error),
+    /// From the group writer's own SQLite connection (see `commit/sqlite.rs`).
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("store: bad data in {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
     /// A group commit failed (see `commit`): nothing of the group was stored.
@@ -140,7 +143,10 @@ impl Store {
             ),
             Backend::Postgres => None,
         };
-        let writer = GroupWriter::start(pool.clone(), gate.clone());
+        let writer = match (&gate, sqlite_file(&url)) {
+            (Some(gate), Some(path)) => GroupWriter::start_sqlite(&path, gate.clone())?,
+            _ => GroupWriter::start(pool.clone(), gate.clone()),
+        };
         Ok(Self {
             pool,
             relaxed,
@@ -345,6 +351,15 @@ pub fn now_ms() -> i64 {
 /// A new time-ordered id.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// The file of an SQLite store URL; `None` for an in-memory database, which only sqlx's own
+/// connections can share.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let path = options.get_filename();
+    let name = path.to_string_lossy();
+    (!name.starts_with("file:") && name != ":memory:").then(|| path.to_path_buf())
 }
 
 fn normalise(url: &str) -> Result<(Backend, String), StoreError> {

@@ -358,6 +358,12 @@ fn print_floor(results: &[floor::FloorResult]) {
             r.grouped_per_second() / r.clients as f64,
             r.single_per_second(),
         );
+        if let Some(direct) = r.direct_per_second() {
+            println!(
+                "| SQLite through rusqlite (one connection, prepared INSERT per row: shepherd's group writer's engine) | **{direct:.0}** | {:.0} | |",
+                direct / r.clients as f64
+            );
+        }
     }
     println!();
 }

@@ -7,6 +7,9 @@
 //!   perfect group writer does when `clients` keep-alive clients each wait for their answer.
 //!   With 8 clients this is the most any durable relay on this store can answer.
 //! - **one per commit**: a transaction per row, as shepherd did before group commit.
+//! - **direct** (SQLite only): the grouped rows again through rusqlite on one connection, a
+//!   prepared single-row INSERT run for each row and one commit per group — the engine of
+//!   shepherd's group writer on SQLite (`core/src/commit/sqlite.rs`), without sqlx's handoffs.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,8 @@ pub struct FloorResult {
     pub grouped: Duration,
     pub single_rows: usize,
     pub single: Duration,
+    /// SQLite: the grouped rows through rusqlite.
+    pub direct: Option<Duration>,
 }
 
 impl FloorResult {
@@ -30,6 +35,10 @@ impl FloorResult {
     }
     pub fn single_per_second(&self) -> f64 {
         self.single_rows as f64 / self.single.as_secs_f64()
+    }
+    pub fn direct_per_second(&self) -> Option<f64> {
+        self.direct
+            .map(|d| self.grouped_rows as f64 / d.as_secs_f64())
     }
 }
 
@@ -85,6 +94,39 @@ async fn commit_rows(pool: &AnyPool, body: &str, rows: usize, per_commit: usize)
     started.elapsed()
 }
 
+/// The grouped rows through rusqlite on one connection (see the module's **direct**).
+fn commit_rows_direct(path: &str, body: &str, rows: usize, per_commit: usize) -> Duration {
+    let mut conn = rusqlite::Connection::open(path).expect("open the floor's store");
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("WAL");
+    conn.pragma_update(None, "synchronous", "FULL")
+        .expect("full sync");
+    let started = Instant::now();
+    let mut next = 0usize;
+    while next < rows {
+        let tx = conn.transaction().expect("begin");
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO floor_requests (id, body, created_at) VALUES (?1, ?2, ?3)",
+                )
+                .expect("prepare");
+            for _ in 0..per_commit {
+                insert
+                    .execute(rusqlite::params![
+                        format!("direct{next:016}"),
+                        body,
+                        started.elapsed().as_millis() as i64
+                    ])
+                    .expect("insert");
+                next += 1;
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    started.elapsed()
+}
+
 pub async fn run(backend: Backend, clients: usize, notifications: usize) -> FloorResult {
     eprintln!(
         "[floor] {backend:?}: {notifications} rows, {clients} per commit, then one per commit"
@@ -107,6 +149,19 @@ pub async fn run(backend: Backend, clients: usize, notifications: usize) -> Floo
     let single_rows = notifications.min(2000);
     let single = commit_rows(&pool, &body, single_rows, 1).await;
     pool.close().await;
+    let direct = match store.url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let (path, body) = (path.to_string(), body.clone());
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    commit_rows_direct(&path, &body, grouped_rows, clients)
+                })
+                .await
+                .expect("the direct floor"),
+            )
+        }
+        None => None,
+    };
     FloorResult {
         backend,
         clients,
@@ -114,5 +169,6 @@ pub async fn run(backend: Backend, clients: usize, notifications: usize) -> Floo
         grouped,
         single_rows,
         single,
+        direct,
     }
 }
