@@ -196,7 +196,82 @@ pub struct AlertRelay {
     pub metrics: Arc<Metrics>,
 }
 
+/// One stored notification, read and worded before the store is asked whether it is a repeat.
+pub struct Prepared {
+    /// The dedup window's key: a hash of what the notification says.
+    pub key: String,
+    /// Its lines, to be stored if it is shown.
+    pub lines: Vec<Line>,
+    group_key: String,
+    statuses: Vec<String>,
+    /// Lines per front end, and alerts that matched no route.
+    said: Vec<(String, u64)>,
+    unrouted: usize,
+}
+
 impl AlertRelay {
+    /// Reads and words each notification of a batch (the due front of the lane, in arrival
+    /// order); an unreadable one is `Err` with why (the caller parks it). Nothing is counted
+    /// yet: whether each is shown is the store's answer ([`AlertRelay::account`]).
+    pub fn prepare(&self, items: &[Leased]) -> Vec<Result<Prepared, String>> {
+        items
+            .iter()
+            .map(|item| {
+                // Read from the stored value in place: a storm's notification is not copied.
+                let n: Notification = item.payload.decode().map_err(|e| e.to_string())?;
+                let key = hex::encode(Sha256::digest(n.content_key().as_bytes()));
+                let (plan, nowhere) = self.router.plan(&n);
+                let mut lines = Vec::new();
+                let mut said = Vec::new();
+                for (room, alerts) in &plan {
+                    let bodies =
+                        self.formatter
+                            .lines(self.frontends.of(room).formatting, &n, alerts);
+                    said.push((room.frontend.clone(), bodies.len() as u64));
+                    for (i, body) in bodies.into_iter().enumerate() {
+                        lines.push(Line {
+                            origin: room.clone(),
+                            body,
+                            dedup_key: Some(format!("alert:{}:{room}:{i}", item.id)),
+                            request_id: Some(item.id.clone()),
+                        });
+                    }
+                }
+                Ok(Prepared {
+                    key,
+                    lines,
+                    group_key: n.group_key.clone(),
+                    statuses: n.alerts.iter().map(|a| a.status.clone()).collect(),
+                    said,
+                    unrouted: nowhere.len(),
+                })
+            })
+            .collect()
+    }
+
+    /// Counts and logs a prepared notification once the store said whether it was shown.
+    pub fn account(&self, item: &Leased, prepared: &Prepared, shown: bool) {
+        if !shown {
+            self.count("repeat");
+            tracing::info!(request = %item.id, group = %prepared.group_key, "alert notification repeated within the dedup window; not shown again");
+            return;
+        }
+        self.count("shown");
+        for status in &prepared.statuses {
+            self.metrics.alerts.with_label_values(&[status]).inc();
+        }
+        if prepared.unrouted > 0 {
+            self.count("unrouted");
+            tracing::warn!(request = %item.id, alerts = prepared.unrouted, "alerts matched no route and there is no default target");
+        }
+        for (frontend, n) in &prepared.said {
+            self.metrics
+                .alert_lines
+                .with_label_values(&[frontend])
+                .inc_by(*n);
+        }
+    }
+
     /// Relays a batch of stored notifications (the due front of the lane, in arrival order)
     /// inside `conn`'s transaction: one statement for their dedup-window checks and one for all
     /// their lines, whatever the batch's size. Per item, in order: relayed, or unreadable (the
@@ -205,29 +280,20 @@ impl AlertRelay {
         &self,
         conn: &mut AnyConnection,
         items: &[Leased],
+        prepared: Vec<Result<Prepared, String>>,
     ) -> Result<Vec<Result<(), String>>, StoreError> {
-        // Read from each stored value in place: a storm's notification is not copied first.
-        let read: Vec<Result<(Notification, String), String>> = items
-            .iter()
-            .map(|item| {
-                let n: Notification = item.payload.decode().map_err(|e| e.to_string())?;
-                let key = hex::encode(Sha256::digest(n.content_key().as_bytes()));
-                Ok((n, key))
-            })
-            .collect();
-        let mut keys: Vec<&str> = Vec::with_capacity(read.len());
-        for (_, key) in read.iter().flatten() {
-            if !keys.contains(&key.as_str()) {
-                keys.push(key);
+        let mut keys: Vec<&str> = Vec::with_capacity(prepared.len());
+        for p in prepared.iter().flatten() {
+            if !keys.contains(&p.key.as_str()) {
+                keys.push(&p.key);
             }
         }
         let mut first = alerts::first_showings_in(conn, &keys, self.dedup_window_ms).await?;
-
         let mut lines = Vec::new();
         let mut outcomes = Vec::with_capacity(items.len());
-        for (item, read) in items.iter().zip(read) {
-            let (n, key) = match read {
-                Ok(r) => r,
+        for (item, p) in items.iter().zip(prepared) {
+            let p = match p {
+                Ok(p) => p,
                 Err(why) => {
                     outcomes.push(Err(why));
                     continue;
@@ -235,36 +301,10 @@ impl AlertRelay {
             };
             outcomes.push(Ok(()));
             // Taken out: the same content again later in this batch is a repeat.
-            if !first.remove(&key) {
-                self.count("repeat");
-                tracing::info!(request = %item.id, group = %n.group_key, "alert notification repeated within the dedup window; not shown again");
-                continue;
-            }
-            self.count("shown");
-            for a in &n.alerts {
-                self.metrics.alerts.with_label_values(&[&a.status]).inc();
-            }
-            let (plan, nowhere) = self.router.plan(&n);
-            if !nowhere.is_empty() {
-                self.count("unrouted");
-                tracing::warn!(request = %item.id, alerts = nowhere.len(), "alerts matched no route and there is no default target");
-            }
-            for (room, alerts) in &plan {
-                let said = self
-                    .formatter
-                    .lines(self.frontends.of(room).formatting, &n, alerts);
-                self.metrics
-                    .alert_lines
-                    .with_label_values(&[&room.frontend])
-                    .inc_by(said.len() as u64);
-                for (i, body) in said.into_iter().enumerate() {
-                    lines.push(Line {
-                        origin: room.clone(),
-                        body,
-                        dedup_key: Some(format!("alert:{}:{room}:{i}", item.id)),
-                        request_id: Some(item.id.clone()),
-                    });
-                }
+            let shown = first.remove(&p.key);
+            self.account(item, &p, shown);
+            if shown {
+                lines.extend(p.lines);
             }
         }
         outbox::push_all_in(conn, &lines).await?;

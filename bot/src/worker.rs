@@ -14,14 +14,14 @@ use shepherd_core::audit::{AuditLog, AuditOutcome};
 use shepherd_core::canary::{self, Publish};
 use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::{self, Outbox};
-use shepherd_core::queue::{Leased, Queue};
+use shepherd_core::queue::{LaneFinish, Leased, Queue};
 use shepherd_core::store::{StoreError, now_ms};
 use shepherd_core::watcher::{self, Watcher};
 use shepherd_plugins::{Call, Outcome, PluginError, Registry, Services};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::alerts::{AlertRelay, NOTIFICATION_KIND};
+use crate::alerts::{AlertRelay, NOTIFICATION_KIND, Prepared};
 use crate::dispatch::{COMMAND_KIND, QueuedCommand};
 use crate::gitlab::events::{EventError, GitLabEvents};
 use crate::gitlab::hooks::EVENT_KIND;
@@ -282,11 +282,81 @@ impl Worker {
             }
             return Ok(());
         };
+        let large = items
+            .iter()
+            .map(|i| i.payload.as_str().len())
+            .sum::<usize>()
+            >= crate::memory::LARGE_WORK_BYTES;
+        let prepared = relay.prepare(&items);
+        // On SQLite, when every item reads: the whole batch in one transaction on the store
+        // writer's own connection (see `Queue::finish_lane_on_thread`).
+        if self.services.store.writer().has_thread() && prepared.iter().all(Result::is_ok) {
+            let prepared: Vec<Prepared> = prepared.into_iter().flatten().collect();
+            let batch = items
+                .iter()
+                .zip(&prepared)
+                .map(|(item, p)| LaneFinish {
+                    id: item.id.clone(),
+                    owner: item.owner.clone(),
+                    attempt: item.attempt,
+                    key: p.key.clone(),
+                    lines: p.lines.clone(),
+                })
+                .collect();
+            if let Some(finished) = self
+                .queue
+                .finish_lane_on_thread(batch, relay.dedup_window_ms)
+                .await
+            {
+                match finished {
+                    Ok(shown) => {
+                        for ((item, p), shown) in items.iter().zip(&prepared).zip(shown) {
+                            relay.account(item, p, shown);
+                        }
+                        self.outbox.wake();
+                        if large {
+                            drop((items, prepared));
+                            crate::memory::release();
+                        }
+                    }
+                    Err(StoreError::Conflict(why)) => tracing::warn!(
+                        items = items.len(),
+                        %why,
+                        "worker: a lane lease was lost before completion; the batch will be redelivered"
+                    ),
+                    Err(e) => {
+                        for item in &items {
+                            let out = self.queue.fail(item, &e.to_string()).await?;
+                            tracing::warn!(request = %item.id, error = %e, outcome = ?out, "alert notification: attempt failed; retrying later");
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            // Not reached: a writer with a thread always runs the work.
+            let prepared = relay.prepare(&items);
+            return self
+                .finish_alerts_in_tx(relay, items, prepared, large)
+                .await;
+        }
+        self.finish_alerts_in_tx(relay, items, prepared, large)
+            .await
+    }
+
+    /// The lane batch through a relaxed sqlx transaction (PostgreSQL; SQLite when an item is
+    /// unreadable, so it is parked in the same transaction).
+    async fn finish_alerts_in_tx(
+        &self,
+        relay: &AlertRelay,
+        items: Vec<Leased>,
+        prepared: Vec<Result<Prepared, String>>,
+        large: bool,
+    ) -> Result<(), StoreError> {
         // Relaxed (`Store::begin_relaxed`): the notifications themselves were committed before
         // their 200; what this writes is derived from them, and if a power failure loses it,
         // they are relayed again.
         let mut tx = self.services.store.begin_relaxed().await?;
-        let outcomes = match relay.process_batch_in(&mut tx, &items).await {
+        let outcomes = match relay.process_batch_in(&mut tx, &items, prepared).await {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 tx.rollback().await?;
@@ -307,11 +377,6 @@ impl Worker {
                 }
             }
         }
-        let large = items
-            .iter()
-            .map(|i| i.payload.as_str().len())
-            .sum::<usize>()
-            >= crate::memory::LARGE_WORK_BYTES;
         if self.queue.complete_all_in(&mut tx, &done).await? {
             tx.commit().await?;
             self.outbox.wake();

@@ -26,6 +26,8 @@ use crate::queue::{Enqueued, NewRequest};
 use crate::store::{StoreError, Tx, WriteGate, new_id, now_ms, placeholders};
 
 mod sqlite;
+/// The outbox line INSERT of the SQLite engine, for other transactions on its thread.
+pub(crate) use sqlite::INSERT_LINE;
 #[cfg(test)]
 mod tests;
 
@@ -75,6 +77,17 @@ pub struct GroupStats {
     pub failed_groups: IntCounter,
     /// Writes per transaction.
     pub group_size: Histogram,
+    /// Seconds from taking a group to its commit (its turn included), and of that, waiting to
+    /// start the transaction (the write turn on SQLite, while another transaction had it).
+    pub commit_seconds: Histogram,
+    pub turn_wait_seconds: Histogram,
+}
+
+fn seconds(name: &str, help: &str) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    ]))
+    .unwrap_or_else(|e| unreachable!("metric {name}: {e}"))
 }
 
 impl GroupStats {
@@ -102,6 +115,14 @@ impl GroupStats {
                 ),
             )
             .unwrap_or_else(|e| unreachable!("metric store_group_size: {e}")),
+            commit_seconds: seconds(
+                "store_group_commit_seconds",
+                "Seconds from taking a group to its commit, the wait for the write turn included",
+            ),
+            turn_wait_seconds: seconds(
+                "store_group_turn_wait_seconds",
+                "Seconds a group waited to start its transaction: the write turn (SQLite), the BEGIN through sqlx",
+            ),
         }
     }
 
@@ -111,6 +132,8 @@ impl GroupStats {
         registry.register(Box::new(self.writes.clone()))?;
         registry.register(Box::new(self.failed_groups.clone()))?;
         registry.register(Box::new(self.group_size.clone()))?;
+        registry.register(Box::new(self.commit_seconds.clone()))?;
+        registry.register(Box::new(self.turn_wait_seconds.clone()))?;
         Ok(())
     }
 }
@@ -188,7 +211,7 @@ impl GroupWriter {
 
     /// Whether the writer has its own SQLite connection, on which [`GroupWriter::on_thread`]
     /// runs transactions.
-    pub(crate) fn has_thread(&self) -> bool {
+    pub fn has_thread(&self) -> bool {
         matches!(self.door, Door::Thread(_))
     }
 
@@ -251,7 +274,11 @@ async fn run(
     let mut group: Vec<(Write, Reply)> = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
         let (writes, replies): (Vec<Write>, Vec<Reply>) = group.drain(..).unzip();
-        let result = commit(&pool, gate.as_ref(), &writes).await;
+        let started = std::time::Instant::now();
+        let result = commit(&pool, gate.as_ref(), &writes, &stats).await;
+        stats
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         answer(&stats, writes.len(), replies, result);
     }
 }
@@ -289,8 +316,13 @@ async fn commit(
     pool: &AnyPool,
     gate: Option<&WriteGate>,
     writes: &[Write],
+    stats: &GroupStats,
 ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+    let waited = std::time::Instant::now();
     let mut tx = Tx::begin(pool, gate).await?;
+    stats
+        .turn_wait_seconds
+        .observe(waited.elapsed().as_secs_f64());
     match write_all(&mut tx, writes).await {
         Ok(results) => {
             tx.commit().await?;

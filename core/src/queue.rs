@@ -104,6 +104,17 @@ pub struct Leased {
     pub owner: String,
 }
 
+/// A leased lane item to finish on the writer's thread ([`Queue::finish_lane_on_thread`]).
+#[derive(Debug, Clone)]
+pub struct LaneFinish {
+    pub id: String,
+    pub owner: String,
+    pub attempt: u32,
+    /// Its dedup window key, and the lines to store when it is shown.
+    pub key: String,
+    pub lines: Vec<crate::commit::Line>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum FailOutcome {
     /// Back in the queue, available again at this time (Unix ms).
@@ -427,6 +438,79 @@ impl Queue {
                     }
                 }
                 Ok(Some(due))
+            })
+            .await
+    }
+
+    /// On SQLite with the writer's own connection: finishes a lane batch of alert
+    /// notifications in one transaction there — each distinct dedup key judged in the window
+    /// (`alerts::first_showings_in`'s statement), the lines of each first showing stored
+    /// (the first of a key in the batch; a later one is a repeat), every item done. Per item,
+    /// in order, whether it was shown. `Err(StoreError::Conflict)` when a lease was lost
+    /// meanwhile (nothing written; the batch is redelivered); `None` without the thread.
+    pub async fn finish_lane_on_thread(
+        &self,
+        batch: Vec<LaneFinish>,
+        window_ms: i64,
+    ) -> Option<Result<Vec<bool>, StoreError>> {
+        // Relaxed: the notifications were committed before their 200; if a power failure
+        // loses this, they are relayed again.
+        self.store
+            .writer()
+            .on_thread(true, move |tx| {
+                let now = now_ms();
+                let mut judge = tx.prepare_cached(
+                    "INSERT INTO alert_notices (key, shown_at) VALUES (?1, ?2) \
+                     ON CONFLICT (key) DO UPDATE SET shown_at = ?2 \
+                     WHERE alert_notices.shown_at < ?3 RETURNING key",
+                )?;
+                let mut judged = std::collections::HashSet::new();
+                let mut first = std::collections::HashSet::new();
+                for b in &batch {
+                    if judged.insert(b.key.as_str())
+                        && judge
+                            .query(rusqlite::params![b.key, now, now - window_ms])?
+                            .next()?
+                            .is_some()
+                    {
+                        first.insert(b.key.as_str());
+                    }
+                }
+                let mut line = tx.prepare_cached(crate::commit::INSERT_LINE)?;
+                let mut done = tx.prepare_cached(
+                    "UPDATE requests SET state = 'done', lease_owner = NULL, lease_until = NULL, \
+                     updated_at = ?1 WHERE id = ?2 AND lease_owner = ?3 AND attempts = ?4 \
+                     AND state = 'leased'",
+                )?;
+                let mut shown = Vec::with_capacity(batch.len());
+                for b in &batch {
+                    // Taken out: the same content again later in this batch is a repeat.
+                    let is_first = first.remove(b.key.as_str());
+                    if is_first {
+                        for l in &b.lines {
+                            line.execute(rusqlite::params![
+                                crate::store::new_id(),
+                                l.origin.frontend,
+                                l.origin.room,
+                                l.origin.addressee,
+                                l.body,
+                                l.dedup_key,
+                                l.request_id,
+                                now,
+                            ])?;
+                        }
+                    }
+                    if done.execute(rusqlite::params![now, b.id, b.owner, i64::from(b.attempt)])?
+                        != 1
+                    {
+                        return Err(StoreError::Conflict(format!(
+                            "the lane lease of {} was lost",
+                            b.id
+                        )));
+                    }
+                    shown.push(is_first);
+                }
+                Ok(shown)
             })
             .await
     }

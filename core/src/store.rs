@@ -33,6 +33,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("store: bad data in {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// What a transaction was to change was changed meanwhile (a lease taken back): it rolled
+    /// back, nothing of it was written.
+    #[error("store: {0}; nothing was written")]
+    Conflict(String),
     /// A group commit failed (see `commit`): nothing of the group was stored.
     #[error("store: {0}")]
     Group(String),

@@ -787,3 +787,113 @@ on_both_stores!(
     relaxed_transactions_skip_only_the_disk_wait,
     relaxed_transactions
 );
+
+/// The alert lane's batch finished on the SQLite writer's thread (`Queue::finish_lane_on_thread`):
+/// each key judged once in the dedup window, the lines of first showings stored in order, a
+/// repeat in the same batch and one already shown store nothing, every item done; a lost lease
+/// writes nothing at all, and the batch can be finished by its real holder afterwards.
+#[tokio::test]
+async fn a_lane_batch_finished_on_the_writer_thread_is_all_or_nothing() {
+    use shepherd_core::commit::Line;
+    use shepherd_core::queue::LaneFinish;
+
+    let test_store = TestStore::new(Backend::Sqlite).await;
+    let store = Store::connect(&test_store.url).await.expect("store");
+    assert!(store.writer().has_thread());
+    let queue = Queue::new(
+        store.clone(),
+        settings(5, 30_000),
+        Arc::new(Metrics::new().expect("metrics")),
+    );
+    for n in 0..4 {
+        queue
+            .enqueue(NewRequest {
+                kind: "lane".into(),
+                ..request(n, None)
+            })
+            .await
+            .expect("enqueue");
+    }
+    let batch = queue
+        .lease_lane_batch("w1", "lane", 10)
+        .await
+        .expect("lease");
+    assert_eq!(batch.len(), 4);
+    let line = |id: &str, i: usize| Line {
+        origin: Origin::new("irc", "#alerts"),
+        body: format!("line {i} of {id}"),
+        dedup_key: Some(format!("alert:{id}:irc:#alerts:{i}")),
+        request_id: Some(id.to_string()),
+    };
+    // Keys: a, a (a repeat in the batch), b, c; c was shown a moment ago.
+    let keys = ["a", "a", "b", "c"];
+    let finish = |attempt_of_last: u32| -> Vec<LaneFinish> {
+        batch
+            .iter()
+            .zip(keys)
+            .enumerate()
+            .map(|(n, (item, key))| LaneFinish {
+                id: item.id.clone(),
+                owner: item.owner.clone(),
+                attempt: if n == 3 {
+                    attempt_of_last
+                } else {
+                    item.attempt
+                },
+                key: key.to_string(),
+                lines: vec![line(&item.id, 0), line(&item.id, 1)],
+            })
+            .collect()
+    };
+    sqlx::query("INSERT INTO alert_notices (key, shown_at) VALUES ('c', $1)")
+        .bind(shepherd_core::store::now_ms())
+        .execute(store.pool())
+        .await
+        .expect("seed c");
+
+    // The last item's lease is not the one held (another attempt took it): nothing written.
+    let lost = queue
+        .finish_lane_on_thread(finish(batch[3].attempt + 1), 60_000)
+        .await
+        .expect("the thread");
+    assert!(
+        matches!(lost, Err(shepherd_core::store::StoreError::Conflict(_))),
+        "{lost:?}"
+    );
+    assert_eq!(test_store.count("SELECT COUNT(*) FROM outbox").await, 0);
+    assert_eq!(
+        test_store.count("SELECT COUNT(*) FROM alert_notices").await,
+        1,
+        "no key judged"
+    );
+    assert_eq!(
+        test_store
+            .count("SELECT COUNT(*) FROM requests WHERE state = 'leased'")
+            .await,
+        4
+    );
+
+    let shown = queue
+        .finish_lane_on_thread(finish(batch[3].attempt), 60_000)
+        .await
+        .expect("the thread")
+        .expect("finish");
+    assert_eq!(shown, [true, false, true, false]);
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM outbox ORDER BY id")
+        .fetch_all(store.pool())
+        .await
+        .expect("read");
+    let want: Vec<String> = [&batch[0].id, &batch[0].id, &batch[2].id, &batch[2].id]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| format!("line {} of {id}", i % 2))
+        .collect();
+    assert_eq!(bodies, want, "the first showings' lines, in order");
+    assert_eq!(
+        test_store
+            .count("SELECT COUNT(*) FROM requests WHERE state = 'done'")
+            .await,
+        4
+    );
+    store.close().await;
+}

@@ -29,7 +29,7 @@ const INSERT_REQUEST: &str = "INSERT INTO requests (id, kind, frontend, room, ad
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'ready', 0, ?9, ?9, ?9, ?10, ?11) \
      ON CONFLICT (dedup_key) DO NOTHING";
 const REQUEST_BY_KEY: &str = "SELECT id FROM requests WHERE dedup_key = ?1";
-const INSERT_LINE: &str = "INSERT INTO outbox (id, frontend, room, addressee, body, dedup_key, \
+pub(crate) const INSERT_LINE: &str = "INSERT INTO outbox (id, frontend, room, addressee, body, dedup_key, \
      request_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
      ON CONFLICT (dedup_key) DO NOTHING";
 
@@ -106,8 +106,12 @@ fn run(mut conn: Connection, gate: WriteGate, mut rx: mpsc::Receiver<Job>, stats
                     }
                 }
                 let (writes, replies): (Vec<Write>, Vec<Reply>) = group.drain(..).unzip();
+                let started = std::time::Instant::now();
                 let result = {
                     let _turn = gate.blocking_lock();
+                    stats
+                        .turn_wait_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     // Acknowledged writes: never on a relaxed connection (a relaxed run that
                     // could not restore the sync level is caught here).
                     if full_sync(&conn) {
@@ -118,6 +122,9 @@ fn run(mut conn: Connection, gate: WriteGate, mut rx: mpsc::Receiver<Job>, stats
                         ))
                     }
                 };
+                stats
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 answer(&stats, writes.len(), replies, result);
             }
         }

@@ -287,6 +287,19 @@ fn print_ingest(results: &[ingest::IngestResult]) {
                 secs(d)
             ));
         }
+        if let Some(g) = &r.groups
+            && g.commits > 0.0
+        {
+            notes.push(format!(
+                "group writer: {:.0} writes in {:.0} commits ({:.1} per commit), {:.3} ms from \
+                 taking a group to its commit on average, {:.3} ms of it waiting to start",
+                g.writes,
+                g.commits,
+                g.writes / g.commits,
+                g.commit_seconds / g.commits * 1000.0,
+                g.wait_seconds / g.commits * 1000.0
+            ));
+        }
         if let RelayKind::Shepherd(_) = r.kind {
             notes.push(format!(
                 "WARN/ERROR log lines: {}/{}",

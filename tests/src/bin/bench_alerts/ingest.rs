@@ -51,6 +51,16 @@ pub struct IngestResult {
     pub unprocessed: Option<i64>,
     pub warnings: usize,
     pub log_errors: usize,
+    /// shepherd: the group writer's commits, writes, and seconds in all (commit, and waiting to
+    /// start), from its `shepherd_store_group_*` series at the end.
+    pub groups: Option<Groups>,
+}
+
+pub struct Groups {
+    pub commits: f64,
+    pub writes: f64,
+    pub commit_seconds: f64,
+    pub wait_seconds: f64,
 }
 
 impl IngestResult {
@@ -201,8 +211,30 @@ pub async fn run(
         }
         RelayKind::Peer => (0, 0),
     };
+    let groups = match kind {
+        RelayKind::Shepherd(_) => Some(Groups {
+            commits: scene
+                .relay
+                .metric_sum("shepherd_store_group_commits_total")
+                .await,
+            writes: scene
+                .relay
+                .metric_sum("shepherd_store_group_writes_total")
+                .await,
+            commit_seconds: scene
+                .relay
+                .metric_sum("shepherd_store_group_commit_seconds_sum")
+                .await,
+            wait_seconds: scene
+                .relay
+                .metric_sum("shepherd_store_group_turn_wait_seconds_sum")
+                .await,
+        }),
+        RelayKind::Peer => None,
+    };
     scene.stop("ingest").await;
     IngestResult {
+        groups,
         kind,
         clients,
         notifications,
