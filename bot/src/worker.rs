@@ -291,53 +291,50 @@ impl Worker {
         // On SQLite, when every item reads: the whole batch in one transaction on the store
         // writer's own connection (see `Queue::finish_lane_on_thread`).
         if self.services.store.writer().has_thread() && prepared.iter().all(Result::is_ok) {
-            let prepared: Vec<Prepared> = prepared.into_iter().flatten().collect();
+            let mut prepared: Vec<Prepared> = prepared.into_iter().flatten().collect();
+            // The lines go to the store; what is counted afterwards needs the rest.
             let batch = items
                 .iter()
-                .zip(&prepared)
+                .zip(prepared.iter_mut())
                 .map(|(item, p)| LaneFinish {
                     id: item.id.clone(),
                     owner: item.owner.clone(),
                     attempt: item.attempt,
                     key: p.key.clone(),
-                    lines: p.lines.clone(),
+                    lines: std::mem::take(&mut p.lines),
                 })
                 .collect();
-            if let Some(finished) = self
+            let finished = self
                 .queue
                 .finish_lane_on_thread(batch, relay.dedup_window_ms)
                 .await
-            {
-                match finished {
-                    Ok(shown) => {
-                        for ((item, p), shown) in items.iter().zip(&prepared).zip(shown) {
-                            relay.account(item, p, shown);
-                        }
-                        self.outbox.wake();
-                        if large {
-                            drop((items, prepared));
-                            crate::memory::release();
-                        }
+                .unwrap_or_else(|| {
+                    Err(StoreError::Group("the store's writer has no thread".into()))
+                });
+            match finished {
+                Ok(shown) => {
+                    for ((item, p), shown) in items.iter().zip(&prepared).zip(shown) {
+                        relay.account(item, p, shown);
                     }
-                    Err(StoreError::Conflict(why)) => tracing::warn!(
-                        items = items.len(),
-                        %why,
-                        "worker: a lane lease was lost before completion; the batch will be redelivered"
-                    ),
-                    Err(e) => {
-                        for item in &items {
-                            let out = self.queue.fail(item, &e.to_string()).await?;
-                            tracing::warn!(request = %item.id, error = %e, outcome = ?out, "alert notification: attempt failed; retrying later");
-                        }
+                    self.outbox.wake();
+                    if large {
+                        drop((items, prepared));
+                        crate::memory::release();
                     }
                 }
-                return Ok(());
+                Err(StoreError::Conflict(why)) => tracing::warn!(
+                    items = items.len(),
+                    %why,
+                    "worker: a lane lease was lost before completion; the batch will be redelivered"
+                ),
+                Err(e) => {
+                    for item in &items {
+                        let out = self.queue.fail(item, &e.to_string()).await?;
+                        tracing::warn!(request = %item.id, error = %e, outcome = ?out, "alert notification: attempt failed; retrying later");
+                    }
+                }
             }
-            // Not reached: a writer with a thread always runs the work.
-            let prepared = relay.prepare(&items);
-            return self
-                .finish_alerts_in_tx(relay, items, prepared, large)
-                .await;
+            return Ok(());
         }
         self.finish_alerts_in_tx(relay, items, prepared, large)
             .await

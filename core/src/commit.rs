@@ -26,8 +26,8 @@ use crate::queue::{Enqueued, NewRequest};
 use crate::store::{StoreError, Tx, WriteGate, new_id, now_ms, placeholders};
 
 mod sqlite;
-/// The outbox line INSERT of the SQLite engine, for other transactions on its thread.
-pub(crate) use sqlite::INSERT_LINE;
+/// The SQLite engine's outbox line insert, for other transactions on its thread.
+pub(crate) use sqlite::insert_line;
 #[cfg(test)]
 mod tests;
 

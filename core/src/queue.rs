@@ -379,9 +379,6 @@ impl Queue {
         lease: Duration,
     ) -> Option<Result<Option<Vec<Leased>>, StoreError>> {
         let writer = self.store.writer();
-        if !writer.has_thread() {
-            return None;
-        }
         let (owner, kind) = (owner.to_string(), kind.to_string());
         let lease = duration_ms(lease);
         // Relaxed: a lease lost in a power failure only means the items are leased again.
@@ -476,7 +473,6 @@ impl Queue {
                         first.insert(b.key.as_str());
                     }
                 }
-                let mut line = tx.prepare_cached(crate::commit::INSERT_LINE)?;
                 let mut done = tx.prepare_cached(
                     "UPDATE requests SET state = 'done', lease_owner = NULL, lease_until = NULL, \
                      updated_at = ?1 WHERE id = ?2 AND lease_owner = ?3 AND attempts = ?4 \
@@ -488,16 +484,7 @@ impl Queue {
                     let is_first = first.remove(b.key.as_str());
                     if is_first {
                         for l in &b.lines {
-                            line.execute(rusqlite::params![
-                                crate::store::new_id(),
-                                l.origin.frontend,
-                                l.origin.room,
-                                l.origin.addressee,
-                                l.body,
-                                l.dedup_key,
-                                l.request_id,
-                                now,
-                            ])?;
+                            crate::commit::insert_line(tx, &crate::store::new_id(), l, now)?;
                         }
                     }
                     if done.execute(rusqlite::params![now, b.id, b.owner, i64::from(b.attempt)])?

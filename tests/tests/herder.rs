@@ -188,12 +188,7 @@ async fn herder_check_names_the_matcher_and_the_action_and_writes_nothing() {
     );
 
     // Traces are read only when a matcher needs them, and only their tail.
-    let traces: Vec<String> = gitlab
-        .requests()
-        .iter()
-        .filter(|r| r.path.ends_with("/trace"))
-        .map(|r| r.path.clone())
-        .collect();
+    let traces = trace_reads(&gitlab);
     assert_eq!(traces.len(), 3, "reset, oom and lint: {traces:?}");
     assert_eq!(
         gitlab
@@ -371,11 +366,16 @@ flood_rate = 1000.0
         "{:?}",
         gitlab.requests()
     );
-    let traced: Vec<String> = gitlab
+    let traced = trace_reads(&gitlab);
+    assert_eq!(traced.len(), 2, "oom and lint only: {traced:?}");
+}
+
+/// The paths of the job traces the double was asked for, in order.
+fn trace_reads(gitlab: &GitLabDouble) -> Vec<String> {
+    gitlab
         .requests()
         .iter()
         .filter(|r| r.path.ends_with("/trace"))
         .map(|r| r.path.clone())
-        .collect();
-    assert_eq!(traced.len(), 2, "oom and lint only: {traced:?}");
+        .collect()
 }

@@ -731,29 +731,27 @@ async fn relaxed_transactions(backend: Backend) {
             .or_else(|_| row.try_get::<i64, _>(0).map(|n| n.to_string()))
             .expect("a text or number")
     }
+    async fn audit_row(tx: &mut shepherd_core::store::Tx, id: &str) {
+        sqlx::query(
+            "INSERT INTO audit (id, at, identity, frontend, room, command, text, outcome) \
+             VALUES ($1, 1, 'test', 'console', 'x', 'relaxed', 'relaxed', 'done')",
+        )
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .expect("insert");
+    }
     let mut relaxed = store.begin_relaxed().await.expect("relaxed");
     let got = read(&mut relaxed, setting).await;
     match backend {
         Backend::Sqlite => assert_eq!(got, "1", "NORMAL on the relaxed connection"),
         Backend::Postgres => assert_eq!(got, "off"),
     }
-    sqlx::query(
-        "INSERT INTO audit (id, at, identity, frontend, room, command, text, outcome) \
-         VALUES ('relaxed-1', 1, 'test', 'console', 'x', 'relaxed', 'relaxed', 'done')",
-    )
-    .execute(&mut *relaxed)
-    .await
-    .expect("insert");
+    audit_row(&mut relaxed, "relaxed-1").await;
     relaxed.commit().await.expect("commit");
 
     let mut rolled = store.begin_relaxed().await.expect("relaxed");
-    sqlx::query(
-        "INSERT INTO audit (id, at, identity, frontend, room, command, text, outcome) \
-         VALUES ('relaxed-2', 1, 'test', 'console', 'x', 'relaxed', 'relaxed', 'done')",
-    )
-    .execute(&mut *rolled)
-    .await
-    .expect("insert");
+    audit_row(&mut rolled, "relaxed-2").await;
     rolled.rollback().await.expect("rollback");
 
     // Ordinary transactions after them still sync fully (PostgreSQL's setting was local).

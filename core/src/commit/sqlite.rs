@@ -29,7 +29,7 @@ const INSERT_REQUEST: &str = "INSERT INTO requests (id, kind, frontend, room, ad
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'ready', 0, ?9, ?9, ?9, ?10, ?11) \
      ON CONFLICT (dedup_key) DO NOTHING";
 const REQUEST_BY_KEY: &str = "SELECT id FROM requests WHERE dedup_key = ?1";
-pub(crate) const INSERT_LINE: &str = "INSERT INTO outbox (id, frontend, room, addressee, body, dedup_key, \
+const INSERT_LINE: &str = "INSERT INTO outbox (id, frontend, room, addressee, body, dedup_key, \
      request_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
      ON CONFLICT (dedup_key) DO NOTHING";
 
@@ -167,7 +167,6 @@ fn commit(
     let mut results = Vec::with_capacity(writes.len());
     {
         let mut insert_request = tx.prepare_cached(INSERT_REQUEST)?;
-        let mut insert_line = tx.prepare_cached(INSERT_LINE)?;
         let mut by_key = tx.prepare_cached(REQUEST_BY_KEY)?;
         for write in writes {
             // Ids in arrival order: they are time-ordered, so a lane reads the group in order.
@@ -191,9 +190,7 @@ fn commit(
                         Ok(Written::Enqueued(Enqueued::Duplicate(stored)))
                     }
                 }
-                Write::Push(line) => Ok(Written::Pushed(
-                    push(&mut insert_line, &id, line, now)? == 1,
-                )),
+                Write::Push(line) => Ok(Written::Pushed(insert_line(&tx, &id, line, now)?)),
             });
         }
     }
@@ -223,13 +220,16 @@ fn insert(
     ])
 }
 
-fn push(
-    stmt: &mut rusqlite::CachedStatement<'_>,
+/// Stores an outbox line on the writer's connection (inside its transaction); false when its
+/// dedup key was already used. For the groups and for the lane's batch on this thread.
+pub(crate) fn insert_line(
+    conn: &Connection,
     id: &str,
     l: &Line,
     now: i64,
-) -> rusqlite::Result<usize> {
-    stmt.execute(params![
+) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(INSERT_LINE)?;
+    Ok(stmt.execute(params![
         id,
         l.origin.frontend,
         l.origin.room,
@@ -238,5 +238,5 @@ fn push(
         l.dedup_key,
         l.request_id,
         now,
-    ])
+    ])? == 1)
 }

@@ -272,6 +272,12 @@ fn param_error(text: &str) -> Response<Body> {
     json_response(StatusCode::BAD_REQUEST, json!({ "error": text }))
 }
 
+/// A numeric id from the path (`:job_id`, `:user_id`, `:merge_request_iid`); `None` is
+/// answered with GitLab's 400 naming the parameter.
+fn path_id(value: Option<&str>) -> Option<u64> {
+    value.and_then(|v| v.parse::<u64>().ok())
+}
+
 /// The answer of a `Status`/`CreateThenFail` fault.
 fn status_fault(code: u16) -> Response<Body> {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -885,12 +891,7 @@ fn job_route(
     can_write: bool,
     base_url: &str,
 ) -> Response<Body> {
-    let Some(id) = req
-        .target
-        .job_ref
-        .as_deref()
-        .and_then(|r| r.parse::<u64>().ok())
-    else {
+    let Some(id) = path_id(req.target.job_ref.as_deref()) else {
         return param_error("job_id is invalid");
     };
     if route == Route::RetryJob && !can_write {
@@ -1053,12 +1054,7 @@ fn get_member(
     project_id: u64,
     base_url: &str,
 ) -> Response<Body> {
-    let Some(user_id) = req
-        .target
-        .user_ref
-        .as_deref()
-        .and_then(|u| u.parse::<u64>().ok())
-    else {
+    let Some(user_id) = path_id(req.target.user_ref.as_deref()) else {
         return param_error("user_id is invalid");
     };
     let state = shared.lock();
@@ -1123,12 +1119,7 @@ fn merge_request_route(
     can_write: bool,
     base_url: &str,
 ) -> Response<Body> {
-    let Some(iid) = req
-        .target
-        .mr_ref
-        .as_deref()
-        .and_then(|m| m.parse::<u64>().ok())
-    else {
+    let Some(iid) = path_id(req.target.mr_ref.as_deref()) else {
         return param_error("merge_request_iid is invalid");
     };
     let note_id = match &req.target.note_ref {
