@@ -209,21 +209,34 @@ impl GroupWriter {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Jobs handed over and not yet taken by the writer (for tests that line jobs up).
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        match &self.door {
+            Door::Task(tx) => tx.max_capacity() - tx.capacity(),
+            Door::Thread(tx) => tx.max_capacity() - tx.capacity(),
+        }
+    }
+
     /// Whether the writer has its own SQLite connection, on which [`GroupWriter::on_thread`]
     /// runs transactions.
     pub fn has_thread(&self) -> bool {
         matches!(self.door, Door::Thread(_))
     }
 
-    /// Runs `work` in a transaction of its own on the SQLite writer's connection, in its turn
-    /// among the groups, and commits it when it returns `Ok` (rolls back on `Err`). `relaxed`
-    /// commits without waiting for the disk (see `Store::begin_relaxed` for when that is
-    /// allowed). One handoff instead of one per statement and row: for the hot transactions
-    /// of the alert lane and the outbox. `None` without a thread ([`GroupWriter::has_thread`]).
+    /// Runs `work` on the SQLite writer's connection, all or nothing: what it wrote is
+    /// committed when it returns `Ok` and undone when it returns `Err`. It shares the writer's
+    /// next transaction with whatever else is waiting there (a group, other runs: see
+    /// `commit/sqlite.rs`), and is answered once that transaction committed. `work` may run
+    /// more than once (again after another job of its turn failed), so it does nothing but
+    /// statements on the transaction it is given. `relaxed` allows that commit not to wait for the disk when
+    /// nothing in it needs to (see `Store::begin_relaxed` for when that is allowed). One
+    /// handoff instead of one per statement and row: for the hot transactions of the alert
+    /// lane and the outbox. `None` without a thread ([`GroupWriter::has_thread`]).
     pub(crate) async fn on_thread<R: Send + 'static>(
         &self,
         relaxed: bool,
-        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
+        work: impl Fn(&rusqlite::Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
     ) -> Option<Result<R, StoreError>> {
         let Door::Thread(tx) = &self.door else {
             return None;
@@ -231,22 +244,17 @@ impl GroupWriter {
         let (reply, answer) = oneshot::channel();
         let job = sqlite::Job::Run {
             relaxed,
-            work: Box::new(move |conn| {
-                let result = (|| {
-                    let t =
-                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                    // Dropped on an error: rolled back.
-                    let value = work(&t)?;
-                    t.commit()?;
-                    Ok(value)
-                })();
-                let _ = reply.send(result);
-            }),
+            work: Box::new(move |t| work(t).map(|value| Box::new(value) as sqlite::Value)),
+            reply,
         };
         if tx.send(job).await.is_err() {
             return Some(Err(stopped()));
         }
-        Some(answer.await.unwrap_or_else(|_| Err(stopped())))
+        Some(match answer.await {
+            Ok(Ok(value)) => value.downcast::<R>().map(|v| *v).map_err(|_| mismatch()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(stopped()),
+        })
     }
 }
 

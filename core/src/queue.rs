@@ -206,9 +206,9 @@ impl Queue {
     pub async fn lease(&self, owner: &str) -> Result<Option<Leased>, StoreError> {
         let pool = self.store.pool();
         // Two index-friendly lookups instead of one sorted OR: first a lease that expired (its
-        // worker died; `requests_by_lease`), then the oldest due ready item outside the lanes,
-        // read in the order of `requests_general` (available_at, id; only ready, non-lane rows),
-        // so neither done rows nor a lane's backlog are ever walked.
+        // worker died; the few leased rows of `requests_general`), then the oldest due ready
+        // item outside the lanes, in that index's order (available_at, id; only unfinished,
+        // non-lane rows), so neither done rows nor a lane's backlog are ever walked.
         const WAITS: &str = "AND (r.after_id IS NULL OR NOT EXISTS (SELECT 1 FROM requests p \
              WHERE p.id = r.after_id AND p.state IN ('ready', 'leased')))";
         let expired_sql = format!(
@@ -282,13 +282,15 @@ impl Queue {
         // Without the thread, or an expired lease at the front (taken below, alone):
         for _ in 0..16 {
             let now = now_ms();
-            let rows = sqlx::query(
+            // The limit is written into the statement: SQLite prepares a statement again
+            // whenever a bound LIMIT changes, and it is the same for every batch.
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT id, kind, frontend, room, addressee, identity, payload, attempts, state, \
                  available_at, lease_until, created_at FROM requests \
-                 WHERE kind = $1 AND state IN ('ready', 'leased') ORDER BY created_at, id LIMIT $2",
-            )
+                 WHERE kind = $1 AND state IN ('ready', 'leased') ORDER BY created_at, id \
+                 LIMIT {limit}"
+            )))
             .bind(kind)
-            .bind(limit)
             .fetch_all(pool)
             .await?;
             let Some(first) = rows.first() else {
@@ -385,13 +387,15 @@ impl Queue {
         writer
             .on_thread(true, move |tx| {
                 let now = now_ms();
-                let mut front = tx.prepare_cached(
+                // The limit in the text, not bound (a bound LIMIT is prepared again each
+                // time it is bound: SQLite plans with its value).
+                let mut front = tx.prepare_cached(&format!(
                     "SELECT id, kind, frontend, room, addressee, identity, payload, attempts, \
                      state, available_at, lease_until, created_at FROM requests \
                      WHERE kind = ?1 AND state IN ('ready', 'leased') \
-                     ORDER BY created_at, id LIMIT ?2",
-                )?;
-                let mut rows = front.query(rusqlite::params![kind, limit])?;
+                     ORDER BY created_at, id LIMIT {limit}"
+                ))?;
+                let mut rows = front.query(rusqlite::params![kind])?;
                 let mut due = Vec::new();
                 while let Some(row) = rows.next()? {
                     let state: String = row.get(8)?;
@@ -739,8 +743,9 @@ impl Queue {
 
     pub async fn counts(&self) -> Result<QueueCounts, StoreError> {
         let rows = sqlx::query(
-            "SELECT state, COUNT(*) AS n FROM requests \
-             WHERE state IN ('ready', 'leased', 'dead') GROUP BY state",
+            // `state <> 'done'`: the form of `requests_unfinished`'s condition, so it is read
+            // instead of every row.
+            "SELECT state, COUNT(*) AS n FROM requests WHERE state <> 'done' GROUP BY state",
         )
         .fetch_all(self.store.pool())
         .await?;
@@ -779,7 +784,8 @@ impl Queue {
     /// Requests from this front end that are not finished yet (ready or leased).
     pub async fn unfinished_for(&self, frontend: &str) -> Result<i64, StoreError> {
         let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM requests WHERE frontend = $1 AND state IN ('ready', 'leased')",
+            "SELECT COUNT(*) AS n FROM requests \
+             WHERE frontend = $1 AND state <> 'done' AND state <> 'dead'",
         )
         .bind(frontend)
         .fetch_one(self.store.pool())
@@ -834,7 +840,11 @@ impl Queue {
     pub async fn reclaim(&self, gone: impl Fn(&str) -> bool) -> Result<u64, StoreError> {
         let pool = self.store.pool();
         let owners: Vec<Option<String>> =
-            sqlx::query_scalar("SELECT DISTINCT lease_owner FROM requests WHERE state = 'leased'")
+            // `state <> 'done'` lets SQLite read `requests_unfinished` (it does not infer it).
+            sqlx::query_scalar(
+                "SELECT DISTINCT lease_owner FROM requests \
+                 WHERE state <> 'done' AND state = 'leased'",
+            )
                 .fetch_all(pool)
                 .await?;
         let now = now_ms();
@@ -842,7 +852,8 @@ impl Queue {
         for owner in owners.into_iter().flatten().filter(|o| gone(o)) {
             let r = sqlx::query(
                 "UPDATE requests SET lease_until = $1, updated_at = $1 \
-                 WHERE state = 'leased' AND lease_owner = $2 AND lease_until > $1",
+                 WHERE state <> 'done' AND state = 'leased' AND lease_owner = $2 \
+                 AND lease_until > $1",
             )
             .bind(now)
             .bind(&owner)

@@ -17,8 +17,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::mpsc;
+use std::any::Any;
+
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{GroupStats, Line, MAX_GROUP, Reply, Write, Written, answer};
 use crate::queue::{Enqueued, NewRequest};
@@ -33,22 +37,35 @@ const INSERT_LINE: &str = "INSERT INTO outbox (id, frontend, room, addressee, bo
      request_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
      ON CONFLICT (dedup_key) DO NOTHING";
 
-/// What the thread is given: a write for the next group, or a transaction of its own.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "writes are nearly every job: boxing them would cost an allocation each"
-)]
+/// What the thread is given: a write for the next group, or a transaction's worth of work of
+/// its own.
 pub(crate) enum Job {
     Write(Write, Reply),
-    /// Opens, runs and ends its own transaction and answers its caller (see
-    /// `GroupWriter::on_thread`); `relaxed` ones run with `synchronous = NORMAL`.
+    /// Runs in the next transaction and is answered once that committed (see
+    /// `GroupWriter::on_thread`); `relaxed` ones alone commit with `synchronous = NORMAL`.
     Run {
         relaxed: bool,
         work: Work,
+        reply: RunReply,
     },
 }
 
-pub(crate) type Work = Box<dyn FnOnce(&mut Connection) + Send>;
+type RunReply = oneshot::Sender<Result<Value, StoreError>>;
+
+/// What a run returns, handed back to its caller (who knows its type) after the commit.
+pub(crate) type Value = Box<dyn Any + Send>;
+/// A run's work: only statements on the transaction it is given, and no effect outside it, for
+/// it runs again when another job of its turn failed and the turn was rolled back.
+pub(crate) type Work = Box<dyn Fn(&Transaction<'_>) -> Result<Value, StoreError> + Send>;
+
+/// What a group's writes became, each, or the group's error.
+type GroupResult = Result<Vec<Result<Written, StoreError>>, StoreError>;
+
+/// What a run came to: its value, or its error (or the turn's).
+type RunOutcome = Result<Value, StoreError>;
+
+/// Most runs in one transaction (each is a lane batch or a batch of outbox marks at most).
+const MAX_RUNS: usize = 64;
 
 /// Opens the writer's connection to the migrated store at `path`, with the store's pragmas and
 /// `synchronous = FULL` (a group is acknowledged, so its commit waits for the disk).
@@ -79,122 +96,244 @@ pub(crate) fn spawn(
         .map_err(|e| StoreError::Group(format!("cannot start the store's writer thread: {e}")))
 }
 
-fn run(mut conn: Connection, gate: WriteGate, mut rx: mpsc::Receiver<Job>, stats: Arc<GroupStats>) {
-    let mut group: Vec<(Write, Reply)> = Vec::with_capacity(MAX_GROUP);
-    // A transaction of its own that arrived behind a group: it runs once the group committed.
-    let mut next: Option<Job> = None;
-    loop {
-        let Some(job) = next.take().or_else(|| rx.blocking_recv()) else {
-            return;
-        };
+/// One turn of the writer: the writes and the runs that were waiting, in one transaction.
+#[derive(Default)]
+struct Turn {
+    writes: Vec<Write>,
+    replies: Vec<Reply>,
+    works: Vec<Work>,
+    run_replies: Vec<RunReply>,
+    /// Whether the commit must wait for the disk: a write (acknowledged to someone outside)
+    /// or a run that is not relaxed.
+    durable: bool,
+}
+
+impl Turn {
+    fn add(&mut self, job: Job) {
         match job {
-            Job::Run { relaxed, work } => {
-                // This thread is not in the runtime, so it may block for its turn.
-                let _turn = gate.blocking_lock();
-                run_one(&mut conn, relaxed, work);
-            }
             Job::Write(write, reply) => {
-                group.push((write, reply));
-                while group.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(Job::Write(write, reply)) => group.push((write, reply)),
-                        Ok(run) => {
-                            next = Some(run);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let (writes, replies): (Vec<Write>, Vec<Reply>) = group.drain(..).unzip();
-                let started = std::time::Instant::now();
-                let result = {
-                    let _turn = gate.blocking_lock();
-                    stats
-                        .turn_wait_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    // Acknowledged writes: never on a relaxed connection (a relaxed run that
-                    // could not restore the sync level is caught here).
-                    if full_sync(&conn) {
-                        commit(&mut conn, &writes)
-                    } else {
-                        Err(StoreError::Group(
-                            "the store's writer cannot make its commits durable".to_string(),
-                        ))
-                    }
-                };
-                stats
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                answer(&stats, writes.len(), replies, result);
+                self.writes.push(write);
+                self.replies.push(reply);
+                self.durable = true;
             }
+            Job::Run {
+                relaxed,
+                work,
+                reply,
+            } => {
+                self.works.push(work);
+                self.run_replies.push(reply);
+                self.durable |= !relaxed;
+            }
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.writes.len() >= MAX_GROUP || self.works.len() >= MAX_RUNS
+    }
+}
+
+fn run(mut conn: Connection, gate: WriteGate, mut rx: mpsc::Receiver<Job>, stats: Arc<GroupStats>) {
+    // The level the connection is at; set only when a turn needs another.
+    let mut level = Sync::Full;
+    while let Some(job) = rx.blocking_recv() {
+        // Everything that arrived while the previous turn was committing shares this one:
+        // one transaction, one commit, for a group and the lane's and outbox's runs alike.
+        let mut turn = Turn::default();
+        turn.add(job);
+        while !turn.full() {
+            match rx.try_recv() {
+                Ok(job) => turn.add(job),
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        // This thread is not in the runtime, so it may block for its turn.
+        let _turn = gate.blocking_lock();
+        if !turn.writes.is_empty() {
+            stats
+                .turn_wait_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let wanted = if turn.durable {
+            Sync::Full
+        } else {
+            Sync::Normal
+        };
+        if wanted != level {
+            match conn.pragma_update(None, "synchronous", wanted.pragma()) {
+                Ok(()) => level = wanted,
+                // A relaxed turn on a connection that stayed at FULL only waits longer.
+                Err(e) if wanted == Sync::Normal => {
+                    tracing::warn!(error = %e, "store: cannot relax the writer's sync; committing with a full sync");
+                }
+                Err(e) => {
+                    // Nothing acknowledged may commit on a relaxed connection.
+                    tracing::error!(error = %e, "store: cannot restore the writer's full sync");
+                    let e = StoreError::Group(
+                        "the store's writer cannot make its commits durable".to_string(),
+                    );
+                    finish(&stats, turn, started, Err(e), Vec::new());
+                    continue;
+                }
+            }
+        }
+        let works = std::mem::take(&mut turn.works);
+        match commit(&mut conn, &turn.writes, &works) {
+            Ok((group, outcomes)) => finish(&stats, turn, started, Ok(group), outcomes),
+            Err(e) => finish(&stats, turn, started, Err(e), Vec::new()),
         }
     }
 }
 
-/// A transaction of its own; a relaxed one commits with `synchronous = NORMAL` (no wait for
-/// the disk; durable across a crash of the process, and made durable by the next full sync of
-/// the same log), then the connection is back to `FULL` for the next group.
-fn run_one(conn: &mut Connection, relaxed: bool, work: Work) {
-    let relaxed = relaxed
-        && conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .inspect_err(|e| tracing::warn!(error = %e, "store: cannot relax the writer's sync; committing with a full sync"))
-            .is_ok();
-    work(conn);
-    if relaxed {
-        full_sync(conn);
+/// The connection's `synchronous` levels the writer uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    Full,
+    Normal,
+}
+
+impl Sync {
+    fn pragma(self) -> &'static str {
+        match self {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        }
     }
 }
 
-/// Puts the connection back to `synchronous = FULL`; false (logged) when that failed, and then
-/// no group may commit on it.
-fn full_sync(conn: &Connection) -> bool {
-    conn.pragma_update(None, "synchronous", "FULL")
-        .inspect_err(
-            |e| tracing::error!(error = %e, "store: cannot restore the writer's full sync"),
-        )
-        .is_ok()
+/// Answers a turn: the group's writes with their results and each run with its own, once
+/// the transaction committed; everyone with the error when it did not.
+fn finish(
+    stats: &GroupStats,
+    turn: Turn,
+    started: std::time::Instant,
+    written: Result<Option<GroupResult>, StoreError>,
+    outcomes: Vec<RunOutcome>,
+) {
+    let (group, mut outcomes) = match written {
+        Ok(group) => (group, outcomes.into_iter()),
+        Err(e) => {
+            tracing::error!(error = %e, runs = turn.run_replies.len(), "store: the writer's transaction failed; nothing of it is stored");
+            (Some(Err(e)), Vec::new().into_iter())
+        }
+    };
+    for reply in turn.run_replies {
+        let outcome = outcomes.next().unwrap_or_else(|| {
+            Err(StoreError::Group(match &group {
+                Some(Err(e)) => e.to_string(),
+                _ => "the store's writer could not commit".to_string(),
+            }))
+        });
+        let _ = reply.send(outcome);
+    }
+    if let Some(result) = group.filter(|_| !turn.writes.is_empty()) {
+        stats
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        answer(stats, turn.writes.len(), turn.replies, result);
+    }
 }
 
-/// Writes a group in one transaction; the results are in the order of `writes`. Dropping the
-/// transaction on an error rolls it back before the turn is given up.
+/// The turn's transaction: the group's writes, then each run, then one commit. A job that
+/// fails is answered with its error and the turn is rolled back and done again without it
+/// (savepoints would copy every page a job touches to SQLite's statement journal first, and
+/// jobs fail rarely: a lost lease). `Err` when the transaction itself failed: nothing of the
+/// turn is stored. The runs' outcomes are in order.
 fn commit(
     conn: &mut Connection,
     writes: &[Write],
+    works: &[Work],
+) -> Result<(Option<GroupResult>, Vec<RunOutcome>), StoreError> {
+    let mut group_failed: Option<StoreError> = None;
+    let mut failed: Vec<Option<StoreError>> = works.iter().map(|_| None).collect();
+    // Each pass that fails leaves one job out: at most one pass per job, and one more.
+    'pass: loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut group = None;
+        if !writes.is_empty() && group_failed.is_none() {
+            match write_group(&tx, writes) {
+                Ok(written) => group = Some(written),
+                Err(e) => {
+                    group_failed = Some(e);
+                    drop(tx);
+                    continue 'pass;
+                }
+            }
+        }
+        let mut values = Vec::with_capacity(works.len());
+        for (work, failed) in works.iter().zip(failed.iter_mut()) {
+            if failed.is_some() {
+                values.push(None);
+                continue;
+            }
+            match work(&tx) {
+                Ok(value) => values.push(Some(value)),
+                Err(e) => {
+                    *failed = Some(e);
+                    drop(tx);
+                    continue 'pass;
+                }
+            }
+        }
+        // SQLite ends a transaction itself on some errors (a full disk, say): then nothing of
+        // the turn may be answered as stored.
+        if tx.is_autocommit() {
+            return Err(StoreError::Group(
+                "the store's writer lost its transaction".to_string(),
+            ));
+        }
+        tx.commit()?;
+        let group = match group_failed {
+            Some(e) => Some(Err(e)),
+            None => group.map(Ok),
+        };
+        let outcomes = values
+            .into_iter()
+            .zip(failed)
+            .map(|(value, failed)| match (value, failed) {
+                (Some(value), _) => Ok(value),
+                (None, Some(e)) => Err(e),
+                (None, None) => Err(StoreError::Group("a run was left out".to_string())),
+            })
+            .collect();
+        return Ok((group, outcomes));
+    }
+}
+
+/// Writes a group inside the turn's transaction; the results are in the order of `writes`.
+fn write_group(
+    tx: &Transaction<'_>,
+    writes: &[Write],
 ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_ms();
     let mut results = Vec::with_capacity(writes.len());
-    {
-        let mut insert_request = tx.prepare_cached(INSERT_REQUEST)?;
-        let mut by_key = tx.prepare_cached(REQUEST_BY_KEY)?;
-        for write in writes {
-            // Ids in arrival order: they are time-ordered, so a lane reads the group in order.
-            let id = new_id();
-            results.push(match write {
-                Write::Enqueue(r, lane) => {
-                    if insert(&mut insert_request, &id, r, lane.as_deref(), now)? == 1 {
-                        Ok(Written::Enqueued(Enqueued::New(id)))
-                    } else {
-                        // Not inserted: its dedup key is stored (earlier, or earlier in this
-                        // group).
-                        let stored: Option<String> = match &r.dedup_key {
-                            Some(key) => by_key.query_row([key], |row| row.get(0)).optional()?,
-                            None => None,
-                        };
-                        let stored = stored.ok_or_else(|| StoreError::Corrupt {
-                            what: "requests",
-                            detail: "a request was neither inserted nor found by its dedup key"
-                                .to_string(),
-                        })?;
-                        Ok(Written::Enqueued(Enqueued::Duplicate(stored)))
-                    }
+    let mut insert_request = tx.prepare_cached(INSERT_REQUEST)?;
+    let mut by_key = tx.prepare_cached(REQUEST_BY_KEY)?;
+    for write in writes {
+        // Ids in arrival order: they are time-ordered, so a lane reads the group in order.
+        let id = new_id();
+        results.push(match write {
+            Write::Enqueue(r, lane) => {
+                if insert(&mut insert_request, &id, r, lane.as_deref(), now)? == 1 {
+                    Ok(Written::Enqueued(Enqueued::New(id)))
+                } else {
+                    // Not inserted: its dedup key is stored (earlier, or earlier in this group).
+                    let stored: Option<String> = match &r.dedup_key {
+                        Some(key) => by_key.query_row([key], |row| row.get(0)).optional()?,
+                        None => None,
+                    };
+                    let stored = stored.ok_or_else(|| StoreError::Corrupt {
+                        what: "requests",
+                        detail: "a request was neither inserted nor found by its dedup key"
+                            .to_string(),
+                    })?;
+                    Ok(Written::Enqueued(Enqueued::Duplicate(stored)))
                 }
-                Write::Push(line) => Ok(Written::Pushed(insert_line(&tx, &id, line, now)?)),
-            });
-        }
+            }
+            Write::Push(line) => Ok(Written::Pushed(insert_line(tx, &id, line, now)?)),
+        });
     }
-    tx.commit()?;
     Ok(results)
 }
 

@@ -1,6 +1,7 @@
-//! The SQLite engine's transactions of their own (`GroupWriter::on_thread`): relaxed ones run
-//! with `synchronous = NORMAL` and only they do, what they commit is there and what fails is
-//! rolled back, and groups commit with a full sync after them.
+//! The SQLite engine's runs (`GroupWriter::on_thread`): relaxed ones alone run with
+//! `synchronous = NORMAL` and only they do, what they commit is there and what fails is rolled
+//! back, groups commit with a full sync after them, and what waits behind a turn shares the
+//! next one, each run all or nothing.
 
 use crate::commit::Line;
 use crate::origin::Origin;
@@ -88,6 +89,105 @@ async fn transactions_on_the_writer_thread_relax_only_themselves() {
     let after = writer.on_thread(false, sync_level).await.expect("thread");
     assert_eq!(after.expect("level"), 2);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM outbox").await, 2);
+    store.close().await;
+}
+
+/// Jobs that wait behind a turn share the next one: one transaction, each run all or nothing
+/// (a failing one undoes only itself), at the full sync a write in it needs.
+#[tokio::test]
+async fn what_waits_behind_a_turn_commits_together_each_run_all_or_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = store(&dir).await;
+    let writer = store.writer().clone();
+    assert!(writer.push(line("one", "k1")).await.expect("push"));
+    let groups_before = writer.stats().groups.get();
+
+    // A run that holds the writer's thread until told to go on.
+    let (running, is_running) = std::sync::mpsc::channel();
+    let (go_on, may_go_on) = std::sync::mpsc::channel::<()>();
+    let blocker = tokio::spawn({
+        let writer = writer.clone();
+        async move {
+            writer
+                .on_thread(true, move |_| {
+                    running.send(()).expect("test waits");
+                    may_go_on.recv().expect("test says go on");
+                    Ok(())
+                })
+                .await
+        }
+    });
+    tokio::task::spawn_blocking(move || is_running.recv().expect("the run started"))
+        .await
+        .expect("join");
+
+    // Lined up behind it: a write, a run that fails after writing, a relaxed run.
+    let write = tokio::spawn({
+        let writer = writer.clone();
+        async move { writer.push(line("two", "k2")).await }
+    });
+    let failing = tokio::spawn({
+        let writer = writer.clone();
+        async move {
+            writer
+                .on_thread(true, |tx| {
+                    tx.execute(
+                        "UPDATE outbox SET body = 'undone' WHERE dedup_key = 'k1'",
+                        [],
+                    )?;
+                    Err::<(), _>(StoreError::Group("refused on purpose".into()))
+                })
+                .await
+        }
+    });
+    let relaxed = tokio::spawn({
+        let writer = writer.clone();
+        async move {
+            writer
+                .on_thread(true, |tx| {
+                    tx.execute("UPDATE outbox SET body = 'kept' WHERE dedup_key = 'k1'", [])?;
+                    sync_level(tx)
+                })
+                .await
+        }
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while writer.waiting() < 3 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the three jobs are waiting");
+    go_on.send(()).expect("blocker waits");
+
+    blocker
+        .await
+        .expect("join")
+        .expect("thread")
+        .expect("blocker");
+    assert!(write.await.expect("join").expect("stored"));
+    let failed = failing.await.expect("join").expect("thread");
+    assert!(matches!(failed, Err(StoreError::Group(_))), "{failed:?}");
+    let level = relaxed.await.expect("join").expect("thread").expect("run");
+    assert_eq!(
+        level, 2,
+        "a relaxed run sharing a turn with a write commits with a full sync"
+    );
+    assert_eq!(
+        writer.stats().groups.get() - groups_before,
+        1,
+        "the write was one group"
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM outbox WHERE body = 'kept'").await,
+        1,
+        "the relaxed run's change is kept, the failed run's undone"
+    );
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM outbox").await, 2);
+
+    // Alone again, a relaxed run does not wait for the disk.
+    let alone = writer.on_thread(true, sync_level).await.expect("thread");
+    assert_eq!(alone.expect("level"), 1);
     store.close().await;
 }
 
