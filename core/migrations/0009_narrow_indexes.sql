@@ -15,7 +15,7 @@ DROP INDEX requests_general;
 CREATE INDEX requests_general ON requests (state, available_at, id)
     WHERE lane IS NULL AND (state = 'ready' OR state = 'leased');
 -- Unfinished work by front end, the queue gauges and the leases a dead process held.
-CREATE INDEX requests_unfinished ON requests (frontend, state) WHERE state <> 'done';
+CREATE INDEX requests_unfinished ON requests (state, frontend) WHERE state <> 'done';
 -- What pruning deletes, and the dead list.
 CREATE INDEX requests_done ON requests (updated_at) WHERE state = 'done';
 CREATE INDEX requests_dead ON requests (updated_at, id) WHERE state = 'dead';

@@ -785,7 +785,7 @@ impl Queue {
     pub async fn unfinished_for(&self, frontend: &str) -> Result<i64, StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM requests \
-             WHERE frontend = $1 AND state <> 'done' AND state <> 'dead'",
+             WHERE frontend = $1 AND state <> 'done' AND state IN ('ready', 'leased')",
         )
         .bind(frontend)
         .fetch_one(self.store.pool())

@@ -135,7 +135,7 @@ impl Turn {
 
 fn run(mut conn: Connection, gate: WriteGate, mut rx: mpsc::Receiver<Job>, stats: Arc<GroupStats>) {
     // The level the connection is at; set only when a turn needs another.
-    let mut level = Sync::Full;
+    let mut level = SyncLevel::Full;
     while let Some(job) = rx.blocking_recv() {
         // Everything that arrived while the previous turn was committing shares this one:
         // one transaction, one commit, for a group and the lane's and outbox's runs alike.
@@ -156,15 +156,15 @@ fn run(mut conn: Connection, gate: WriteGate, mut rx: mpsc::Receiver<Job>, stats
                 .observe(started.elapsed().as_secs_f64());
         }
         let wanted = if turn.durable {
-            Sync::Full
+            SyncLevel::Full
         } else {
-            Sync::Normal
+            SyncLevel::Normal
         };
         if wanted != level {
             match conn.pragma_update(None, "synchronous", wanted.pragma()) {
                 Ok(()) => level = wanted,
                 // A relaxed turn on a connection that stayed at FULL only waits longer.
-                Err(e) if wanted == Sync::Normal => {
+                Err(e) if wanted == SyncLevel::Normal => {
                     tracing::warn!(error = %e, "store: cannot relax the writer's sync; committing with a full sync");
                 }
                 Err(e) => {
@@ -188,16 +188,16 @@ fn run(mut conn: Connection, gate: WriteGate, mut rx: mpsc::Receiver<Job>, stats
 
 /// The connection's `synchronous` levels the writer uses.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Sync {
+enum SyncLevel {
     Full,
     Normal,
 }
 
-impl Sync {
+impl SyncLevel {
     fn pragma(self) -> &'static str {
         match self {
-            Sync::Full => "FULL",
-            Sync::Normal => "NORMAL",
+            SyncLevel::Full => "FULL",
+            SyncLevel::Normal => "NORMAL",
         }
     }
 }
