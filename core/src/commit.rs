@@ -69,7 +69,8 @@ type Reply = oneshot::Sender<Result<Written, StoreError>>;
 /// the registry; tests read them directly).
 #[derive(Debug, Clone)]
 pub struct GroupStats {
-    /// Transactions the writer committed or tried.
+    /// Transactions the writer committed or tried that held writes (on SQLite: turns with a
+    /// group; turns of runs alone are not counted).
     pub groups: IntCounter,
     /// Writes (requests and lines) handed to the writer.
     pub writes: IntCounter,

@@ -64,6 +64,9 @@ type GroupResult = Result<Vec<Result<Written, StoreError>>, StoreError>;
 /// What a run came to: its value, or its error (or the turn's).
 type RunOutcome = Result<Value, StoreError>;
 
+/// A committed turn: what its group came to (none without writes) and each run's outcome.
+type Committed = (Option<GroupResult>, Vec<RunOutcome>);
+
 /// Most runs in one transaction (each is a lane batch or a batch of outbox marks at most).
 const MAX_RUNS: usize = 64;
 
@@ -173,16 +176,13 @@ fn run(mut conn: Connection, gate: WriteGate, mut rx: mpsc::Receiver<Job>, stats
                     let e = StoreError::Group(
                         "the store's writer cannot make its commits durable".to_string(),
                     );
-                    finish(&stats, turn, started, Err(e), Vec::new());
+                    finish(&stats, turn, started, Err(e));
                     continue;
                 }
             }
         }
-        let works = std::mem::take(&mut turn.works);
-        match commit(&mut conn, &turn.writes, &works) {
-            Ok((group, outcomes)) => finish(&stats, turn, started, Ok(group), outcomes),
-            Err(e) => finish(&stats, turn, started, Err(e), Vec::new()),
-        }
+        let committed = commit(&mut conn, &turn.writes, &turn.works);
+        finish(&stats, turn, started, committed);
     }
 }
 
@@ -208,11 +208,10 @@ fn finish(
     stats: &GroupStats,
     turn: Turn,
     started: std::time::Instant,
-    written: Result<Option<GroupResult>, StoreError>,
-    outcomes: Vec<RunOutcome>,
+    committed: Result<Committed, StoreError>,
 ) {
-    let (group, mut outcomes) = match written {
-        Ok(group) => (group, outcomes.into_iter()),
+    let (group, mut outcomes) = match committed {
+        Ok((group, outcomes)) => (group, outcomes.into_iter()),
         Err(e) => {
             tracing::error!(error = %e, runs = turn.run_replies.len(), "store: the writer's transaction failed; nothing of it is stored");
             (Some(Err(e)), Vec::new().into_iter())
@@ -244,7 +243,7 @@ fn commit(
     conn: &mut Connection,
     writes: &[Write],
     works: &[Work],
-) -> Result<(Option<GroupResult>, Vec<RunOutcome>), StoreError> {
+) -> Result<Committed, StoreError> {
     let mut group_failed: Option<StoreError> = None;
     let mut failed: Vec<Option<StoreError>> = works.iter().map(|_| None).collect();
     // Each pass that fails leaves one job out: at most one pass per job, and one more.

@@ -16,6 +16,17 @@ fn sync_level(tx: &rusqlite::Transaction<'_>) -> Result<i64, StoreError> {
     Ok(tx.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
 }
 
+/// Sets the body of the line keyed `k1`; rows changed.
+fn set_body(tx: &rusqlite::Transaction<'_>, body: &str) -> Result<usize, StoreError> {
+    Ok(tx.execute("UPDATE outbox SET body = ?1 WHERE dedup_key = 'k1'", [body])?)
+}
+
+/// Sets the body of the line keyed `k1`, then fails: the change must be undone.
+fn set_body_then_fail(tx: &rusqlite::Transaction<'_>, body: &str) -> Result<(), StoreError> {
+    set_body(tx, body)?;
+    Err(StoreError::Group("refused on purpose".into()))
+}
+
 fn line(body: &str, key: &str) -> Line {
     Line {
         origin: Origin::from_columns("console".into(), "t".into(), None),
@@ -50,13 +61,7 @@ async fn transactions_on_the_writer_thread_relax_only_themselves() {
     // A failing one stores nothing; a committed one is there.
     assert!(writer.push(line("one", "k1")).await.expect("push"));
     let failed = writer
-        .on_thread(true, |tx| {
-            tx.execute(
-                "UPDATE outbox SET body = 'changed' WHERE dedup_key = 'k1'",
-                [],
-            )?;
-            Err::<(), _>(StoreError::Group("refused on purpose".into()))
-        })
+        .on_thread(true, |tx| set_body_then_fail(tx, "changed"))
         .await
         .expect("thread");
     assert!(matches!(failed, Err(StoreError::Group(_))), "{failed:?}");
@@ -66,12 +71,7 @@ async fn transactions_on_the_writer_thread_relax_only_themselves() {
         "rolled back"
     );
     let changed = writer
-        .on_thread(true, |tx| {
-            Ok(tx.execute(
-                "UPDATE outbox SET body = 'changed' WHERE dedup_key = 'k1'",
-                [],
-            )?)
-        })
+        .on_thread(true, |tx| set_body(tx, "changed"))
         .await
         .expect("thread")
         .expect("update");
@@ -130,13 +130,7 @@ async fn what_waits_behind_a_turn_commits_together_each_run_all_or_nothing() {
         let writer = writer.clone();
         async move {
             writer
-                .on_thread(true, |tx| {
-                    tx.execute(
-                        "UPDATE outbox SET body = 'undone' WHERE dedup_key = 'k1'",
-                        [],
-                    )?;
-                    Err::<(), _>(StoreError::Group("refused on purpose".into()))
-                })
+                .on_thread(true, |tx| set_body_then_fail(tx, "undone"))
                 .await
         }
     });
@@ -145,7 +139,7 @@ async fn what_waits_behind_a_turn_commits_together_each_run_all_or_nothing() {
         async move {
             writer
                 .on_thread(true, |tx| {
-                    tx.execute("UPDATE outbox SET body = 'kept' WHERE dedup_key = 'k1'", [])?;
+                    set_body(tx, "kept")?;
                     sync_level(tx)
                 })
                 .await
