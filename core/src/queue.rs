@@ -204,13 +204,21 @@ impl Queue {
     /// Takes the oldest available item under a lease, or None when nothing is due. Lane items
     /// are never handed out here (see [`Queue::lease_lane`]).
     pub async fn lease(&self, owner: &str) -> Result<Option<Leased>, StoreError> {
+        if let Some(front) = self.lease_general_on_thread(owner).await {
+            match front? {
+                GeneralFront::Took(item) => return Ok(Some(*item)),
+                GeneralFront::Nothing => return Ok(None),
+                // Its worker died: the compare-and-set below takes it, or parks it when that
+                // was its last attempt.
+                GeneralFront::Expired => {}
+            }
+        }
         let pool = self.store.pool();
         // Two index-friendly lookups instead of one sorted OR: first a lease that expired (its
         // worker died; the few leased rows of `requests_general`), then the oldest due ready
         // item outside the lanes, in that index's order (available_at, id; only unfinished,
         // non-lane rows), so neither done rows nor a lane's backlog are ever walked.
-        const WAITS: &str = "AND (r.after_id IS NULL OR NOT EXISTS (SELECT 1 FROM requests p \
-             WHERE p.id = r.after_id AND p.state IN ('ready', 'leased')))";
+        const WAITS: &str = WAITS_FOR_PREVIOUS;
         let expired_sql = format!(
             "SELECT r.id, r.attempts, r.state FROM requests r \
              WHERE r.state = 'leased' AND r.lease_until <= $1 AND r.lane IS NULL {WAITS} \
@@ -248,6 +256,54 @@ impl Queue {
             }
         }
         Ok(None)
+    }
+
+    /// On SQLite with the writer's own connection: the oldest due ready request outside the
+    /// lanes, read and leased in one relaxed run there (one handoff instead of four statements
+    /// on sqlx's connection thread, and no commit of its own: it joins the writer's turn).
+    /// Nothing else writes during a run, so no compare-and-set is needed. An expired lease
+    /// (its worker died) is left to [`Queue::lease`]'s general path; `None` without the thread.
+    async fn lease_general_on_thread(
+        &self,
+        owner: &str,
+    ) -> Option<Result<GeneralFront, StoreError>> {
+        let owner = owner.to_string();
+        let lease = duration_ms(self.settings.lease);
+        // Relaxed: a lease lost in a power failure only means the item is leased again.
+        self.store
+            .writer()
+            .on_thread(true, move |tx| {
+                let now = now_ms();
+                let mut expired = tx.prepare_cached(
+                    "SELECT 1 FROM requests WHERE state = 'leased' AND lease_until <= ?1 \
+                     AND lane IS NULL LIMIT 1",
+                )?;
+                if expired.exists(rusqlite::params![now])? {
+                    return Ok(GeneralFront::Expired);
+                }
+                let mut ready = tx.prepare_cached(&format!(
+                    "SELECT r.id, r.kind, r.frontend, r.room, r.addressee, r.identity, r.payload, \
+                     r.attempts, r.created_at FROM requests r \
+                     WHERE r.state = 'ready' AND r.lane IS NULL AND r.available_at <= ?1 {} \
+                     ORDER BY r.available_at, r.id LIMIT 1",
+                    WAITS_FOR_PREVIOUS
+                ))?;
+                let mut rows = ready.query(rusqlite::params![now])?;
+                let Some(row) = rows.next()? else {
+                    return Ok(GeneralFront::Nothing);
+                };
+                let item = leased_on_thread(row, &owner)?;
+                drop(rows);
+                let mut take = tx.prepare_cached(
+                    "UPDATE requests SET state = 'leased', lease_owner = ?1, lease_until = ?2, \
+                     attempts = attempts + 1, updated_at = ?3 WHERE id = ?4 AND state = 'ready'",
+                )?;
+                if take.execute(rusqlite::params![owner, now + lease, now, item.id])? != 1 {
+                    return Ok(GeneralFront::Nothing);
+                }
+                Ok(GeneralFront::Took(Box::new(item)))
+            })
+            .await
     }
 
     /// The oldest unfinished request of a lane `kind`, when it is due; `None` while it waits
@@ -391,39 +447,24 @@ impl Queue {
                 // time it is bound: SQLite plans with its value).
                 let mut front = tx.prepare_cached(&format!(
                     "SELECT id, kind, frontend, room, addressee, identity, payload, attempts, \
-                     state, available_at, lease_until, created_at FROM requests \
+                     created_at, state, available_at, lease_until FROM requests \
                      WHERE kind = ?1 AND state IN ('ready', 'leased') \
                      ORDER BY created_at, id LIMIT {limit}"
                 ))?;
                 let mut rows = front.query(rusqlite::params![kind])?;
                 let mut due = Vec::new();
                 while let Some(row) = rows.next()? {
-                    let state: String = row.get(8)?;
+                    let state: String = row.get(9)?;
                     if due.is_empty() && state == "leased" {
-                        let lease_until: Option<i64> = row.get(10)?;
+                        let lease_until: Option<i64> = row.get(11)?;
                         let held = lease_until.is_none_or(|t| t > now);
                         return Ok(held.then(Vec::new));
                     }
-                    let available_at: i64 = row.get(9)?;
+                    let available_at: i64 = row.get(10)?;
                     if state != "ready" || available_at > now {
                         break;
                     }
-                    let payload =
-                        Payload::from_json(row.get(6)?).map_err(|e| StoreError::Corrupt {
-                            what: "requests.payload",
-                            detail: e.to_string(),
-                        })?;
-                    let attempts: i64 = row.get(7)?;
-                    due.push(Leased {
-                        id: row.get(0)?,
-                        kind: row.get(1)?,
-                        origin: Origin::from_columns(row.get(2)?, row.get(3)?, row.get(4)?),
-                        identity: row.get(5)?,
-                        payload,
-                        attempt: u32::try_from(attempts + 1).unwrap_or(u32::MAX),
-                        created_at: row.get(11)?,
-                        owner: owner.clone(),
-                    });
+                    due.push(leased_on_thread(row, &owner)?);
                 }
                 drop(rows);
                 let mut take = tx.prepare_cached(
@@ -606,6 +647,38 @@ impl Queue {
         .execute(&mut *conn)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// Marks an item done on its own, when nothing else needs to commit with it (a GitLab event
+    /// whose effects, if any, were stored by then). On SQLite with the writer's own
+    /// connection this is a relaxed run there: if a power failure loses it, the item runs
+    /// again and its effects' own dedup keys keep them from happening twice. False when the
+    /// lease was lost.
+    pub async fn complete(&self, item: &Leased) -> Result<bool, StoreError> {
+        let (id, owner, attempt) = (item.id.clone(), item.owner.clone(), i64::from(item.attempt));
+        let on_thread = self
+            .store
+            .writer()
+            .on_thread(true, move |tx| {
+                let mut done = tx.prepare_cached(
+                    "UPDATE requests SET state = 'done', lease_owner = NULL, lease_until = NULL, \
+                     updated_at = ?1 WHERE id = ?2 AND lease_owner = ?3 AND attempts = ?4 \
+                     AND state = 'leased'",
+                )?;
+                Ok(done.execute(rusqlite::params![now_ms(), id, owner, attempt])? == 1)
+            })
+            .await;
+        if let Some(done) = on_thread {
+            return done;
+        }
+        let mut tx = self.store.begin_relaxed().await?;
+        if self.complete_in(&mut tx, item).await? {
+            tx.commit().await?;
+            Ok(true)
+        } else {
+            tx.rollback().await?;
+            Ok(false)
+        }
     }
 
     /// Marks several items done inside the caller's transaction; false (roll back) when any of
@@ -873,6 +946,39 @@ impl Queue {
 pub const LANE_LEASE: Duration = Duration::from_secs(10);
 
 /// A leased row as a [`Leased`].
+/// A request that waits for the one before it (`NewRequest::after`) is not leased while that
+/// one is unfinished; the condition on a candidate `r`.
+const WAITS_FOR_PREVIOUS: &str = "AND (r.after_id IS NULL OR NOT EXISTS (SELECT 1 FROM requests p \
+     WHERE p.id = r.after_id AND p.state IN ('ready', 'leased')))";
+
+/// What the general lease found on the writer's thread.
+enum GeneralFront {
+    Took(Box<Leased>),
+    Nothing,
+    Expired,
+}
+
+/// A leased item from a row of the writer's connection whose first columns are `id, kind,
+/// frontend, room, addressee, identity, payload, attempts, created_at` (attempts as they
+/// were before this lease took it).
+fn leased_on_thread(row: &rusqlite::Row<'_>, owner: &str) -> Result<Leased, StoreError> {
+    let payload = Payload::from_json(row.get(6)?).map_err(|e| StoreError::Corrupt {
+        what: "requests.payload",
+        detail: e.to_string(),
+    })?;
+    let attempts: i64 = row.get(7)?;
+    Ok(Leased {
+        id: row.get(0)?,
+        kind: row.get(1)?,
+        origin: Origin::from_columns(row.get(2)?, row.get(3)?, row.get(4)?),
+        identity: row.get(5)?,
+        payload,
+        attempt: u32::try_from(attempts + 1).unwrap_or(u32::MAX),
+        created_at: row.get(8)?,
+        owner: owner.to_string(),
+    })
+}
+
 fn leased_of(row: &sqlx::any::AnyRow, owner: &str) -> Result<Leased, StoreError> {
     let payload: String = row.try_get("payload")?;
     let payload = Payload::from_json(payload).map_err(|e| StoreError::Corrupt {

@@ -172,7 +172,8 @@ impl Store {
 
     /// A write transaction whose loss in a power failure only makes work happen again — a
     /// line marked delivered (said again), an alert notification's lines and completion (relayed
-    /// again) — and never for what was acknowledged to anyone outside, nor for the record of an
+    /// again), a GitLab event's completion (processed again; what it caused has dedup keys) —
+    /// and never for what was acknowledged to anyone outside, nor for the record of an
     /// effect. Its commit does not wait for the disk: on SQLite it runs on a connection with
     /// `synchronous = NORMAL` (in WAL mode durable across a crash of shepherd, and made durable
     /// by the next ordinary commit's sync of the same log); on PostgreSQL with

@@ -137,7 +137,7 @@ pub async fn receive(State(state): State<HookState>, request: Request<Body>) -> 
         kind: EVENT_KIND.to_string(),
         origin: Origin::new("gitlab", delivery.room),
         identity: delivery.identity,
-        payload: json!({"event": delivery.kind.label(), "body": delivery.body}).into(),
+        payload: delivery.payload,
         dedup_key: Some(delivery_key(headers, &event, &bytes)),
         after: None,
     };

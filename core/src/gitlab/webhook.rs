@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Job, JobStatus, Pipeline, PipelineStatus};
+use crate::queue::Payload;
 
 /// The events `POST /hooks/gitlab` stores, by their `X-Gitlab-Event` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +275,9 @@ impl PipelineEvent {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub kind: HookKind,
-    pub body: Value,
+    /// What is stored: `{"event": <kind's label>, "body": <the body as it came>}`, built
+    /// from the body's own text (it was just checked to be JSON), not written out again.
+    pub payload: Payload,
     /// `group/project!iid` for notes and merge requests, else the project path.
     pub room: String,
     /// `gitlab:<username>`.
@@ -321,9 +324,20 @@ pub fn decode(event_header: &str, body: &[u8]) -> Result<Delivery, WebhookError>
         .map_err(|e| WebhookError::Malformed(format!("the body is not JSON: {e}")))?;
     check(kind, &value).map_err(WebhookError::Malformed)?;
     let (room, identity) = origin_and_identity(kind, &value);
+    drop(value);
+    // JSON that parsed from bytes is UTF-8: its strings were checked, all else is ASCII.
+    let text = std::str::from_utf8(body)
+        .map_err(|e| WebhookError::Malformed(format!("the body is not UTF-8: {e}")))?;
+    let label = kind.label();
+    let mut stored = String::with_capacity(text.len() + label.len() + 21);
+    stored.push_str("{\"event\":\"");
+    stored.push_str(label);
+    stored.push_str("\",\"body\":");
+    stored.push_str(text);
+    stored.push('}');
     Ok(Delivery {
         kind,
-        body: value,
+        payload: Payload::decoded(stored),
         room,
         identity,
     })
@@ -401,7 +415,17 @@ mod tests {
             (d.kind, d.room.as_str(), d.identity.as_str()),
             (HookKind::Job, "g/p", "gitlab:u")
         );
-        assert!(matches!(Event::read(d.kind, &d.body), Ok(Event::Job(_))));
+        // Stored as it came, under its kind's label, and readable as the event again.
+        let stored: Value = d.payload.decode().expect("stored JSON");
+        assert_eq!(stored["event"], "job");
+        assert_eq!(
+            stored["body"],
+            serde_json::from_slice::<Value>(job).expect("json")
+        );
+        assert!(matches!(
+            Event::read(d.kind, &stored["body"]),
+            Ok(Event::Job(_))
+        ));
     }
 
     #[test]
