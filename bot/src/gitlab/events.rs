@@ -14,8 +14,6 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde_json::Value;
 use shepherd_commands::{Frontend, MrRef, ParseContext, parse};
 use shepherd_config::{GitlabCommentsConfig, HerderAction};
 use shepherd_core::Origin;
@@ -30,7 +28,7 @@ use shepherd_plugins::{Services, welcome_text};
 
 use crate::dispatch::{Dispatcher, Inbound, command_key, command_keys};
 use shepherd_core::gitlab::webhook::{
-    Event, HookKind, JobEvent, MergeRequestEvent, NoteEvent, PipelineEvent,
+    Event, JobEvent, MergeRequestEvent, NoteEvent, PipelineEvent, Stored,
 };
 use shepherd_core::herder::{Herder, JobFacts, Verdict};
 
@@ -65,22 +63,13 @@ pub struct GitLabEvents {
     pub metrics: Arc<shepherd_core::metrics::Metrics>,
 }
 
-#[derive(Deserialize)]
-struct Stored {
-    event: String,
-    body: Value,
-}
-
 impl GitLabEvents {
     pub async fn process(&self, item: &Leased) -> Result<(), EventError> {
         let stored: Stored = item
             .payload
             .decode()
             .map_err(|e| EventError::Unreadable(e.to_string()))?;
-        let kind = HookKind::from_label(&stored.event)
-            .ok_or_else(|| EventError::Unreadable(format!("unknown event {:?}", stored.event)))?;
-        let event =
-            Event::read(kind, &stored.body).map_err(|e| EventError::Unreadable(e.to_string()))?;
+        let event = stored.event().map_err(EventError::Unreadable)?;
         match event {
             Event::Note(note) => self.note(note).await,
             Event::MergeRequest(mr) => self.merge_request(mr).await,

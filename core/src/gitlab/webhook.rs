@@ -67,6 +67,14 @@ pub struct HookUser {
     pub username: String,
 }
 
+/// Who caused an event that does not need to name them (`user` of a merge request, pipeline
+/// or job hook): absent, or without a username, it is `gitlab:-`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HookActor {
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct HookProject {
     pub id: u64,
@@ -105,6 +113,8 @@ pub struct NoteMergeRequest {
 pub struct MergeRequestEvent {
     pub project: HookProject,
     pub object_attributes: MergeRequestAttributes,
+    #[serde(default)]
+    pub user: Option<HookActor>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +141,8 @@ pub struct PipelineEvent {
     pub object_attributes: PipelineAttributes,
     #[serde(default)]
     pub builds: Vec<HookBuild>,
+    #[serde(default)]
+    pub user: Option<HookActor>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +195,8 @@ pub struct JobEvent {
     /// Present in the payloads of GitLab 15 and later.
     #[serde(default)]
     pub project: Option<HookProject>,
+    #[serde(default)]
+    pub user: Option<HookActor>,
 }
 
 impl JobEvent {
@@ -305,29 +319,89 @@ pub enum Event {
 }
 
 impl Event {
-    /// Reads a delivery's JSON as the event of `kind`.
-    pub fn read(kind: HookKind, body: &Value) -> Result<Event, serde_json::Error> {
+    /// Reads a delivery's JSON text (its body as it came) as the event of `kind`, straight
+    /// into the event's own types: no JSON tree is built.
+    pub fn read(kind: HookKind, json: &str) -> Result<Event, serde_json::Error> {
         Ok(match kind {
-            HookKind::Note => Event::Note(NoteEvent::deserialize(body)?),
-            HookKind::MergeRequest => Event::MergeRequest(MergeRequestEvent::deserialize(body)?),
-            HookKind::Pipeline => Event::Pipeline(PipelineEvent::deserialize(body)?),
-            HookKind::Job => Event::Job(JobEvent::deserialize(body)?),
+            HookKind::Note => Event::Note(serde_json::from_str(json)?),
+            HookKind::MergeRequest => Event::MergeRequest(serde_json::from_str(json)?),
+            HookKind::Pipeline => Event::Pipeline(serde_json::from_str(json)?),
+            HookKind::Job => Event::Job(serde_json::from_str(json)?),
         })
+    }
+
+    /// Where replies about the event go (`group/project!iid` for notes and merge requests,
+    /// else the project path; `-` when the payload names none) and who caused it
+    /// (`gitlab:<username>`, `gitlab:-` when it names nobody).
+    pub fn origin_and_identity(&self) -> (String, String) {
+        let (project, iid, user) = match self {
+            Event::Note(n) => (
+                Some(&n.project),
+                n.merge_request.as_ref().map(|m| m.iid),
+                Some(n.user.username.as_str()),
+            ),
+            Event::MergeRequest(m) => (
+                Some(&m.project),
+                Some(m.object_attributes.iid),
+                actor(&m.user),
+            ),
+            Event::Pipeline(p) => (Some(&p.project), None, actor(&p.user)),
+            Event::Job(j) => (j.project.as_ref(), None, actor(&j.user)),
+        };
+        let path = project.map_or("-", |p| p.path_with_namespace.as_str());
+        let room = match iid {
+            Some(iid) => format!("{path}!{iid}"),
+            None => path.to_string(),
+        };
+        (room, format!("gitlab:{}", user.unwrap_or("-")))
     }
 }
 
-/// Decodes one delivery: its `X-Gitlab-Event` header and its body.
+fn actor(user: &Option<HookActor>) -> Option<&str> {
+    user.as_ref().and_then(|u| u.username.as_deref())
+}
+
+/// Decodes one delivery: its `X-Gitlab-Event` header and its body. The body is read twice
+/// without being kept (its `object_kind`, then the typed event), and stored as the text it
+/// came as.
 pub fn decode(event_header: &str, body: &[u8]) -> Result<Delivery, WebhookError> {
+    /// Only the `object_kind` of an object; every other field is skipped.
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(default)]
+        object_kind: Option<Value>,
+    }
     let kind = HookKind::from_header(event_header)
         .ok_or_else(|| WebhookError::Ignored(event_header.to_string()))?;
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| WebhookError::Malformed(format!("the body is not JSON: {e}")))?;
-    check(kind, &value).map_err(WebhookError::Malformed)?;
-    let (room, identity) = origin_and_identity(kind, &value);
-    drop(value);
-    // JSON that parsed from bytes is UTF-8: its strings were checked, all else is ASCII.
+    // Skipped strings are not checked for UTF-8 by the decoder; the stored text must be.
     let text = std::str::from_utf8(body)
-        .map_err(|e| WebhookError::Malformed(format!("the body is not UTF-8: {e}")))?;
+        .map_err(|e| WebhookError::Malformed(format!("the body is not JSON: {e}")))?;
+    // A struct also reads from a JSON array; a payload is an object.
+    let head: Option<Head> = match text.trim_start().starts_with('{') {
+        true => Some(
+            serde_json::from_str(text)
+                .map_err(|e| WebhookError::Malformed(format!("the body is not JSON: {e}")))?,
+        ),
+        false => {
+            serde_json::from_str::<serde::de::IgnoredAny>(text)
+                .map_err(|e| WebhookError::Malformed(format!("the body is not JSON: {e}")))?;
+            None
+        }
+    };
+    let object_kind = head
+        .and_then(|h| h.object_kind)
+        .and_then(|k| k.as_str().map(str::to_string))
+        .ok_or_else(|| WebhookError::Malformed("the payload has no object_kind".into()))?;
+    if object_kind != kind.object_kind() {
+        return Err(WebhookError::Malformed(format!(
+            "object_kind {object_kind:?} does not match the event header (expected {:?})",
+            kind.object_kind()
+        )));
+    }
+    let event = Event::read(kind, text)
+        .map_err(|e| WebhookError::Malformed(format!("{} payload: {e}", kind.object_kind())))?;
+    let (room, identity) = event.origin_and_identity();
+    drop(event);
     let label = kind.label();
     let mut stored = String::with_capacity(text.len() + label.len() + 21);
     stored.push_str("{\"event\":\"");
@@ -343,47 +417,21 @@ pub fn decode(event_header: &str, body: &[u8]) -> Result<Delivery, WebhookError>
     })
 }
 
-/// A payload decoded for its kind, or why it cannot be.
-pub fn check(kind: HookKind, body: &Value) -> Result<(), String> {
-    let object_kind = body
-        .get("object_kind")
-        .and_then(Value::as_str)
-        .ok_or("the payload has no object_kind")?;
-    if object_kind != kind.object_kind() {
-        return Err(format!(
-            "object_kind {object_kind:?} does not match the event header (expected {:?})",
-            kind.object_kind()
-        ));
-    }
-    Event::read(kind, body)
-        .map(|_| ())
-        .map_err(|e| format!("{} payload: {e}", kind.object_kind()))
+/// A stored delivery as a worker reads it: the event's label, and its body as it came.
+#[derive(Deserialize)]
+pub struct Stored<'a> {
+    pub event: &'a str,
+    #[serde(borrow)]
+    pub body: &'a serde_json::value::RawValue,
 }
 
-/// Where replies about the event go and who caused it, for the stored request.
-pub fn origin_and_identity(kind: HookKind, body: &Value) -> (String, String) {
-    let path = body
-        .pointer("/project/path_with_namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("-")
-        .to_string();
-    let iid = match kind {
-        HookKind::Note => body.pointer("/merge_request/iid").and_then(Value::as_u64),
-        HookKind::MergeRequest => body
-            .pointer("/object_attributes/iid")
-            .and_then(Value::as_u64),
-        _ => None,
-    };
-    let room = match iid {
-        Some(iid) => format!("{path}!{iid}"),
-        None => path,
-    };
-    let user = body
-        .pointer("/user/username")
-        .and_then(Value::as_str)
-        .map(|u| format!("gitlab:{u}"))
-        .unwrap_or_else(|| "gitlab:-".to_string());
-    (room, user)
+impl Stored<'_> {
+    /// The stored event, typed.
+    pub fn event(&self) -> Result<Event, String> {
+        let kind = HookKind::from_label(self.event)
+            .ok_or_else(|| format!("unknown event {:?}", self.event))?;
+        Event::read(kind, self.body.get()).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -416,23 +464,53 @@ mod tests {
             (HookKind::Job, "g/p", "gitlab:u")
         );
         // Stored as it came, under its kind's label, and readable as the event again.
-        let stored: Value = d.payload.decode().expect("stored JSON");
-        assert_eq!(stored["event"], "job");
-        assert_eq!(
-            stored["body"],
-            serde_json::from_slice::<Value>(job).expect("json")
-        );
-        assert!(matches!(
-            Event::read(d.kind, &stored["body"]),
-            Ok(Event::Job(_))
-        ));
+        let stored: Stored = d.payload.decode().expect("stored JSON");
+        assert_eq!(stored.event, "job");
+        assert_eq!(stored.body.get().as_bytes(), job);
+        assert!(matches!(stored.event(), Ok(Event::Job(_))));
+    }
+
+    fn malformed(header: &str, body: &str) -> String {
+        match decode(header, body.as_bytes()) {
+            Err(WebhookError::Malformed(why)) => why,
+            other => panic!("{body}: {other:?}"),
+        }
     }
 
     #[test]
     fn a_payload_must_match_its_header() {
-        let note = serde_json::json!({"object_kind": "note"});
-        assert!(check(HookKind::Pipeline, &note).is_err());
-        let missing = check(HookKind::Note, &note).expect_err("fields missing");
-        assert!(missing.contains("note payload"), "{missing}");
+        let note = r#"{"object_kind": "note"}"#;
+        assert!(malformed("Pipeline Hook", note).contains("does not match"));
+        assert!(malformed("Note Hook", note).contains("note payload"));
+        for not_a_payload in [r#"["note"]"#, r#""note""#, "{}", r#"{"object_kind": 1}"#] {
+            assert_eq!(
+                malformed("Note Hook", not_a_payload),
+                "the payload has no object_kind"
+            );
+        }
+        assert!(malformed("Note Hook", "{\"object_kind\": \"note\"").contains("not JSON"));
+        // Not UTF-8, even in a field nobody reads.
+        let mut bytes = br#"{"object_kind":"build","x":""#.to_vec();
+        bytes.extend_from_slice(&[0xff, b'"', b'}']);
+        assert!(matches!(
+            decode("Job Hook", &bytes),
+            Err(WebhookError::Malformed(why)) if why.contains("not JSON")
+        ));
+    }
+
+    #[test]
+    fn origin_and_identity_come_from_the_typed_event() {
+        let mr = r#"{"object_kind":"merge_request","project":{"id":1,"path_with_namespace":"g/p"},
+            "object_attributes":{"iid":7,"source_branch":"a","target_branch":"b","state":"opened","title":"t"},
+            "user":{"username":"alice"}}"#;
+        let d = decode("Merge Request Hook", mr.as_bytes()).expect("an MR event");
+        assert_eq!(
+            (d.room.as_str(), d.identity.as_str()),
+            ("g/p!7", "gitlab:alice")
+        );
+        let job = r#"{"object_kind":"build","build_id":1,"build_name":"test","build_status":"failed",
+            "pipeline_id":2,"project_id":3}"#;
+        let d = decode("Job Hook", job.as_bytes()).expect("a job event");
+        assert_eq!((d.room.as_str(), d.identity.as_str()), ("-", "gitlab:-"));
     }
 }
