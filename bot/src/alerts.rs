@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use shepherd_config::Config;
-use shepherd_core::alerts::{self, Notification, Router, decode_notification};
+use shepherd_core::alerts::{self, AlertCount, Notification, Router, decode_notification};
 use shepherd_core::commit::Line;
 use shepherd_core::metrics::Metrics;
 use shepherd_core::outbox::{self, Outbox};
@@ -144,16 +144,13 @@ pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>
         "alertmanager:{}",
         hex::encode(&Sha256::digest(&bytes)[..16])
     );
-    // Only these are needed from here on: the decoded alerts are let go before the store is
-    // waited for, so a storm's are not still held while the lane decodes them again.
+    // Only these are needed from here on; the body is let go before the store is waited for.
     let Notification {
         receiver,
-        alerts,
+        alerts: AlertCount(alert_count),
         status,
         ..
     } = notification;
-    let alert_count = alerts.len();
-    drop(alerts);
     drop(bytes);
     let request = NewRequest {
         kind: NOTIFICATION_KIND.to_string(),

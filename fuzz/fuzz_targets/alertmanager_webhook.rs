@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shepherd_core::{Formatting, Origin};
-use shepherd_core::alerts::{Matcher, Route, Router, decode_notification};
+use shepherd_core::alerts::{Matcher, Notification, Route, Router, decode_notification};
 use shepherd_plugins::alerts::{AlertFormatter, AlertWording};
 use std::sync::OnceLock;
 
@@ -36,9 +36,14 @@ fn relay() -> &'static (Router, AlertFormatter, AlertFormatter) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok((_stored, notification)) = decode_notification(data) else {
+    let Ok((stored, head)) = decode_notification(data) else {
         return;
     };
+    // What was stored is what the lane reads, in full.
+    let notification: Notification = stored
+        .decode()
+        .expect("a stored notification reads as one");
+    assert_eq!(notification.alerts.len(), head.alerts.0);
     let _ = notification.content_key();
     let (router, per_alert, per_group) = relay();
     let (plan, _nowhere) = router.plan(&notification);

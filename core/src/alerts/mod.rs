@@ -43,9 +43,10 @@ pub struct Alert {
     pub fingerprint: String,
 }
 
-/// Alertmanager's webhook payload, version 4.
+/// Alertmanager's webhook payload, version 4. Its alerts are read as `A`: all of them, or
+/// only their number ([`AlertCount`], for a body that is checked and stored, not worded).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Notification {
+pub struct Notification<A = Vec<Alert>> {
     pub version: String,
     #[serde(rename = "groupKey")]
     pub group_key: String,
@@ -62,7 +63,36 @@ pub struct Notification {
     pub common_annotations: BTreeMap<String, String>,
     #[serde(rename = "externalURL", default)]
     pub external_url: String,
-    pub alerts: Vec<Alert>,
+    pub alerts: A,
+}
+
+/// A notification's alerts, each read in full (so its shape is checked as the lane will read
+/// it) and let go at once: only how many there were is kept. A storm of 10,000 alerts is tens
+/// of MiB as `Vec<Alert>`, and the webhook needs none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AlertCount(pub usize);
+
+impl<'de> Deserialize<'de> for AlertCount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Counter;
+        impl<'de> serde::de::Visitor<'de> for Counter {
+            type Value = AlertCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of alerts")
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> Result<AlertCount, S::Error> {
+                let mut n = 0;
+                while seq.next_element::<Alert>()?.is_some() {
+                    n += 1;
+                }
+                Ok(AlertCount(n))
+            }
+        }
+        deserializer.deserialize_seq(Counter)
+    }
 }
 
 /// Why a webhook body is not a notification shepherd stores (400).
@@ -77,11 +107,14 @@ pub enum NotificationError {
 }
 
 /// Decodes a webhook body: JSON, version 4, the payload's shape, read straight into the typed
-/// notification (no JSON tree: a storm's 3.5 MiB body stays 3.5 MiB plus its alerts). Returns
-/// the body as it came, which is what is stored, beside the notification. `POST
+/// notification (no JSON tree), every alert checked but only counted ([`AlertCount`]: a
+/// storm's 3.5 MiB body costs its 3.5 MiB, not its alerts as well). Returns the body as it
+/// came, which is what is stored, beside the notification; the lane reads it in full. `POST
 /// /hooks/alertmanager` calls it before it stores anything; the fuzz target
 /// `alertmanager_webhook` feeds it arbitrary input.
-pub fn decode_notification(body: &[u8]) -> Result<(Payload, Notification), NotificationError> {
+pub fn decode_notification(
+    body: &[u8],
+) -> Result<(Payload, Notification<AlertCount>), NotificationError> {
     /// Only the version, first: a body of another version is refused as such, whatever its
     /// shape. Everything else is skipped without being kept.
     #[derive(Deserialize)]
@@ -245,6 +278,34 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_body_is_checked_alert_by_alert_counted_and_stored_as_it_came() {
+        let alert =
+            |status: &str| format!(r#"{{"status":"{status}","labels":{{"alertname":"A"}}}}"#);
+        let body = |alerts: &str| {
+            format!(
+                r#"{{"version":"4","groupKey":"g","status":"firing","receiver":"r","alerts":[{alerts}]}}"#
+            )
+        };
+        let good = body(&[alert("firing"), alert("resolved"), alert("firing")].join(","));
+        let (stored, head) = decode_notification(good.as_bytes()).expect("a notification");
+        assert_eq!((head.alerts, head.receiver.as_str()), (AlertCount(3), "r"));
+        assert_eq!(stored.as_str(), good);
+        let full: Notification = stored.decode().expect("the lane reads it in full");
+        assert_eq!(full.alerts.len(), 3);
+        assert_eq!(full.alerts[1].status, "resolved");
+        // The second alert has no status: refused as a whole, like the lane would refuse it.
+        let bad = body(&[alert("firing"), r#"{"labels":{}}"#.to_string()].join(","));
+        assert!(matches!(
+            decode_notification(bad.as_bytes()),
+            Err(NotificationError::Shape(why)) if why.contains("status")
+        ));
+        assert!(matches!(
+            decode_notification(body("").replace("[]", "null").as_bytes()),
+            Err(NotificationError::Shape(_))
+        ));
     }
 
     #[test]
