@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use minijinja::{Environment, Value, context};
 use serde::Serialize;
 use shepherd_core::Formatting;
-use shepherd_core::alerts::{Alert, Notification};
+use shepherd_core::alerts::{Alert, Labels, Notification};
 
 #[derive(Debug, Clone)]
 pub struct AlertWording {
@@ -43,8 +43,8 @@ const GROUP_NAMES: usize = 5;
 #[derive(Serialize)]
 struct AlertView<'a> {
     status: &'a str,
-    labels: &'a BTreeMap<String, String>,
-    annotations: &'a BTreeMap<String, String>,
+    labels: &'a Labels,
+    annotations: &'a Labels,
     starts_at: &'a str,
     ends_at: &'a str,
     generator_url: &'a str,
@@ -164,7 +164,7 @@ fn severity_tag(status: &str, severity: &str, irc: bool) -> String {
 }
 
 /// Alertmanager's silence form, pre-filled with the alert's labels.
-fn silence_url(external_url: &str, labels: &BTreeMap<String, String>) -> String {
+fn silence_url(external_url: &str, labels: &Labels) -> String {
     if external_url.is_empty() {
         return String::new();
     }
@@ -399,8 +399,8 @@ mod tests {
         annotations.insert("summary".to_string(), format!("{name} on db1\nsecond line"));
         Alert {
             status: status.into(),
-            labels,
-            annotations,
+            labels: labels.into(),
+            annotations: annotations.into(),
             starts_at: "2026-11-25T07:47:20Z".into(),
             ends_at: String::new(),
             generator_url: "http://prom:9090/graph".into(),
@@ -677,7 +677,10 @@ pub mod commands {
                     "a silence needs at least one matcher, e.g. alertname=DiskFull".into(),
                 ));
             }
-            if list.iter().all(|m| m.matches(&Default::default())) {
+            if list
+                .iter()
+                .all(|m| m.matches(&shepherd_core::alerts::Labels::default()))
+            {
                 return Err(PluginError::Refuse(
                     "these matchers also match an alert with no labels at all, so they would silence everything; name something to match".into(),
                 ));

@@ -127,8 +127,8 @@ impl Matcher {
             .collect()
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let value = labels.get(&self.name).map(String::as_str).unwrap_or("");
+    pub fn matches(&self, labels: &impl LabelSet) -> bool {
+        let value = labels.label(&self.name);
         match self.op {
             MatchOp::Eq => value == self.value,
             MatchOp::NotEq => value != self.value,
@@ -157,8 +157,20 @@ impl fmt::Display for Matcher {
     }
 }
 
+/// Labels a matcher reads: an alert's ([`super::Labels`]) or any map of them.
+pub trait LabelSet {
+    /// The value of label `name`; an absent label reads as empty (Alertmanager's rule).
+    fn label(&self, name: &str) -> &str;
+}
+
+impl LabelSet for BTreeMap<String, String> {
+    fn label(&self, name: &str) -> &str {
+        self.get(name).map_or("", String::as_str)
+    }
+}
+
 /// All matchers match (an empty list matches everything).
-pub fn all_match(matchers: &[Matcher], labels: &BTreeMap<String, String>) -> bool {
+pub fn all_match(matchers: &[Matcher], labels: &impl LabelSet) -> bool {
     matchers.iter().all(|m| m.matches(labels))
 }
 

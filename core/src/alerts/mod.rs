@@ -23,16 +23,16 @@ use crate::store::{StoreError, now_ms};
 pub use client::{
     ActiveAlert, Alertmanager, AlertmanagerError, AlertmanagerSettings, NewSilence, Silence,
 };
-pub use matcher::{MatchOp, Matcher, MatcherError};
+pub use matcher::{LabelSet, MatchOp, Matcher, MatcherError};
 
 /// One alert of a notification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {
     pub status: String,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: Labels,
     #[serde(rename = "startsAt", default)]
     pub starts_at: String,
     #[serde(rename = "endsAt", default)]
@@ -41,6 +41,92 @@ pub struct Alert {
     pub generator_url: String,
     #[serde(default)]
     pub fingerprint: String,
+}
+
+/// An alert's labels or annotations: name–value pairs sorted by name, in one exactly sized
+/// allocation. A storm holds thousands of alerts at once, each with two of these; as
+/// `BTreeMap`s each cost a 500-byte node however few pairs they hold. Reads like a map: one
+/// value per name (the last, when a body repeats a name), iterated in name order, and written
+/// out as a JSON object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(Box<[(String, String)]>);
+
+impl Labels {
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(String, String)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
+        let mut pairs: Vec<(String, String)> = pairs.into_iter().collect();
+        // Stable: of pairs with the same name the last stays, as a map's insert would keep it.
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut unique: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            match unique.last_mut() {
+                Some(last) if last.0 == pair.0 => *last = pair,
+                _ => unique.push(pair),
+            }
+        }
+        Labels(unique.into_boxed_slice())
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Labels(map.into_iter().collect())
+    }
+}
+
+impl matcher::LabelSet for Labels {
+    fn label(&self, name: &str) -> &str {
+        self.get(name).map_or("", String::as_str)
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Pairs;
+        impl<'de> serde::de::Visitor<'de> for Pairs {
+            type Value = Labels;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of names to string values")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Labels, M::Error> {
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(pair) = map.next_entry::<String, String>()? {
+                    pairs.push(pair);
+                }
+                Ok(pairs.into_iter().collect())
+            }
+        }
+        deserializer.deserialize_map(Pairs)
+    }
 }
 
 /// Alertmanager's webhook payload, version 4. Its alerts are read as `A`: all of them, or
@@ -183,7 +269,7 @@ pub struct Router {
 
 impl Router {
     /// The rooms an alert with `labels` goes to, each once, in route order.
-    pub fn targets(&self, labels: &BTreeMap<String, String>) -> Vec<Origin> {
+    pub fn targets(&self, labels: &impl matcher::LabelSet) -> Vec<Origin> {
         let mut out: Vec<Origin> = Vec::new();
         let mut matched = false;
         for route in &self.routes {
@@ -281,6 +367,31 @@ mod tests {
     }
 
     #[test]
+    fn labels_read_like_a_map_and_hold_their_pairs_in_one_block() {
+        let l: Labels =
+            serde_json::from_str(r#"{"severity":"page","alertname":"A","severity":"info","x":""}"#)
+                .expect("labels");
+        // One value per name, the last given; in name order; absent and empty read alike.
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.get("severity").map(String::as_str), Some("info"));
+        assert_eq!(l.get("nope"), None);
+        assert_eq!(
+            l.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["alertname", "severity", "x"]
+        );
+        assert_eq!((l.label("x"), l.label("nope")), ("", ""));
+        assert_eq!(
+            serde_json::to_string(&l).expect("json"),
+            r#"{"alertname":"A","severity":"info","x":""}"#
+        );
+        let map: BTreeMap<String, String> = labels(&[("b", "2"), ("a", "1")]);
+        assert_eq!(Labels::from(map.clone()), map.into_iter().collect());
+        for bad in [r#"["a"]"#, r#"{"a":1}"#, "null"] {
+            assert!(serde_json::from_str::<Labels>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_body_is_checked_alert_by_alert_counted_and_stored_as_it_came() {
         let alert =
             |status: &str| format!(r#"{{"status":"{status}","labels":{{"alertname":"A"}}}}"#);
@@ -339,8 +450,8 @@ mod tests {
     fn the_content_key_ignores_alert_order_but_not_state() {
         let alert = |fp: &str, status: &str| Alert {
             status: status.into(),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
+            labels: Labels::default(),
+            annotations: Labels::default(),
             starts_at: "t0".into(),
             ends_at: String::new(),
             generator_url: String::new(),
