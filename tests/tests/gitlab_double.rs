@@ -2340,3 +2340,161 @@ async fn the_client_reads_a_jobs_trace_tail_and_retries_it() {
         Err(shepherd_core::gitlab::GitLabError::NotFound { .. })
     ));
 }
+
+async fn delete(d: &GitLabDouble, path: &str) -> Response {
+    client()
+        .delete(api(d, path))
+        .header("PRIVATE-TOKEN", d.token())
+        .send()
+        .await
+        .expect("DELETE answered")
+}
+
+#[tokio::test]
+async fn ci_variables_of_projects_and_groups_are_kept_like_gitlab() {
+    let d = GitLabDouble::start().await;
+    d.add_project("cki/pipeline");
+    d.add_project_variable("cki/pipeline", "BEAKER_URL", "https://beaker-1");
+
+    // Listed with GitLab's fields; read one by key.
+    let list = json_of(get(&d, "/projects/cki%2Fpipeline/variables").await).await;
+    assert_eq!(
+        list,
+        json!([{"variable_type": "env_var", "key": "BEAKER_URL", "value": "https://beaker-1",
+                "protected": false, "masked": false, "raw": false, "environment_scope": "*",
+                "description": null}])
+    );
+    let one = get(&d, "/projects/1/variables/BEAKER_URL").await;
+    assert_eq!(one.status(), StatusCode::OK);
+    assert_eq!(json_of(one).await["value"], "https://beaker-1");
+
+    // Create, then the same key again: 400 with Rails' message; a bad key; a missing value.
+    let created = post(
+        &d,
+        "/projects/cki%2Fpipeline/variables",
+        json!({"key": "LAB", "value": "b"}),
+    )
+    .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(json_of(created).await["key"], "LAB");
+    let again = post(
+        &d,
+        "/projects/cki%2Fpipeline/variables",
+        json!({"key": "LAB", "value": "c"}),
+    )
+    .await;
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        json_of(again).await,
+        json!({"message": {"key": ["(LAB) has already been taken"]}})
+    );
+    let bad = post(
+        &d,
+        "/projects/cki%2Fpipeline/variables",
+        json!({"key": "NO-DASH", "value": "x"}),
+    )
+    .await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        json_of(bad).await["message"]["key"][0]
+            .as_str()
+            .is_some_and(|m| m.contains("only letters"))
+    );
+    let missing = post(
+        &d,
+        "/projects/cki%2Fpipeline/variables",
+        json!({"key": "X"}),
+    )
+    .await;
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(missing).await, json!({"error": "value is missing"}));
+
+    // Update keeps what is not given; delete is 204 and then 404 with GitLab's body.
+    let updated = put(
+        &d,
+        "/projects/1/variables/BEAKER_URL",
+        json!({"value": "https://beaker-2"}),
+    )
+    .await;
+    assert_eq!(updated.status(), StatusCode::OK);
+    assert_eq!(json_of(updated).await["value"], "https://beaker-2");
+    assert_eq!(
+        delete(&d, "/projects/1/variables/LAB").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let gone = get(&d, "/projects/1/variables/LAB").await;
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        json_of(gone).await,
+        json!({"message": "404 Variable Not Found"})
+    );
+    assert_eq!(
+        d.project_variables("cki/pipeline")
+            .expect("project")
+            .iter()
+            .map(|v| (v.key.as_str(), v.value.as_str()))
+            .collect::<Vec<_>>(),
+        [("BEAKER_URL", "https://beaker-2")]
+    );
+
+    // Two scopes of one key: which one must be said.
+    for scope in ["production", "staging"] {
+        let r = post(
+            &d,
+            "/projects/1/variables",
+            json!({"key": "TARGET", "value": scope, "environment_scope": scope}),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    assert_eq!(
+        get(&d, "/projects/1/variables/TARGET").await.status(),
+        StatusCode::CONFLICT
+    );
+    let staging = get(
+        &d,
+        "/projects/1/variables/TARGET?filter%5Benvironment_scope%5D=staging",
+    )
+    .await;
+    assert_eq!(json_of(staging).await["value"], "staging");
+
+    // A group is any namespace of a project, by path or id; its variables are its own.
+    let g = post(
+        &d,
+        "/groups/cki/variables",
+        json!({"key": "BEAKER_URL", "value": "g"}),
+    )
+    .await;
+    assert_eq!(g.status(), StatusCode::CREATED);
+    assert_eq!(d.group_variables("cki").expect("group").len(), 1);
+    assert_eq!(
+        d.project_variables("cki/pipeline").expect("project").len(),
+        3
+    );
+    let nope = get(&d, "/groups/nope/variables").await;
+    assert_eq!(nope.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        json_of(nope).await,
+        json!({"message": "404 Group Not Found"})
+    );
+    let no_project = get(&d, "/projects/nope%2Fnope/variables").await;
+    assert_eq!(
+        json_of(no_project).await,
+        json!({"message": "404 Project Not Found"})
+    );
+
+    // Maintainers only: the guest token reads and writes nothing.
+    let guest = client()
+        .post(api(&d, "/projects/1/variables"))
+        .header("PRIVATE-TOKEN", d.guest_token())
+        .json(&json!({"key": "G", "value": "g"}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(guest.status(), StatusCode::FORBIDDEN);
+    assert_eq!(json_of(guest).await, json!({"message": "403 Forbidden"}));
+    assert_eq!(
+        d.project_variables("cki/pipeline").expect("project").len(),
+        3
+    );
+}

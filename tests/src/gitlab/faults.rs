@@ -113,6 +113,16 @@ pub enum Route {
     CreateNote,
     /// `PUT /projects/:id/merge_requests/:merge_request_iid/notes/:note_id`
     EditNote,
+    /// `GET /projects/:id/variables`, `GET /groups/:id/variables`
+    ListVariables,
+    /// `POST /projects/:id/variables`, `POST /groups/:id/variables`
+    CreateVariable,
+    /// `GET /projects/:id/variables/:key` (and groups)
+    GetVariable,
+    /// `PUT /projects/:id/variables/:key` (and groups)
+    UpdateVariable,
+    /// `DELETE /projects/:id/variables/:key` (and groups)
+    DeleteVariable,
     /// `GET /user`
     User,
     /// `GET /version`

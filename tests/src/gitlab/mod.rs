@@ -24,7 +24,10 @@
 //!   get a merge request (`GET /projects/:id/merge_requests/:merge_request_iid`), list its notes
 //!   (`order_by` created_at|updated_at, `sort` asc|desc, default created_at desc), get one, create
 //!   one (`body` in a JSON or form body or the query) and edit one (`PUT .../notes/:note_id`, only
-//!   by its author), `GET /user`, `GET /version`;
+//!   by its author), `GET /user`, `GET /version`; a project's and a group's CI/CD variables
+//!   (list, create, get, update, delete under `/projects/:id/variables` and `/groups/:id/variables`,
+//!   see `ci_variables.rs`: Rails' 400 for a taken or malformed key, 404 `{"message":"404 Variable
+//!   Not Found"}`, 409 when a key has several environment scopes and no `filter[environment_scope]`);
 //! - a project is addressed by numeric id or URL-encoded full path (`group%2Fsub%2Fproject`, found
 //!   case-insensitively); pipeline, merge-request and note ids are global and increasing, pipeline
 //!   and merge-request `iid`s count per project (separately);
@@ -64,8 +67,12 @@
 //! - cancel turns every cancelable status into `canceled` at once (GitLab may pass through
 //!   `canceling`), cancels the pipeline's unfinished jobs, and answers 200 with the pipeline, left
 //!   unchanged if it had already finished;
-//! - a note edit that sets the same body changes nothing (no new `updated_at`, no hook).
+//! - a note edit that sets the same body changes nothing (no new `updated_at`, no hook);
+//! - groups exist only as the namespaces of the double's projects (ids from 100, in the order
+//!   first seen); a variable's value is not checked against the masking rules, and the
+//!   `hidden` field of newer versions is not returned.
 
+mod ci_variables;
 mod faults;
 mod hooks;
 mod merge_requests;
@@ -81,6 +88,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc, watch};
 
+pub use ci_variables::CiVariable;
 pub use faults::{FaultKind, Faults, Route, RouteMatcher};
 pub use hooks::{
     HOOK_TIMEOUT, HookDelivery, HookOutcome, HookSender, WebhookEvent, WebhookEvents, hook_time,
@@ -175,6 +183,10 @@ pub(crate) struct State {
     pub webhook_events: WebhookEvents,
     pub hook_deliveries: Vec<HookDelivery>,
     pub hook_tx: mpsc::UnboundedSender<Outgoing>,
+    /// `(id, full path)`: every namespace of a project.
+    pub groups: Vec<(u64, String)>,
+    /// Projects' and groups' CI/CD variables, in creation order.
+    pub ci_variables: Vec<(ci_variables::Owner, ci_variables::CiVariable)>,
 }
 
 /// A delivery waiting for the background sender: its index in `hook_deliveries`, and where to.
@@ -201,6 +213,7 @@ impl State {
         }
         let id = self.next_project_id;
         self.next_project_id += 1;
+        self.ensure_groups_of(path);
         self.projects.push(Project {
             id,
             path: path.to_owned(),
@@ -837,6 +850,8 @@ impl GitLabDouble {
             jobs: BTreeMap::new(),
             created_order: Vec::new(),
             next_project_id: 1,
+            groups: Vec::new(),
+            ci_variables: Vec::new(),
             next_pipeline_id: 1001,
             next_job_id: 5001,
             auto: None,
@@ -900,6 +915,30 @@ impl GitLabDouble {
     /// `url()/path`.
     pub fn add_project(&self, path: &str) -> u64 {
         self.shared.lock().ensure_project(path)
+    }
+
+    /// The CI/CD variables of project `path` (`Some` when the project exists), in creation order.
+    pub fn project_variables(&self, path: &str) -> Option<Vec<CiVariable>> {
+        let state = self.shared.lock();
+        let id = state.project_by_id_or_path(path)?.id;
+        Some(state.variables_of(ci_variables::Owner::Project(id)))
+    }
+
+    /// The CI/CD variables of group `path` (a namespace of a project), in creation order.
+    pub fn group_variables(&self, path: &str) -> Option<Vec<CiVariable>> {
+        let state = self.shared.lock();
+        let (id, _) = state.group_by_id_or_path(path)?;
+        Some(state.variables_of(ci_variables::Owner::Group(id)))
+    }
+
+    /// Gives project `path` (created if needed) an `env_var` variable for every environment.
+    pub fn add_project_variable(&self, path: &str, key: &str, value: &str) {
+        let mut state = self.shared.lock();
+        let id = state.ensure_project(path);
+        state.ci_variables.push((
+            ci_variables::Owner::Project(id),
+            CiVariable::env(key, value),
+        ));
     }
 
     /// Makes `git_ref` exist in `project` (so that creating a pipeline on it succeeds). `main`

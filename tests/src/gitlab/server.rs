@@ -178,9 +178,11 @@ struct Target {
     user_ref: Option<String>,
     /// The `:job_id` segment (may not be a number).
     job_ref: Option<String>,
+    /// A project's or group's CI/CD variables route.
+    variables: Option<super::ci_variables::VariablesTarget>,
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     fn hex(b: u8) -> Option<u8> {
         (b as char).to_digit(16).map(|d| d as u8)
     }
@@ -217,6 +219,14 @@ fn parse_target(method: &str, path: &str) -> Target {
         ..Target::default()
     };
     let owned = |i: usize| segments.get(i).map(|s| (*s).to_owned());
+    if let Some((route, variables)) = super::ci_variables::parse(method, &segments) {
+        target.route = route;
+        if variables.kind == "projects" {
+            target.project_ref = Some(variables.owner_ref.clone());
+        }
+        target.variables = Some(variables);
+        return target;
+    }
     target.route = match (method, segments.as_slice()) {
         ("GET", ["user"]) => Route::User,
         ("GET", ["version"]) => Route::Version,
@@ -260,7 +270,7 @@ fn parse_target(method: &str, path: &str) -> Target {
     target
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, body: Value) -> Response<Body> {
     (status, Json(body)).into_response()
 }
 
@@ -506,6 +516,25 @@ async fn respond(shared: &Shared, req: &ApiRequest<'_>) -> Response<Body> {
             _ => return message(StatusCode::UNAUTHORIZED, "401 Unauthorized"),
         }
     };
+    if let Some(variables) = &req.target.variables {
+        let params = super::ci_variables::Params {
+            json: req.body_json,
+            form: if req.body_json.is_none() {
+                url::form_urlencoded::parse(req.body).into_owned().collect()
+            } else {
+                Vec::new()
+            },
+            query: req.query_pairs(),
+        };
+        let mut state = shared.lock();
+        return super::ci_variables::respond(
+            &mut state,
+            req.target.route,
+            variables,
+            &params,
+            can_write,
+        );
+    }
     let base_url = shared.lock().base_url.clone();
     match req.target.route {
         Route::User => json_response(StatusCode::OK, current_user(&base_url)),
