@@ -2498,3 +2498,81 @@ async fn ci_variables_of_projects_and_groups_are_kept_like_gitlab() {
         3
     );
 }
+
+/// shepherd's client on the CI/CD variables routes, against the double: read a project's and
+/// a group's variables, create, update and delete one, and GitLab's refusals as typed errors.
+#[tokio::test]
+async fn the_client_reads_sets_and_deletes_ci_variables() {
+    use shepherd_core::gitlab::{GitLab, GitLabError, GitLabSettings, VariableOwner};
+    let d = GitLabDouble::start().await;
+    d.add_project("cki/pipeline");
+    d.add_project_variable("cki/pipeline", "BEAKER_URL", "https://beaker-1");
+    let mut settings = GitLabSettings::new(url::Url::parse(&d.url()).expect("url"));
+    settings.token = Some(d.token().to_string());
+    let metrics = std::sync::Arc::new(shepherd_core::metrics::Metrics::new().expect("metrics"));
+    let gitlab = GitLab::new(settings, metrics).expect("client");
+    let project = VariableOwner::Project("cki/pipeline");
+    let group = VariableOwner::Group("cki");
+    let values = |vars: Vec<shepherd_core::gitlab::CiVariable>| {
+        vars.into_iter()
+            .map(|v| (v.key, v.value))
+            .collect::<Vec<_>>()
+    };
+
+    let before = gitlab.ci_variables(project).await.expect("list");
+    assert_eq!(
+        values(before),
+        [("BEAKER_URL".to_string(), "https://beaker-1".to_string())]
+    );
+    gitlab
+        .update_ci_variable(project, "BEAKER_URL", "https://beaker-2")
+        .await
+        .expect("update");
+    gitlab
+        .create_ci_variable(project, "LAB", "backup")
+        .await
+        .expect("create");
+    // A second create of the same key is GitLab's 400, not a second variable.
+    let again = gitlab.create_ci_variable(project, "LAB", "other").await;
+    assert!(
+        matches!(&again, Err(GitLabError::BadRequest { message }) if message.contains("already been taken")),
+        "{again:?}"
+    );
+    assert_eq!(
+        values(gitlab.ci_variables(project).await.expect("list")),
+        [
+            ("BEAKER_URL".to_string(), "https://beaker-2".to_string()),
+            ("LAB".to_string(), "backup".to_string())
+        ]
+    );
+    gitlab
+        .delete_ci_variable(project, "LAB")
+        .await
+        .expect("delete");
+    assert!(matches!(
+        gitlab.delete_ci_variable(project, "LAB").await,
+        Err(GitLabError::NotFound { .. })
+    ));
+    assert!(matches!(
+        gitlab.update_ci_variable(project, "LAB", "x").await,
+        Err(GitLabError::NotFound { .. })
+    ));
+
+    // A group's variables are its own; an unknown group is NotFound.
+    gitlab
+        .create_ci_variable(group, "BEAKER_URL", "g")
+        .await
+        .expect("group create");
+    assert_eq!(
+        values(gitlab.ci_variables(group).await.expect("group list")),
+        [("BEAKER_URL".to_string(), "g".to_string())]
+    );
+    assert_eq!(
+        d.project_variables("cki/pipeline").expect("project").len(),
+        1
+    );
+    assert!(matches!(
+        gitlab.ci_variables(VariableOwner::Group("nope")).await,
+        Err(GitLabError::NotFound { .. })
+    ));
+}

@@ -21,6 +21,7 @@
 
 mod error;
 mod types;
+mod variables;
 pub mod webhook;
 
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub use types::{
     AccessLevel, Job, JobPipeline, JobStatus, MergeRequest, Note, ParseAccessLevelError, Pipeline,
     PipelineQuery, PipelineStatus, PipelineSummary, Project, User, UserRef, Variable, VariableType,
 };
+pub use variables::{CiVariable, VariableOwner};
 
 use std::fmt;
 use std::num::NonZeroU32;
