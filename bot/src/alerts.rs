@@ -159,6 +159,7 @@ pub async fn receive(State(state): State<AlertHookState>, request: Request<Body>
         payload,
         dedup_key: Some(key),
         after: None,
+        not_before: None,
     };
     match state.queue.enqueue(request).await {
         Ok(Enqueued::New(id)) => {

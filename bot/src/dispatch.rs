@@ -244,6 +244,7 @@ impl Dispatcher {
                     payload: payload.into(),
                     dedup_key: key.map(str::to_string),
                     after: after.map(str::to_string),
+                    not_before: None,
                 })
                 .await?;
             if matches!(enqueued, Enqueued::Duplicate(_)) {

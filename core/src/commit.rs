@@ -35,7 +35,7 @@ mod tests;
 pub const MAX_GROUP: usize = 512;
 /// Writes waiting for the writer before callers wait to hand theirs over.
 pub const QUEUE_DEPTH: usize = 4096;
-/// Rows per multi-row INSERT (at most 11 parameters each: well under every backend's limit).
+/// Rows per multi-row INSERT (at most 12 parameters each: well under every backend's limit).
 pub(crate) const ROWS_PER_STATEMENT: usize = 64;
 
 /// A line for the outbox, stored outside a worker's transaction (a dispatcher reply, `say`).
@@ -384,7 +384,7 @@ async fn write_all(
     for chunk in requests.chunks(ROWS_PER_STATEMENT) {
         let values = (0..chunk.len())
             .map(|r| {
-                let b = r * 11;
+                let b = r * 12;
                 let n = |k: usize| format!("${}", b + k);
                 format!(
                     "({}, {}, {}, {}, {}, {}, {}, {}, 'ready', 0, {}, {}, {}, {}, {})",
@@ -396,7 +396,7 @@ async fn write_all(
                     n(6),
                     n(7),
                     n(8),
-                    n(9),
+                    n(12),
                     n(9),
                     n(9),
                     n(10),
@@ -423,7 +423,8 @@ async fn write_all(
                 .bind(r.dedup_key.clone())
                 .bind(now)
                 .bind(r.after.clone())
-                .bind((*lane).clone());
+                .bind((*lane).clone())
+                .bind(r.available_at(now));
         }
         for row in q.fetch_all(&mut *tx).await? {
             let id: String = row.try_get("id")?;

@@ -74,6 +74,16 @@ pub struct NewRequest {
     /// Not leased before this request is done or dead: the commands of one message (a GitLab
     /// comment) run in the order they were written.
     pub after: Option<String>,
+    /// Not leased before this time (Unix ms): work that is due later, such as the herder's
+    /// retry of a job after its matcher's delay. `None` (or a time already past): at once.
+    pub not_before: Option<i64>,
+}
+
+impl NewRequest {
+    /// When the request is first due, stored at `now`.
+    pub(crate) fn available_at(&self, now: i64) -> i64 {
+        self.not_before.map_or(now, |t| t.max(now))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

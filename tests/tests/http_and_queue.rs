@@ -221,6 +221,7 @@ fn request(n: usize, dedup: Option<&str>) -> NewRequest {
         payload: serde_json::json!({ "n": n }).into(),
         dedup_key: dedup.map(str::to_string),
         after: None,
+        not_before: None,
     }
 }
 
@@ -641,6 +642,83 @@ async fn queue_contract(backend: Backend) {
     );
 }
 on_both_stores!(queue_leases_redelivers_delays_and_parks, queue_contract);
+
+/// A request stored with `not_before` waits for that time: neither a general worker nor a lane
+/// takes it earlier, the next-due time says when it falls due, and one whose time is past (or
+/// that has none) is due at once. Both engines' inserts (the group writer's thread on SQLite,
+/// the multi-row INSERT on PostgreSQL).
+async fn delayed_requests(backend: Backend) {
+    let test_store = TestStore::new(backend).await;
+    let store = Store::connect(&test_store.url).await.expect("store");
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let queue = Queue::new(store.clone(), settings(2, 60_000), metrics);
+    let now = shepherd_core::store::now_ms();
+    let hour = 3_600_000;
+    let later = NewRequest {
+        not_before: Some(now + hour),
+        ..request(1, Some("later"))
+    };
+    let past = NewRequest {
+        not_before: Some(now - hour),
+        ..request(2, Some("past"))
+    };
+    let later_lane = NewRequest {
+        kind: "lane".into(),
+        not_before: Some(now + hour),
+        ..request(3, Some("later-lane"))
+    };
+    for r in [later, past, later_lane] {
+        assert!(matches!(
+            queue.enqueue(r).await.expect("enqueue"),
+            Enqueued::New(_)
+        ));
+    }
+    // Stored with its time, not the time it was stored.
+    assert_eq!(
+        test_store
+            .count(&format!(
+                "SELECT COUNT(*) FROM requests WHERE available_at >= {}",
+                now + hour
+            ))
+            .await,
+        2
+    );
+    let due = queue
+        .lease("w1")
+        .await
+        .expect("lease")
+        .expect("the past one is due");
+    assert_eq!(
+        due.payload.decode::<serde_json::Value>().expect("JSON")["n"],
+        2
+    );
+    assert!(
+        queue.lease("w1").await.expect("lease").is_none(),
+        "the later one waits"
+    );
+    assert!(
+        queue
+            .lease_lane("w1", "lane")
+            .await
+            .expect("lane lease")
+            .is_none(),
+        "a lane's front waits too"
+    );
+    // Done (on its own, like a GitLab event): only the delayed one is left to fall due.
+    assert!(queue.complete(&due).await.expect("complete"));
+    assert!(!queue.complete(&due).await.expect("complete"), "done once");
+    let next = queue
+        .next_due_in()
+        .await
+        .expect("next due")
+        .expect("something is due later");
+    assert!(
+        next > Duration::from_secs(3_500) && next <= Duration::from_secs(3_600),
+        "{next:?}"
+    );
+    assert_eq!(queue.counts().await.expect("counts").ready, 2);
+}
+on_both_stores!(delayed_requests_wait_for_their_time, delayed_requests);
 
 /// The alert lane's batched statements: the dedup window judged for many notifications in one
 /// statement, and many lines pushed in one, in order, a used dedup key storing nothing.

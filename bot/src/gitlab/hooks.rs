@@ -140,6 +140,7 @@ pub async fn receive(State(state): State<HookState>, request: Request<Body>) -> 
         payload: delivery.payload,
         dedup_key: Some(delivery_key(headers, &event, &bytes)),
         after: None,
+        not_before: None,
     };
     match state.queue.enqueue(request).await {
         Ok(Enqueued::New(id)) => {

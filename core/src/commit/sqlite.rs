@@ -30,7 +30,7 @@ use crate::store::{StoreError, WriteGate, new_id, now_ms};
 
 const INSERT_REQUEST: &str = "INSERT INTO requests (id, kind, frontend, room, addressee, identity, \
      payload, dedup_key, state, attempts, available_at, created_at, updated_at, after_id, lane) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'ready', 0, ?9, ?9, ?9, ?10, ?11) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'ready', 0, ?12, ?9, ?9, ?10, ?11) \
      ON CONFLICT (dedup_key) DO NOTHING";
 const REQUEST_BY_KEY: &str = "SELECT id FROM requests WHERE dedup_key = ?1";
 const INSERT_LINE: &str = "INSERT INTO outbox (id, frontend, room, addressee, body, dedup_key, \
@@ -38,7 +38,9 @@ const INSERT_LINE: &str = "INSERT INTO outbox (id, frontend, room, addressee, bo
      ON CONFLICT (dedup_key) DO NOTHING";
 
 /// What the thread is given: a write for the next group, or a transaction's worth of work of
-/// its own.
+/// its own. Writes are most of what comes, each moved once through the channel, so they are not
+/// boxed (that would be an allocation per request) for the sake of the rarer runs' size.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Job {
     Write(Write, Reply),
     /// Runs in the next transaction and is answered once that committed (see
@@ -355,6 +357,7 @@ fn insert(
         now,
         r.after,
         lane,
+        r.available_at(now),
     ])
 }
 
