@@ -377,16 +377,13 @@ pub fn decode(event_header: &str, body: &[u8]) -> Result<Delivery, WebhookError>
     let text = std::str::from_utf8(body)
         .map_err(|e| WebhookError::Malformed(format!("the body is not JSON: {e}")))?;
     // A struct also reads from a JSON array; a payload is an object.
-    let head: Option<Head> = match text.trim_start().starts_with('{') {
-        true => Some(
-            serde_json::from_str(text)
-                .map_err(|e| WebhookError::Malformed(format!("the body is not JSON: {e}")))?,
-        ),
-        false => {
-            serde_json::from_str::<serde::de::IgnoredAny>(text)
-                .map_err(|e| WebhookError::Malformed(format!("the body is not JSON: {e}")))?;
-            None
-        }
+    let not_json =
+        |e: serde_json::Error| WebhookError::Malformed(format!("the body is not JSON: {e}"));
+    let head: Option<Head> = if text.trim_start().starts_with('{') {
+        Some(serde_json::from_str(text).map_err(not_json)?)
+    } else {
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(not_json)?;
+        None
     };
     let object_kind = head
         .and_then(|h| h.object_kind)
