@@ -224,21 +224,7 @@ impl Queue {
             }
         }
         let pool = self.store.pool();
-        // Two index-friendly lookups instead of one sorted OR: first a lease that expired (its
-        // worker died; the few leased rows of `requests_general`), then the oldest due ready
-        // item outside the lanes, in that index's order (available_at, id; only unfinished,
-        // non-lane rows), so neither done rows nor a lane's backlog are ever walked.
-        const WAITS: &str = WAITS_FOR_PREVIOUS;
-        let expired_sql = format!(
-            "SELECT r.id, r.attempts, r.state FROM requests r \
-             WHERE r.state = 'leased' AND r.lease_until <= $1 AND r.lane IS NULL {WAITS} \
-             ORDER BY r.lease_until LIMIT 1"
-        );
-        let ready_sql = format!(
-            "SELECT r.id, r.attempts, r.state FROM requests r \
-             WHERE r.state = 'ready' AND r.lane IS NULL AND r.available_at <= $1 {WAITS} \
-             ORDER BY r.available_at, r.id LIMIT 1"
-        );
+        let [expired_sql, ready_sql] = general_front_sql("r.id, r.attempts, r.state");
         // A lost compare-and-set means another worker took that item: look again.
         for _ in 0..16 {
             let now = now_ms();
@@ -284,20 +270,17 @@ impl Queue {
             .writer()
             .on_thread(true, move |tx| {
                 let now = now_ms();
-                let mut expired = tx.prepare_cached(
-                    "SELECT 1 FROM requests WHERE state = 'leased' AND lease_until <= ?1 \
-                     AND lane IS NULL LIMIT 1",
-                )?;
-                if expired.exists(rusqlite::params![now])? {
+                let [expired_sql, ready_sql] = general_front_sql(
+                    "r.id, r.kind, r.frontend, r.room, r.addressee, r.identity, r.payload, \
+                     r.attempts, r.created_at",
+                );
+                if tx
+                    .prepare_cached(&expired_sql)?
+                    .exists(rusqlite::params![now])?
+                {
                     return Ok(GeneralFront::Expired);
                 }
-                let mut ready = tx.prepare_cached(&format!(
-                    "SELECT r.id, r.kind, r.frontend, r.room, r.addressee, r.identity, r.payload, \
-                     r.attempts, r.created_at FROM requests r \
-                     WHERE r.state = 'ready' AND r.lane IS NULL AND r.available_at <= ?1 {} \
-                     ORDER BY r.available_at, r.id LIMIT 1",
-                    WAITS_FOR_PREVIOUS
-                ))?;
+                let mut ready = tx.prepare_cached(&ready_sql)?;
                 let mut rows = ready.query(rusqlite::params![now])?;
                 let Some(row) = rows.next()? else {
                     return Ok(GeneralFront::Nothing);
@@ -956,10 +939,29 @@ impl Queue {
 pub const LANE_LEASE: Duration = Duration::from_secs(10);
 
 /// A leased row as a [`Leased`].
-/// A request that waits for the one before it (`NewRequest::after`) is not leased while that
-/// one is unfinished; the condition on a candidate `r`.
-const WAITS_FOR_PREVIOUS: &str = "AND (r.after_id IS NULL OR NOT EXISTS (SELECT 1 FROM requests p \
-     WHERE p.id = r.after_id AND p.state IN ('ready', 'leased')))";
+/// The general workers' two lookups, selecting `columns` of the candidate `r`, `$1` the time
+/// now (the same text serves sqlx and the writer's rusqlite connection). Two index-friendly
+/// lookups instead of one sorted OR: first a lease that expired (its worker died; the few leased
+/// rows of `requests_general`), then the oldest due ready item outside the lanes, in that
+/// index's order (available_at, id; only unfinished, non-lane rows), so neither done rows nor a
+/// lane's backlog are ever walked. A request that waits for the one before it
+/// (`NewRequest::after`) is not taken while that one is unfinished.
+fn general_front_sql(columns: &str) -> [String; 2] {
+    const WAITS: &str = "AND (r.after_id IS NULL OR NOT EXISTS (SELECT 1 FROM requests p \
+         WHERE p.id = r.after_id AND p.state IN ('ready', 'leased')))";
+    [
+        format!(
+            "SELECT {columns} FROM requests r \
+             WHERE r.state = 'leased' AND r.lease_until <= $1 AND r.lane IS NULL {WAITS} \
+             ORDER BY r.lease_until LIMIT 1"
+        ),
+        format!(
+            "SELECT {columns} FROM requests r \
+             WHERE r.state = 'ready' AND r.lane IS NULL AND r.available_at <= $1 {WAITS} \
+             ORDER BY r.available_at, r.id LIMIT 1"
+        ),
+    ]
+}
 
 /// What the general lease found on the writer's thread.
 enum GeneralFront {

@@ -355,8 +355,7 @@ impl GitLab {
             #[serde(skip_serializing_if = "<[_]>::is_empty")]
             variables: &'a [Variable],
         }
-        let body = serde_json::to_vec(&Body { git_ref, variables })
-            .map_err(|e| GitLabError::Config(format!("encoding the pipeline request: {e}")))?;
+        let body = json_body(&Body { git_ref, variables }, "the pipeline request")?;
         let call = Call {
             method: Method::POST,
             endpoint: "POST /projects/:id/pipeline",
@@ -455,13 +454,8 @@ impl GitLab {
             let reply = self.execute(&call).await?;
             let mut batch: Vec<Job> = decode(&call, &reply.body)?;
             jobs.append(&mut batch);
-            let next = reply
-                .headers
-                .get("x-next-page")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u32>().ok());
-            match next {
-                Some(next) if next > page => {
+            match next_page(&reply, page) {
+                Some(next) => {
                     if page >= MAX_PAGES {
                         tracing::warn!(
                             endpoint = call.endpoint,
@@ -716,12 +710,24 @@ impl GitLab {
     }
 
     fn get(&self, endpoint: &'static str, url: Url, what: String) -> Call {
+        Self::write(Method::GET, endpoint, url, None, Repeat::Safe, what)
+    }
+
+    /// A call that sends `body` (if any), repeated after an ambiguous failure as `repeat` says.
+    fn write(
+        method: Method,
+        endpoint: &'static str,
+        url: Url,
+        body: Option<Vec<u8>>,
+        repeat: Repeat,
+        what: String,
+    ) -> Call {
         Call {
-            method: Method::GET,
+            method,
             endpoint,
             url,
-            body: None,
-            repeat: Repeat::Safe,
+            body,
+            repeat,
             what,
             tail: None,
         }
@@ -1028,10 +1034,24 @@ fn merge_request_what(project: &str, iid: u64) -> String {
     format!("merge request {}!{iid}", project_segment(project))
 }
 
+/// A request's JSON body; `what` names it in the (never expected) error.
+fn json_body(value: &impl serde::Serialize, what: &str) -> Result<Vec<u8>, GitLabError> {
+    serde_json::to_vec(value).map_err(|e| GitLabError::Config(format!("encoding {what}: {e}")))
+}
+
 /// The JSON body of a note create or edit: `{"body": ...}`.
 fn note_body(body: &str) -> Result<Vec<u8>, GitLabError> {
-    serde_json::to_vec(&serde_json::json!({ "body": body }))
-        .map_err(|e| GitLabError::Config(format!("encoding the note: {e}")))
+    json_body(&serde_json::json!({ "body": body }), "the note")
+}
+
+/// The page after `page` that GitLab's `x-next-page` header names, if any.
+fn next_page(reply: &Reply, page: u32) -> Option<u32> {
+    reply
+        .headers
+        .get("x-next-page")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|next| *next > page)
 }
 
 fn pipeline_what(project: &str, id: u64) -> String {

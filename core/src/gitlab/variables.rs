@@ -7,7 +7,12 @@
 use reqwest::Method;
 use serde::Deserialize;
 
-use super::{Call, GitLab, GitLabError, MAX_PAGES, PAGE_SIZE, Repeat, decode, project_segment};
+use serde_json::json;
+
+use super::{
+    GitLab, GitLabError, MAX_PAGES, PAGE_SIZE, Repeat, decode, json_body, next_page,
+    project_segment,
+};
 
 /// Whose variables: a project's or a group's, by full path (or numeric id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,13 +69,8 @@ impl GitLab {
             let reply = self.execute(&call).await?;
             let mut batch: Vec<CiVariable> = decode(&call, &reply.body)?;
             all.append(&mut batch);
-            let next = reply
-                .headers
-                .get("x-next-page")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u32>().ok());
-            match next {
-                Some(next) if next > page && page < MAX_PAGES => page = next,
+            match next_page(&reply, page) {
+                Some(next) if page < MAX_PAGES => page = next,
                 _ => break,
             }
         }
@@ -88,19 +88,15 @@ impl GitLab {
         value: &str,
     ) -> Result<CiVariable, GitLabError> {
         let [kind, id] = owner.segments();
-        let body = serde_json::to_vec(&serde_json::json!({
-            "key": key, "value": value, "environment_scope": "*",
-        }))
-        .map_err(|e| GitLabError::Config(format!("encoding the variable: {e}")))?;
-        let call = Call {
-            method: Method::POST,
-            endpoint: "POST /:owner/:id/variables",
-            url: self.url(&[kind, id, "variables"]),
-            body: Some(body),
-            repeat: Repeat::OnlyIfNoEffect,
-            what: owner.what(),
-            tail: None,
-        };
+        let body = json!({ "key": key, "value": value, "environment_scope": "*" });
+        let call = Self::write(
+            Method::POST,
+            "POST /:owner/:id/variables",
+            self.url(&[kind, id, "variables"]),
+            Some(json_body(&body, "the variable")?),
+            Repeat::OnlyIfNoEffect,
+            owner.what(),
+        );
         self.call_json(&call).await
     }
 
@@ -112,18 +108,14 @@ impl GitLab {
         key: &str,
         value: &str,
     ) -> Result<CiVariable, GitLabError> {
-        let [kind, id] = owner.segments();
-        let body = serde_json::to_vec(&serde_json::json!({ "value": value }))
-            .map_err(|e| GitLabError::Config(format!("encoding the variable: {e}")))?;
-        let call = Call {
-            method: Method::PUT,
-            endpoint: "PUT /:owner/:id/variables/:key",
-            url: self.variable_url(kind, id, key),
-            body: Some(body),
-            repeat: Repeat::Safe,
-            what: format!("variable {key} of {}", owner.what()),
-            tail: None,
-        };
+        let call = Self::write(
+            Method::PUT,
+            "PUT /:owner/:id/variables/:key",
+            self.variable_url(owner, key),
+            Some(json_body(&json!({ "value": value }), "the variable")?),
+            Repeat::Safe,
+            format!("variable {key} of {}", owner.what()),
+        );
         self.call_json(&call).await
     }
 
@@ -134,20 +126,20 @@ impl GitLab {
         owner: VariableOwner<'_>,
         key: &str,
     ) -> Result<(), GitLabError> {
-        let [kind, id] = owner.segments();
-        let call = Call {
-            method: Method::DELETE,
-            endpoint: "DELETE /:owner/:id/variables/:key",
-            url: self.variable_url(kind, id, key),
-            body: None,
-            repeat: Repeat::Safe,
-            what: format!("variable {key} of {}", owner.what()),
-            tail: None,
-        };
+        let call = Self::write(
+            Method::DELETE,
+            "DELETE /:owner/:id/variables/:key",
+            self.variable_url(owner, key),
+            None,
+            Repeat::Safe,
+            format!("variable {key} of {}", owner.what()),
+        );
         self.execute(&call).await.map(|_| ())
     }
 
-    fn variable_url(&self, kind: &str, id: &str, key: &str) -> url::Url {
+    /// `/:owner/:id/variables/:key`, for the variable of every environment.
+    fn variable_url(&self, owner: VariableOwner<'_>, key: &str) -> url::Url {
+        let [kind, id] = owner.segments();
         let mut url = self.url(&[kind, id, "variables", key]);
         url.query_pairs_mut()
             .append_pair("filter[environment_scope]", "*");

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::State;
 use super::faults::Route;
+use super::server::{json_response, message, percent_decode};
 
 /// Whose variables: a project's (by id) or a group's (by id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,18 +99,14 @@ pub fn parse(method: &str, segments: &[&str]) -> Option<(Route, VariablesTarget)
         route,
         VariablesTarget {
             kind,
-            owner_ref: super::server::percent_decode(owner),
-            key: key.map(|k| super::server::percent_decode(k)),
+            owner_ref: percent_decode(owner),
+            key: key.map(|k| percent_decode(k)),
         },
     ))
 }
 
 /// A refusal: its status and GitLab's body.
 type Answer = (StatusCode, Value);
-
-fn message(status: StatusCode, text: &str) -> Response<Body> {
-    super::server::json_response(status, json!({ "message": text }))
-}
 
 /// A request's parameters as Grape reads them: the JSON body, else the form body, then the
 /// query string.
@@ -280,39 +277,37 @@ pub fn respond(
                 .filter(|(o, _)| *o == owner)
                 .map(|(_, v)| v.to_json())
                 .collect();
-            super::server::json_response(StatusCode::OK, Value::Array(list))
+            json_response(StatusCode::OK, Value::Array(list))
         }
         Route::GetVariable => {
             let key = target.key.as_deref().unwrap_or_default();
             match find(state, key) {
-                Ok(i) => {
-                    super::server::json_response(StatusCode::OK, state.ci_variables[i].1.to_json())
-                }
-                Err((status, body)) => super::server::json_response(status, body),
+                Ok(i) => json_response(StatusCode::OK, state.ci_variables[i].1.to_json()),
+                Err((status, body)) => json_response(status, body),
             }
         }
         Route::CreateVariable => {
             let Some(key) = params.get("key") else {
-                return super::server::json_response(
+                return json_response(
                     StatusCode::BAD_REQUEST,
                     json!({ "error": "key is missing, value is missing" }),
                 );
             };
             if params.get("value").is_none() {
-                return super::server::json_response(
+                return json_response(
                     StatusCode::BAD_REQUEST,
                     json!({ "error": "value is missing" }),
                 );
             }
             if let Some(problem) = key_problem(&key) {
-                return super::server::json_response(
+                return json_response(
                     StatusCode::BAD_REQUEST,
                     json!({ "message": { "key": [problem] } }),
                 );
             }
             let v = match flags(&CiVariable::env(&key, "")) {
                 Ok(v) => v,
-                Err((status, body)) => return super::server::json_response(status, body),
+                Err((status, body)) => return json_response(status, body),
             };
             let taken = state.ci_variables.iter().any(|(o, existing)| {
                 *o == owner
@@ -320,28 +315,28 @@ pub fn respond(
                     && existing.environment_scope == v.environment_scope
             });
             if taken {
-                return super::server::json_response(
+                return json_response(
                     StatusCode::BAD_REQUEST,
                     json!({ "message": { "key": [format!("({key}) has already been taken")] } }),
                 );
             }
             let body = v.to_json();
             state.ci_variables.push((owner, v));
-            super::server::json_response(StatusCode::CREATED, body)
+            json_response(StatusCode::CREATED, body)
         }
         Route::UpdateVariable => {
             let key = target.key.as_deref().unwrap_or_default();
             let i = match find(state, key) {
                 Ok(i) => i,
-                Err((status, body)) => return super::server::json_response(status, body),
+                Err((status, body)) => return json_response(status, body),
             };
             let v = match flags(&state.ci_variables[i].1) {
                 Ok(v) => v,
-                Err((status, body)) => return super::server::json_response(status, body),
+                Err((status, body)) => return json_response(status, body),
             };
             let body = v.to_json();
             state.ci_variables[i].1 = v;
-            super::server::json_response(StatusCode::OK, body)
+            json_response(StatusCode::OK, body)
         }
         Route::DeleteVariable => {
             let key = target.key.as_deref().unwrap_or_default();
@@ -353,11 +348,9 @@ pub fn respond(
                         .body(Body::empty())
                         .unwrap_or_default()
                 }
-                Err((status, body)) => super::server::json_response(status, body),
+                Err((status, body)) => json_response(status, body),
             }
         }
-        _ => {
-            super::server::json_response(StatusCode::NOT_FOUND, json!({ "error": "404 Not Found" }))
-        }
+        _ => json_response(StatusCode::NOT_FOUND, json!({ "error": "404 Not Found" })),
     }
 }

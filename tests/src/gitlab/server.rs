@@ -274,7 +274,7 @@ pub(crate) fn json_response(status: StatusCode, body: Value) -> Response<Body> {
     (status, Json(body)).into_response()
 }
 
-fn message(status: StatusCode, text: &str) -> Response<Body> {
+pub(crate) fn message(status: StatusCode, text: &str) -> Response<Body> {
     json_response(status, json!({ "message": text }))
 }
 
