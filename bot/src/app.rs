@@ -138,9 +138,12 @@ impl App {
         let metrics = Arc::new(Metrics::new().context("creating metrics")?);
         let store = Store::connect(config.store.url.expose()).await?;
         tracing::info!(backend = ?store.backend(), "store ready (migrations applied)");
-        if config.herder.is_some() {
-            tracing::warn!(
-                "herder: configured; this version judges Job Hooks, says report and alert matches and counts every match, but does not retry jobs yet (`shepherd herder check --job-url URL` shows what it would do)"
+        if let Some(h) = &config.herder {
+            tracing::info!(
+                projects = h.projects.len(),
+                matchers = h.matchers.len(),
+                production = config.production,
+                "herder: judging the Job Hooks of its projects"
             );
         }
         store

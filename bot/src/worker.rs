@@ -25,6 +25,7 @@ use crate::alerts::{AlertRelay, NOTIFICATION_KIND, Prepared};
 use crate::dispatch::{COMMAND_KIND, QueuedCommand};
 use crate::gitlab::events::{EventError, GitLabEvents};
 use crate::gitlab::hooks::EVENT_KIND;
+use shepherd_core::herder::retry::RETRY_KIND;
 
 /// Most alert notifications a lane worker takes and commits together.
 const LANE_BATCH: usize = 256;
@@ -115,7 +116,7 @@ impl Worker {
     }
 
     async fn process(&self, item: Leased) -> Result<(), StoreError> {
-        if item.kind == EVENT_KIND {
+        if item.kind == EVENT_KIND || item.kind == RETRY_KIND {
             return self.process_event(item).await;
         }
         if item.kind == NOTIFICATION_KIND {

@@ -7,6 +7,9 @@
 //! `messages` (one of them found in the trace's tail: a substring, or `/regex/flags` with flags
 //! from `imsx`).
 
+pub mod actions;
+pub mod retry;
+
 use regex::{Regex, RegexBuilder};
 
 use crate::gitlab::{GitLab, GitLabError};

@@ -53,6 +53,11 @@ pub struct Metrics {
     /// Failed jobs of herded projects no matcher matched (the ones to write matchers for), by
     /// project.
     pub herder_unmatched: IntCounterVec,
+    /// Due herder retries by matcher and outcome: `retried`, `would_retry` (non-production),
+    /// `already_retried`, `superseded`, `gone`, `failed`.
+    pub herder_retries: IntCounterVec,
+    /// Jobs the herder gave up on at their matcher's `retry_limit`, by matcher.
+    pub herder_given_up: IntCounterVec,
     /// Canary runs started, and canary pipelines created.
     pub canary_runs: IntCounterVec,
     /// Alertmanager notifications by outcome: `stored`, `duplicate`, `unauthorized`,
@@ -174,6 +179,20 @@ impl Metrics {
             ),
             &["project"],
         )?;
+        let herder_retries = IntCounterVec::new(
+            Opts::new(
+                "herder_retries_total",
+                "Due herder retries by matcher and outcome (retried, would_retry, already_retried, superseded, gone, failed)",
+            ),
+            &["matcher", "outcome"],
+        )?;
+        let herder_given_up = IntCounterVec::new(
+            Opts::new(
+                "herder_given_up_total",
+                "Jobs the herder gave up on at their matcher's retry_limit, by matcher",
+            ),
+            &["matcher"],
+        )?;
         let canary_runs = IntCounterVec::new(
             Opts::new(
                 "canary_total",
@@ -252,6 +271,8 @@ impl Metrics {
         registry.register(Box::new(gitlab_webhooks.clone()))?;
         registry.register(Box::new(herder_problems.clone()))?;
         registry.register(Box::new(herder_unmatched.clone()))?;
+        registry.register(Box::new(herder_retries.clone()))?;
+        registry.register(Box::new(herder_given_up.clone()))?;
         registry.register(Box::new(canary_runs.clone()))?;
         registry.register(Box::new(commands.clone()))?;
         registry.register(Box::new(command_duration.clone()))?;
@@ -295,6 +316,8 @@ impl Metrics {
             gitlab_webhooks,
             herder_problems,
             herder_unmatched,
+            herder_retries,
+            herder_given_up,
             canary_runs,
             alert_notifications,
             alerts,

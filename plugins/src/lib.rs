@@ -11,6 +11,7 @@ mod canary;
 mod cancel;
 mod deploy;
 mod help;
+pub mod herder;
 mod ping;
 mod report;
 mod retrigger;

@@ -4,12 +4,13 @@
 //! says `report` and `alert` matches once in the herder's targets on a real ngIRCd, and counts
 //! every match and every failure no matcher knows.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use shepherd_tests::gitlab::GitLabDouble;
+use shepherd_tests::gitlab::{FaultKind, GitLabDouble, Route};
 use shepherd_tests::harness::{Backend, Shepherd, ShepherdConfig, TestStore, shepherd_bin};
 use shepherd_tests::irc_client::{IrcClient, Message, joined};
 use shepherd_tests::ircd::{Ngircd, Throttle};
+use shepherd_tests::on_both_stores;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -379,3 +380,340 @@ fn trace_reads(gitlab: &GitLabDouble) -> Vec<String> {
         .map(|r| r.path.clone())
         .collect()
 }
+
+/// Matchers that retry quickly enough for a test: the delays are real queue delays.
+const RETRYING: &str = r#"
+[herder]
+projects = ["g/p"]
+targets = ["irc:#ops"]
+[[herder.matchers]]
+name = "runner-system-failure"
+description = "the runner lost the job"
+action = "retry"
+failure_reason = ["runner_system_failure"]
+retry_delays = ["1s", "2s"]
+retry_limit = 2
+[[herder.matchers]]
+name = "connection-reset"
+action = "retry"
+messages = ["Connection reset by peer"]
+retry_delays = ["3s"]
+[[herder.matchers]]
+name = "oom"
+action = "report"
+messages = ["/out of memory/i"]
+"#;
+
+/// A herding shepherd with `#ops` on a real ngIRCd and a human there, the double's webhook
+/// pointed at it.
+struct Herding {
+    gitlab: GitLabDouble,
+    human: IrcClient,
+    config: ShepherdConfig,
+    bot: Shepherd,
+    _server: Ngircd,
+    _store: TestStore,
+}
+
+async fn herding(backend: Backend, herder: &str) -> Herding {
+    let store = TestStore::new(backend).await;
+    let gitlab = GitLabDouble::start().await;
+    let server = Ngircd::start(Throttle::Off).await;
+    let mut human = IrcClient::connect(&server.addr(), "human").await;
+    human.join("#ops").await;
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.extra = format!(
+        r##"[gitlab_comments]
+webhook_secret_env = "TEST_WEBHOOK_SECRET"
+[irc]
+server = "127.0.0.1"
+port = {port}
+tls = false
+channels = ["#ops"]
+flood_burst = 1000
+flood_rate = 1000.0
+{herder}"##,
+        port = server.port(),
+    );
+    config
+        .env
+        .push(("TEST_WEBHOOK_SECRET".into(), SECRET.into()));
+    let bot = start_herding(&config, &mut human).await;
+    gitlab.set_webhook(&format!("{}/hooks/gitlab", bot.base_url()), SECRET);
+    Herding {
+        gitlab,
+        human,
+        config,
+        bot,
+        _server: server,
+        _store: store,
+    }
+}
+
+async fn start_herding(config: &ShepherdConfig, human: &mut IrcClient) -> Shepherd {
+    let seen = human.received_len();
+    let bot = Shepherd::serve(config).await;
+    bot.wait_http(WAIT).await;
+    assert!(
+        human
+            .wait_for(WAIT, |m| joined("shepherd", "#ops")(
+                &m[seen.min(m.len())..]
+            ))
+            .await,
+        "{}",
+        bot.stderr()
+    );
+    bot
+}
+
+/// The times the double was asked to retry job `id`.
+fn retries_of(gitlab: &GitLabDouble, id: u64) -> Vec<Instant> {
+    let path = format!("/jobs/{id}/retry");
+    gitlab
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with(&path))
+        .map(|r| r.time)
+        .collect()
+}
+
+async fn wait_retried(h: &Herding, id: u64) -> Instant {
+    let path = format!("/jobs/{id}/retry");
+    assert!(
+        h.gitlab
+            .wait_for(
+                |rs| rs
+                    .iter()
+                    .any(|r| r.method == "POST" && r.path.ends_with(&path)),
+                WAIT
+            )
+            .await,
+        "job {id} was not retried\n{}",
+        h.bot.stderr()
+    );
+    // The request is recorded as it arrives; the new attempt exists once it is answered.
+    for _ in 0..1000 {
+        if h.gitlab.job(id).is_some_and(|j| j.retried) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(h.gitlab.job(id).is_some_and(|j| j.retried), "job {id}");
+    retries_of(&h.gitlab, id)[0]
+}
+
+/// The newest job named `name` in pipeline `pipeline`.
+fn newest(gitlab: &GitLabDouble, pipeline: u64, name: &str) -> u64 {
+    gitlab
+        .jobs(pipeline)
+        .iter()
+        .filter(|j| j.name == name)
+        .map(|j| j.id)
+        .max()
+        .expect("a job of that name")
+}
+
+async fn wait_metric(bot: &Shepherd, series: &str, want: f64) {
+    let mut last = None;
+    for _ in 0..600 {
+        last = bot.metric(series).await;
+        if last == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{series} is {last:?}, not {want}\n{}",
+        bot.metrics_text().await
+    );
+}
+
+fn retried(matcher: &str, outcome: &str) -> String {
+    format!("shepherd_herder_retries_total{{matcher=\"{matcher}\",outcome=\"{outcome}\"}}")
+}
+
+async fn retried_after_delays_given_up_at_the_limit_and_never_when_stale(backend: Backend) {
+    let h = herding(backend, RETRYING).await;
+    let gitlab = &h.gitlab;
+    let p = gitlab.add_pipeline("g/p", "main", "running", &[]);
+    let boot = gitlab.add_job(p.id, "boot", "test", "running");
+    let net = gitlab.add_job(p.id, "net", "test", "running");
+    gitlab.set_trace(
+        net,
+        "step 1\nerror: Connection reset by peer (os error 104)\n",
+    );
+    let oom = gitlab.add_job(p.id, "build", "build", "running");
+    gitlab.set_trace(oom, "cc1: out of memory\n");
+    let plain = gitlab.add_job(p.id, "lint", "test", "running");
+    gitlab.set_trace(plain, "error: unused variable\n");
+    let ok = gitlab.add_job(p.id, "docs", "test", "running");
+    let stopped = gitlab.add_job(p.id, "deploy", "deploy", "running");
+    // On `feature`: an old pipeline, a retrigger's one-off (it carries the request id), and a
+    // newer ordinary pipeline that supersedes the old one but not the one-off.
+    let old = gitlab.add_pipeline("g/p", "feature", "running", &[]);
+    let stale = gitlab.add_job(old.id, "boot", "test", "running");
+    let one_off = gitlab.add_pipeline(
+        "g/p",
+        "feature",
+        "running",
+        &[("SHEPHERD_REQUEST_ID", "req-1")],
+    );
+    let asked_for = gitlab.add_job(one_off.id, "boot", "test", "running");
+    gitlab.add_pipeline("g/p", "feature", "running", &[]);
+
+    let failed_at = Instant::now();
+    gitlab.set_job_status(boot, "failed", Some("runner_system_failure"));
+    // The same job's hook once more (a new delivery) and the same delivery again: one retry.
+    gitlab.set_job_status(boot, "failed", Some("runner_system_failure"));
+    let first = |d: &shepherd_tests::gitlab::HookDelivery| {
+        d.body["build_id"] == serde_json::json!(boot) && d.body["build_status"] == "failed"
+    };
+    assert!(gitlab.wait_hooks(|ds| ds.iter().any(first), WAIT).await);
+    let index = gitlab
+        .hook_deliveries()
+        .iter()
+        .position(first)
+        .expect("the hook");
+    gitlab.redeliver(index).await.expect("redelivered");
+    gitlab.set_job_status(net, "failed", None);
+    gitlab.set_job_status(oom, "failed", None);
+    gitlab.set_job_status(plain, "failed", None);
+    gitlab.set_job_status(ok, "success", None);
+    gitlab.set_job_status(stopped, "canceled", None);
+    gitlab.set_job_status(stale, "failed", Some("runner_system_failure"));
+    gitlab.set_job_status(asked_for, "failed", Some("runner_system_failure"));
+
+    // Retry 1 after the first delay; its new attempt fails too: retry 2 after the second.
+    let at = wait_retried(&h, boot).await;
+    assert!(
+        at - failed_at >= Duration::from_secs(1),
+        "not before its delay"
+    );
+    let second = newest(gitlab, p.id, "boot");
+    assert_ne!(second, boot);
+    let failed_again = Instant::now();
+    gitlab.set_job_status(second, "failed", Some("runner_system_failure"));
+    let at = wait_retried(&h, second).await;
+    assert!(
+        at - failed_again >= Duration::from_secs(2),
+        "the second delay"
+    );
+    // The third attempt fails: given up, said once in #ops.
+    let third = newest(gitlab, p.id, "boot");
+    assert_ne!(third, second);
+    gitlab.set_job_status(third, "failed", Some("runner_system_failure"));
+    let third_url = format!("{}/g/p/-/jobs/{third}", gitlab.url());
+    let given_up = format!(
+        "herder: given up after 2 retries — job `boot` {third_url} failed again: the runner lost the job (runner-system-failure)"
+    );
+    assert!(
+        h.human
+            .wait_for(WAIT, |m| said_in_ops(m).contains(&given_up))
+            .await,
+        "{:?}\n{}",
+        said_in_ops(&h.human.received()),
+        h.bot.stderr()
+    );
+    // A trace match waits for its own matcher's delay.
+    let at = wait_retried(&h, net).await;
+    assert!(
+        at - failed_at >= Duration::from_secs(3),
+        "the trace matcher's delay"
+    );
+    // The retrigger's one-off is retried; the superseded pipeline's job is not.
+    wait_retried(&h, asked_for).await;
+    wait_metric(&h.bot, &retried("runner-system-failure", "superseded"), 1.0).await;
+    wait_metric(&h.bot, &retried("runner-system-failure", "retried"), 3.0).await;
+    wait_metric(&h.bot, &retried("connection-reset", "retried"), 1.0).await;
+    wait_metric(
+        &h.bot,
+        "shepherd_herder_given_up_total{matcher=\"runner-system-failure\"}",
+        1.0,
+    )
+    .await;
+
+    for (job, times) in [
+        (boot, 1),
+        (second, 1),
+        (third, 0),
+        (net, 1),
+        (asked_for, 1),
+        (stale, 0),
+        (oom, 0),
+        (plain, 0),
+        (ok, 0),
+        (stopped, 0),
+    ] {
+        assert_eq!(retries_of(gitlab, job).len(), times, "job {job}");
+    }
+    assert_eq!(
+        gitlab
+            .jobs(p.id)
+            .iter()
+            .filter(|j| j.name == "boot")
+            .count(),
+        3,
+        "the job and its two retries"
+    );
+    let oom_url = format!("{}/g/p/-/jobs/{oom}", gitlab.url());
+    assert_eq!(
+        said_in_ops(&h.human.received()),
+        vec![
+            format!("herder: oom — job `build` {oom_url}: oom: cc1: out of memory"),
+            given_up
+        ],
+        "a report and the given-up line; retries themselves are not announced"
+    );
+}
+
+on_both_stores!(
+    retries,
+    retried_after_delays_given_up_at_the_limit_and_never_when_stale
+);
+
+async fn a_retry_due_at_a_crash_is_made_once_after_the_restart(backend: Backend) {
+    let herder = RETRYING.replace(r#"retry_delays = ["1s", "2s"]"#, r#"retry_delays = ["2s"]"#);
+    let mut h = herding(backend, &herder).await;
+    let p = h.gitlab.add_pipeline("g/p", "main", "running", &[]);
+    let boot = h.gitlab.add_job(p.id, "boot", "test", "running");
+    let failed_at = Instant::now();
+    h.gitlab
+        .set_job_status(boot, "failed", Some("runner_system_failure"));
+    let mut logged = false;
+    for _ in 0..600 {
+        if h.bot.stderr().contains("herder: retry scheduled") {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(logged, "{}", h.bot.stderr());
+    h.bot.kill9().await;
+    assert!(
+        retries_of(&h.gitlab, boot).is_empty(),
+        "killed before it was due"
+    );
+    // The first answer to the retry is lost after the new job was made: the restarted
+    // process finds that attempt instead of making another.
+    h.gitlab
+        .fail_next(Route::RetryJob, 1, FaultKind::CreateThenFail(502));
+    h.bot = start_herding(&h.config, &mut h.human).await;
+    let at = wait_retried(&h, boot).await;
+    assert!(
+        at - failed_at >= Duration::from_secs(2),
+        "not before its delay"
+    );
+    wait_metric(&h.bot, &retried("runner-system-failure", "retried"), 1.0).await;
+    assert_eq!(retries_of(&h.gitlab, boot).len(), 1, "{}", h.bot.stderr());
+    assert_eq!(
+        h.gitlab
+            .jobs(p.id)
+            .iter()
+            .filter(|j| j.name == "boot")
+            .count(),
+        2,
+        "one retry"
+    );
+}
+
+on_both_stores!(crash, a_retry_due_at_a_crash_is_made_once_after_the_restart);

@@ -10,12 +10,17 @@
 //! - Job Hook: a finished job of a project in `[herder] projects` is judged by the herder's
 //!   matchers (the trace's tail read only when one needs it). A `report` or `alert` match is
 //!   said once in the herder's targets; every match is counted by matcher and action, and a
-//!   failed job no matcher knows is counted as unmatched. Retries (`retry`) are not made yet.
+//!   failed job no matcher knows is counted as unmatched. A `retry` match is scheduled as a
+//!   `herder-retry` request due after the matcher's delay (one per job, whoever redelivers the
+//!   hook), or given up at the matcher's limit with a line in the targets.
+//! - `herder-retry` requests: carried out by `shepherd_core::herder::retry::carry_out` exactly
+//!   once, never for a job retried already or a superseded pipeline; every action is recorded
+//!   (`herder_actions`) once per job, and what needs saying is said in the same transaction.
 
 use std::sync::Arc;
 
 use shepherd_commands::{Frontend, MrRef, ParseContext, parse};
-use shepherd_config::{GitlabCommentsConfig, HerderAction};
+use shepherd_config::{GitlabCommentsConfig, HerderAction, HerderMatcher};
 use shepherd_core::Origin;
 use shepherd_core::audit::{self, AuditOutcome};
 use shepherd_core::canary::{self, Publish};
@@ -30,7 +35,12 @@ use crate::dispatch::{Dispatcher, Inbound, command_key, command_keys};
 use shepherd_core::gitlab::webhook::{
     Event, JobEvent, MergeRequestEvent, NoteEvent, PipelineEvent, Stored,
 };
+use shepherd_core::herder::actions::{self, Action, ActionKind};
+use shepherd_core::herder::retry::{self, Decision, PlannedRetry, RETRY_KIND, RetryOutcome};
 use shepherd_core::herder::{Herder, JobFacts, Verdict};
+use shepherd_core::queue::{Enqueued, NewRequest, Payload};
+use shepherd_core::store::now_ms;
+use shepherd_plugins::herder as herder_words;
 
 /// The marker every note shepherd writes carries (see `notes.rs`).
 pub const MARKER_PREFIX: &str = "<!-- shepherd:";
@@ -65,6 +75,9 @@ pub struct GitLabEvents {
 
 impl GitLabEvents {
     pub async fn process(&self, item: &Leased) -> Result<(), EventError> {
+        if item.kind == RETRY_KIND {
+            return self.retry(item).await;
+        }
         let stored: Stored = item
             .payload
             .decode()
@@ -118,6 +131,7 @@ impl GitLabEvents {
                         .inc();
                     tracing::info!(job = job.build_id, %url, "herder: a failed job no matcher knows");
                 }
+                Ok(())
             }
             Verdict::Matched { matcher, message } => {
                 self.metrics
@@ -125,20 +139,252 @@ impl GitLabEvents {
                     .with_label_values(&[matcher.name.as_str(), matcher.action.as_str()])
                     .inc();
                 tracing::info!(job = job.build_id, %url, matcher = %matcher.name, action = matcher.action.as_str(), "herder: matched");
-                if matches!(matcher.action, HerderAction::Report | HerderAction::Alert) {
-                    let text = herder_line(matcher, &job.build_name, &url, message.as_deref());
-                    for target in &herder.config().targets {
-                        let Some(origin) = Origin::parse(target) else {
-                            continue;
+                let seen = Seen {
+                    project: &project,
+                    job: &job,
+                    url: &url,
+                };
+                match matcher.action {
+                    HerderAction::Retry => self.plan_retry(herder, matcher, &seen).await,
+                    HerderAction::Report | HerderAction::Alert => {
+                        let text = herder_words::match_line(
+                            matcher,
+                            &job.build_name,
+                            &url,
+                            message.as_deref(),
+                        );
+                        let kind = if matcher.action == HerderAction::Alert {
+                            ActionKind::Alerted
+                        } else {
+                            ActionKind::Reported
                         };
-                        let key = format!("herder:{}:{}:{target}", job.build_id, matcher.name);
-                        self.outbox.push(&origin, &text, Some(&key), None).await?;
+                        let action = seen.action(kind, matcher, None, message);
+                        self.record_and_say(herder, &action, Some(&text)).await?;
+                        Ok(())
                     }
-                    self.outbox.wake();
                 }
             }
         }
+    }
+
+    /// A `retry` match: schedules the retry after the matcher's delay, or gives up at its
+    /// limit, from the job's attempts in its pipeline.
+    async fn plan_retry(
+        &self,
+        herder: &Herder,
+        matcher: &HerderMatcher,
+        seen: &Seen<'_>,
+    ) -> Result<(), EventError> {
+        let job = seen.job;
+        let attempts = match self
+            .services
+            .gitlab
+            .job_attempts(seen.project, job.pipeline_id, &job.build_name)
+            .await
+        {
+            Ok(attempts) => attempts,
+            Err(e) if e.is_retryable() => return Err(EventError::Retry(e.to_string())),
+            Err(e) => {
+                tracing::warn!(job = job.build_id, error = %e, "herder: cannot read the job's attempts; not retrying it");
+                return Ok(());
+            }
+        };
+        match retry::decide(matcher, job.build_id, &attempts) {
+            Decision::AlreadyRetried { newer } => {
+                tracing::info!(
+                    job = job.build_id,
+                    newer,
+                    "herder: the job was retried already"
+                );
+            }
+            Decision::GiveUp { retries } => {
+                let text = herder_words::given_up_line(matcher, &job.build_name, seen.url, retries);
+                let action = seen.action(ActionKind::GivenUp, matcher, Some(retries), None);
+                if self.record_and_say(herder, &action, Some(&text)).await? {
+                    self.metrics
+                        .herder_given_up
+                        .with_label_values(&[matcher.name.as_str()])
+                        .inc();
+                    tracing::warn!(job = job.build_id, url = %seen.url, retries, matcher = %matcher.name, "herder: given up");
+                }
+            }
+            Decision::Retry { retry, delay } => {
+                let plan = PlannedRetry {
+                    project: seen.project.to_string(),
+                    job_id: job.build_id,
+                    job_name: job.build_name.clone(),
+                    job_url: seen.url.to_string(),
+                    pipeline_id: job.pipeline_id,
+                    matcher: matcher.name.clone(),
+                    retry,
+                    limit: matcher.retry_limit,
+                };
+                let payload = serde_json::to_string(&plan)
+                    .map_err(|e| EventError::Unreadable(e.to_string()))
+                    .and_then(|text| {
+                        Payload::from_json(text).map_err(|e| EventError::Unreadable(e.to_string()))
+                    })?;
+                let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                let request = NewRequest {
+                    kind: RETRY_KIND.to_string(),
+                    origin: Origin::new("gitlab", seen.project),
+                    identity: "herder".to_string(),
+                    payload,
+                    dedup_key: Some(plan.dedup_key()),
+                    after: None,
+                    not_before: Some(now_ms().saturating_add(delay_ms)),
+                };
+                let enqueued = self.dispatcher.queue.enqueue(request).await?;
+                if let Enqueued::New(id) = &enqueued {
+                    tracing::info!(job = job.build_id, request = %id, retry, limit = matcher.retry_limit, delay = %humantime::format_duration(delay), "herder: retry scheduled");
+                }
+                let mut action = seen.action(ActionKind::Scheduled, matcher, Some(retry), None);
+                action.detail = Some(format!(
+                    "retry {retry} of {} after {}",
+                    matcher.retry_limit,
+                    humantime::format_duration(delay)
+                ));
+                self.record_and_say(herder, &action, None).await?;
+            }
+        }
         Ok(())
+    }
+
+    /// A due retry (a `herder-retry` request): carried out exactly once, or skipped when it
+    /// would be stale; recorded, and said in the targets when GitLab refused it or
+    /// non-production mode only describes it.
+    async fn retry(&self, item: &Leased) -> Result<(), EventError> {
+        let plan: PlannedRetry = item
+            .payload
+            .decode()
+            .map_err(|e| EventError::Unreadable(e.to_string()))?;
+        let Some(herder) = &self.herder else {
+            tracing::warn!(
+                job = plan.job_id,
+                "herder: not configured any more; the retry is not made"
+            );
+            return Ok(());
+        };
+        let outcome = retry::carry_out(
+            &self.services.gitlab,
+            &self.services.store,
+            &item.id,
+            &plan,
+            self.services.production,
+        )
+        .await;
+        let mut action = Action {
+            kind: ActionKind::Skipped,
+            project: plan.project.clone(),
+            job_id: plan.job_id,
+            job_name: plan.job_name.clone(),
+            job_url: plan.job_url.clone(),
+            matcher: plan.matcher.clone(),
+            retry: Some(plan.retry),
+            new_job_id: None,
+            detail: None,
+            at: 0,
+        };
+        let mut line = None;
+        let label = match outcome {
+            Ok(RetryOutcome::Retried { job, recovered }) => {
+                tracing::info!(
+                    job = plan.job_id,
+                    new_job = job.id,
+                    recovered,
+                    retry = plan.retry,
+                    "herder: job retried"
+                );
+                action.kind = ActionKind::Retried;
+                action.new_job_id = Some(job.id);
+                "retried"
+            }
+            Ok(RetryOutcome::WouldRetry) => {
+                action.kind = ActionKind::WouldRetry;
+                line = Some(herder_words::would_retry_line(&plan));
+                "would_retry"
+            }
+            Ok(RetryOutcome::AlreadyRetried { newer }) => {
+                tracing::info!(
+                    job = plan.job_id,
+                    newer,
+                    "herder: retried by someone else already; not retrying"
+                );
+                action.detail = Some(format!("already retried: job {newer} is newer"));
+                "already_retried"
+            }
+            Ok(RetryOutcome::Superseded { by }) => {
+                tracing::info!(
+                    job = plan.job_id,
+                    pipeline = plan.pipeline_id,
+                    superseded_by = by,
+                    "herder: the pipeline was superseded; not retrying"
+                );
+                action.detail = Some(format!(
+                    "pipeline {} was superseded by pipeline {by}",
+                    plan.pipeline_id
+                ));
+                "superseded"
+            }
+            Ok(RetryOutcome::Gone) => {
+                tracing::info!(
+                    job = plan.job_id,
+                    "herder: the job no longer exists; not retrying"
+                );
+                action.detail = Some("the job no longer exists".to_string());
+                "gone"
+            }
+            Err(e) if e.is_retryable() => return Err(EventError::Retry(e.to_string())),
+            Err(e) => {
+                tracing::warn!(job = plan.job_id, error = %e, "herder: GitLab refused the retry");
+                let why = e.user_message();
+                line = Some(herder_words::retry_failed_line(&plan, &why));
+                action.kind = ActionKind::Failed;
+                action.detail = Some(why);
+                "failed"
+            }
+        };
+        if self
+            .record_and_say(herder, &action, line.as_deref())
+            .await?
+        {
+            self.metrics
+                .herder_retries
+                .with_label_values(&[plan.matcher.as_str(), label])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Records `action` and, the first time, says `line` in the herder's targets — in one
+    /// transaction. True when the action was new.
+    async fn record_and_say(
+        &self,
+        herder: &Herder,
+        action: &Action,
+        line: Option<&str>,
+    ) -> Result<bool, EventError> {
+        let mut tx = self.services.store.begin().await?;
+        let added = actions::record_in(&mut tx, action).await?;
+        if let (true, Some(text)) = (added, line) {
+            for target in &herder.config().targets {
+                let Some(origin) = Origin::parse(target) else {
+                    continue;
+                };
+                let key = format!(
+                    "herder:{}:{}:{}:{target}",
+                    action.kind.as_str(),
+                    action.project,
+                    action.job_id
+                );
+                outbox::push_in(&mut tx, &origin, text, Some(&key), None).await?;
+            }
+        }
+        tx.commit().await?;
+        if added && line.is_some() {
+            self.outbox.wake();
+        }
+        Ok(added)
     }
 
     async fn note(&self, note: NoteEvent) -> Result<(), EventError> {
@@ -336,23 +582,32 @@ impl GitLabEvents {
     }
 }
 
-/// The line a `report` or `alert` match says: the matcher, the job, its URL and what matched.
-fn herder_line(
-    matcher: &shepherd_config::HerderMatcher,
-    job: &str,
-    url: &str,
-    message: Option<&str>,
-) -> String {
-    let mark = match matcher.action {
-        HerderAction::Alert => "[ALERT] ",
-        _ => "",
-    };
-    let what = matcher.description.as_deref().unwrap_or(&matcher.name);
-    match message {
-        Some(m) => format!(
-            "{mark}herder: {} — job `{job}` {url}: {what}: {m}",
-            matcher.name
-        ),
-        None => format!("{mark}herder: {} — job `{job}` {url}: {what}", matcher.name),
+/// A job as the herder saw it in a Job Hook.
+struct Seen<'a> {
+    project: &'a str,
+    job: &'a JobEvent,
+    url: &'a str,
+}
+
+impl Seen<'_> {
+    fn action(
+        &self,
+        kind: ActionKind,
+        matcher: &HerderMatcher,
+        retry: Option<u32>,
+        detail: Option<String>,
+    ) -> Action {
+        Action {
+            kind,
+            project: self.project.to_string(),
+            job_id: self.job.build_id,
+            job_name: self.job.build_name.clone(),
+            job_url: self.url.to_string(),
+            matcher: matcher.name.clone(),
+            retry,
+            new_job_id: None,
+            detail,
+            at: 0,
+        }
     }
 }

@@ -416,7 +416,10 @@ async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<Incoming>) 
             Some(respond(&shared, &req).await)
         }
         Some(FaultKind::CreateThenFail(code)) => {
-            if matches!(target.route, Route::CreatePipeline | Route::CreateNote) {
+            if matches!(
+                target.route,
+                Route::CreatePipeline | Route::CreateNote | Route::RetryJob
+            ) {
                 let _ = respond(&shared, &req).await;
             }
             Some(status_fault(code))
