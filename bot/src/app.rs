@@ -191,6 +191,10 @@ impl App {
         .context("canary.projects")?;
         let address = BotAddress::new(config.bot.name.clone(), config.bot.prefix.clone());
         let reporter = Arc::new(PipelineReporter::new(address.clone(), frontends.clone()));
+        let herder = match &config.herder {
+            Some(h) => Some(Arc::new(shepherd_core::herder::Herder::new(h)?)),
+            None => None,
+        };
         let services = Arc::new(Services {
             production: config.production,
             address,
@@ -202,6 +206,14 @@ impl App {
             canary,
             alertmanager: alertmanager_client(&config)?,
             deploy: deployer(&config, &gitlab, &retrigger, &store, &metrics)?,
+            herder: herder.clone(),
+            failovers: (!config.failover.is_empty()).then(|| {
+                shepherd_core::failover::Failovers::new(
+                    config.failover.clone(),
+                    gitlab.clone(),
+                    store.clone(),
+                )
+            }),
             policy: policy.clone(),
             registry: registry.clone(),
             reporter: reporter.clone(),
@@ -236,10 +248,7 @@ impl App {
             watcher: watcher.clone(),
             outbox: outbox.clone(),
             comments: config.gitlab_comments.clone(),
-            herder: match &config.herder {
-                Some(h) => Some(Arc::new(shepherd_core::herder::Herder::new(h)?)),
-                None => None,
-            },
+            herder,
             metrics: metrics.clone(),
         });
 

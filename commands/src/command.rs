@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::refs::{Matcher, MrRef, PipelineRef, Var, write_word};
+use crate::refs::{JobRef, Matcher, MrRef, PipelineRef, Var, write_word};
 
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +79,20 @@ pub enum Command {
     Unsilence {
         id: String,
     },
+    /// `herder`: what the herder did lately; `herder <job>`: what it would do with that job.
+    Herder {
+        job: Option<JobRef>,
+    },
+    /// `failover <switch>`: sets the switch's CI/CD variables.
+    Failover {
+        switch: String,
+    },
+    /// `failback <switch>`: restores what `failover` changed.
+    Failback {
+        switch: String,
+    },
+    /// `failovers`: the switches and their state.
+    Failovers,
 }
 
 /// What `status` and `cancel` act on.
@@ -119,6 +133,10 @@ pub const COMMAND_NAMES: &[&str] = &[
     "alerts",
     "silence",
     "unsilence",
+    "herder",
+    "failover",
+    "failback",
+    "failovers",
 ];
 
 /// The usage line of `command` (its canonical word, any case), e.g. `retrigger <pipeline> [key=value ...]`.
@@ -149,6 +167,10 @@ pub fn usage(command: &str) -> Option<&'static str> {
             "silence <matcher ...> for <duration> [reason ...]",
         ),
         ("unsilence", "unsilence <silence id>"),
+        ("herder", "herder [job url]"),
+        ("failover", "failover <switch>"),
+        ("failback", "failback <switch>"),
+        ("failovers", "failovers"),
     ];
     USAGES
         .iter()
@@ -179,6 +201,10 @@ impl Command {
             Command::Alerts { .. } => "alerts",
             Command::Silence { .. } => "silence",
             Command::Unsilence { .. } => "unsilence",
+            Command::Herder { .. } => "herder",
+            Command::Failover { .. } => "failover",
+            Command::Failback { .. } => "failback",
+            Command::Failovers => "failovers",
         }
     }
 
@@ -198,6 +224,8 @@ impl Command {
                 | Command::Unlock { .. }
                 | Command::Silence { .. }
                 | Command::Unsilence { .. }
+                | Command::Failover { .. }
+                | Command::Failback { .. }
         )
     }
 }
@@ -233,7 +261,7 @@ impl fmt::Display for Command {
                 f.write_str(" ")?;
                 write_word(f, t)
             }),
-            Command::Ping | Command::Version | Command::Whoami => Ok(()),
+            Command::Ping | Command::Version | Command::Whoami | Command::Failovers => Ok(()),
             Command::Retrigger {
                 pipeline,
                 overrides,
@@ -293,6 +321,8 @@ impl fmt::Display for Command {
                 })
             }
             Command::Unsilence { id } => write!(f, " {id}"),
+            Command::Herder { job } => job.iter().try_for_each(|j| write!(f, " {j}")),
+            Command::Failover { switch } | Command::Failback { switch } => write!(f, " {switch}"),
         }
     }
 }

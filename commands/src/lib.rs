@@ -30,4 +30,4 @@ pub use addressing::{Addressing, Frontend, addressed};
 pub use command::{COMMAND_NAMES, Command, DeploySource, Target, usage};
 pub use error::{ParseError, ParseErrorKind};
 pub use parser::{ParseContext, is_digest, parse};
-pub use refs::{MatchOp, Matcher, MrRef, PipelineRef, Var};
+pub use refs::{JobRef, MatchOp, Matcher, MrRef, PipelineRef, Var};

@@ -8,7 +8,8 @@ use crate::command::{COMMAND_NAMES, Command, DeploySource, Target, usage};
 use crate::error::{ParseError, ParseErrorKind};
 use crate::lexer::{Token, tokenize};
 use crate::refs::{
-    MATCHER_EXPECTED, MR_EXPECTED, Matcher, MrRef, PIPELINE_EXPECTED, PipelineRef, Var,
+    JOB_EXPECTED, JobRef, MATCHER_EXPECTED, MR_EXPECTED, Matcher, MrRef, PIPELINE_EXPECTED,
+    PipelineRef, Var,
 };
 
 /// What the parser knows about where the text came from.
@@ -245,6 +246,27 @@ impl<'t> Args<'t> {
                 }
                 Command::Alerts { filter }
             }
+            "herder" => {
+                let job = match self.optional_word()? {
+                    Some(t) => Some(
+                        JobRef::parse(&t.value)
+                            .ok_or_else(|| bad(t, "job reference", JOB_EXPECTED))?,
+                    ),
+                    None => None,
+                };
+                self.finish()?;
+                Command::Herder { job }
+            }
+            "failover" | "failback" => {
+                let switch = self.name("<switch>", "failover switch name")?;
+                self.finish()?;
+                if self.command == "failover" {
+                    Command::Failover { switch }
+                } else {
+                    Command::Failback { switch }
+                }
+            }
+            "failovers" => self.finish().map(|()| Command::Failovers)?,
             "silence" => self.silence()?,
             "unsilence" => {
                 let t = self

@@ -65,6 +65,17 @@ impl MrRef {
     }
 }
 
+/// A job: a web URL (`https://host/group/project/-/jobs/123`) or `group/project/-/jobs/123`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JobRef {
+    /// The GitLab instance of a pasted web URL (see [`PipelineRef::instance`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Full project path.
+    pub project: String,
+    pub id: u64,
+}
+
 /// A CI variable override, `KEY=value`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Var {
@@ -103,6 +114,7 @@ impl MatchOp {
 }
 
 pub(crate) const PIPELINE_EXPECTED: &str = "a pipeline URL, group/project/pipelines/ID or an ID";
+pub(crate) const JOB_EXPECTED: &str = "a job URL or group/project/-/jobs/ID";
 pub(crate) const MR_EXPECTED: &str = "a merge request URL, group/project!IID or !IID";
 pub(crate) const MATCHER_EXPECTED: &str =
     "a label matcher like severity=critical, env!=dev or alertname=~\"Disk.*\"";
@@ -204,6 +216,22 @@ impl PipelineRef {
         Some(PipelineRef {
             instance,
             project: Some(project),
+            id,
+        })
+    }
+}
+
+impl JobRef {
+    /// Reads a job reference; `None` if `text` is not one.
+    pub fn parse(text: &str) -> Option<JobRef> {
+        let (instance, segs) = match url_segments(text) {
+            Some((instance, segs)) => (Some(instance), segs),
+            None => (None, plain_segments(text)?),
+        };
+        let (project, id) = split_resource(&segs, "jobs")?;
+        Some(JobRef {
+            instance,
+            project,
             id,
         })
     }
@@ -332,6 +360,15 @@ impl fmt::Display for PipelineRef {
             (Some(i), Some(p)) => write!(f, "{i}/{p}/-/pipelines/{}", self.id),
             (None, Some(p)) => write!(f, "{p}/pipelines/{}", self.id),
             (_, None) => write!(f, "{}", self.id),
+        }
+    }
+}
+
+impl fmt::Display for JobRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.instance {
+            Some(i) => write!(f, "{i}/{}/-/jobs/{}", self.project, self.id),
+            None => write!(f, "{}/-/jobs/{}", self.project, self.id),
         }
     }
 }

@@ -444,6 +444,10 @@ fn names_and_usages() {
         "alerts",
         "silence a=b for 1h",
         "unsilence abc",
+        "herder",
+        "failover beaker",
+        "failback beaker",
+        "failovers",
     ];
     let names: Vec<&str> = samples
         .iter()
@@ -512,10 +516,65 @@ fn display_is_canonical_and_parses_back() {
             "silence a!~\"b.*\" for 1h \"because it's fine\"",
         ),
         ("help status", "help status"),
+        ("herder", "herder"),
+        (
+            "herder HTTPS://H/g/p/-/jobs/5#L12",
+            "herder https://h/g/p/-/jobs/5",
+        ),
+        ("herder g/sub/p/jobs/9", "herder g/sub/p/-/jobs/9"),
+        ("failover beaker", "failover beaker"),
+        ("failback beaker-2", "failback beaker-2"),
+        ("failovers", "failovers"),
     ];
     for (input, canonical) in cases {
         let c = parse(input, &ctx).unwrap();
         assert_eq!(c.to_string(), canonical, "{input}");
         assert_eq!(parse(canonical, &ctx).unwrap(), c, "{canonical}");
     }
+}
+
+#[test]
+fn herder_and_failover_commands() {
+    assert_eq!(plain("herder"), Command::Herder { job: None });
+    assert_eq!(
+        plain("herder https://gitlab.example.com/cki/pipeline/-/jobs/123"),
+        Command::Herder {
+            job: Some(shepherd_commands::JobRef {
+                instance: Some("https://gitlab.example.com".into()),
+                project: "cki/pipeline".into(),
+                id: 123,
+            })
+        }
+    );
+    assert_eq!(
+        plain("failover beaker"),
+        Command::Failover {
+            switch: "beaker".into()
+        }
+    );
+    assert_eq!(
+        plain("failback beaker"),
+        Command::Failback {
+            switch: "beaker".into()
+        }
+    );
+    assert_eq!(plain("failovers"), Command::Failovers);
+    assert!(plain("failover x").is_mutating() && plain("failback x").is_mutating());
+    assert!(!plain("failovers").is_mutating() && !plain("herder").is_mutating());
+    for bad in [
+        "herder 123",
+        "herder g/p/-/pipelines/1",
+        "herder https://h/g/p/-/jobs/0",
+        "herder https://h/p/-/jobs/1",
+        "herder g/p/-/jobs/1 extra",
+        "failover",
+        "failover a b",
+        "failover -x",
+        "failback",
+        "failovers now",
+    ] {
+        assert!(parse(bad, &ParseContext::default()).is_err(), "{bad}");
+    }
+    assert_eq!(usage("failover"), Some("failover <switch>"));
+    assert_eq!(usage("herder"), Some("herder [job url]"));
 }

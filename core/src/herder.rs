@@ -12,8 +12,8 @@ pub mod retry;
 
 use regex::{Regex, RegexBuilder};
 
-use crate::gitlab::{GitLab, GitLabError};
-use shepherd_config::{HerderConfig, HerderMatcher};
+use crate::gitlab::{GitLab, GitLabError, Job, JobStatus};
+use shepherd_config::{HerderAction, HerderConfig, HerderMatcher};
 
 /// A pattern in the configuration that does not compile, with the key that holds it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,6 +197,85 @@ impl Compiled {
     }
 }
 
+/// What the herder would do with one job, read from GitLab without changing anything
+/// (`shepherd herder check`, and `herder <job url>` in chat).
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub project: String,
+    pub job: Job,
+    /// Whether the job's project is in `herder.projects`.
+    pub herded: bool,
+    /// The attempts of the job before it in its pipeline: its retries so far.
+    pub retries: usize,
+    /// The matcher that matched, and the trace line that did.
+    pub matcher: Option<HerderMatcher>,
+    pub message: Option<String>,
+    pub plan: Plan,
+}
+
+/// What the herder does with a job (were its project herded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// No matcher matched; `failed`: the job failed (counted as unmatched).
+    NoMatcher {
+        failed: bool,
+    },
+    /// A `retry` matcher: what [`retry::decide`] says.
+    Retry(retry::Decision),
+    Report,
+    Alert,
+}
+
+impl Herder {
+    /// Reads job `id` of `project`, its attempts and (when a matcher needs it) its trace's tail,
+    /// and judges it.
+    pub async fn inspect(
+        &self,
+        gitlab: &GitLab,
+        project: &str,
+        id: u64,
+    ) -> Result<Inspection, GitLabError> {
+        let job = gitlab.job(project, id).await?;
+        let attempts = match &job.pipeline {
+            Some(p) => gitlab.job_attempts(project, p.id, &job.name).await?,
+            None => vec![job.clone()],
+        };
+        let retries = attempts.iter().filter(|j| j.id < id).count();
+        let facts = JobFacts {
+            status: job.status.as_str(),
+            name: &job.name,
+            failure_reason: job.failure_reason.as_deref(),
+        };
+        let trace = self.trace_for(gitlab, project, id, &facts).await?;
+        let (matcher, message, plan) = match self.judge(&facts, trace.as_deref()) {
+            Verdict::NoMatcher => (
+                None,
+                None,
+                Plan::NoMatcher {
+                    failed: job.status == JobStatus::Failed,
+                },
+            ),
+            Verdict::Matched { matcher, message } => {
+                let plan = match matcher.action {
+                    HerderAction::Retry => Plan::Retry(retry::decide(matcher, id, &attempts)),
+                    HerderAction::Report => Plan::Report,
+                    HerderAction::Alert => Plan::Alert,
+                };
+                (Some(matcher.clone()), message, plan)
+            }
+        };
+        Ok(Inspection {
+            project: project.to_string(),
+            herded: self.herds(project),
+            job,
+            retries,
+            matcher,
+            message,
+            plan,
+        })
+    }
+}
+
 /// A `messages` entry: `/regex/flags` (flags from `imsx`), or a substring.
 fn message(text: &str) -> Result<Message, String> {
     let Some(body) = text.strip_prefix('/') else {
@@ -257,7 +336,6 @@ pub fn parse_job_url(base: &url::Url, text: &str) -> Result<(String, u64), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shepherd_config::HerderAction;
 
     fn matcher(name: &str, action: HerderAction) -> HerderMatcher {
         HerderMatcher {

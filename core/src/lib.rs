@@ -9,6 +9,7 @@ pub mod canary;
 pub mod commit;
 pub mod deploy;
 pub mod effects;
+pub mod failover;
 pub mod frontend;
 pub mod gitlab;
 pub mod herder;

@@ -10,6 +10,7 @@ pub mod alerts;
 mod canary;
 mod cancel;
 mod deploy;
+mod failover;
 mod help;
 pub mod herder;
 mod ping;
@@ -100,6 +101,11 @@ pub struct Services {
     pub alertmanager: Option<shepherd_core::alerts::Alertmanager>,
     /// Deploys and rollbacks (when `[deploy]` is configured).
     pub deploy: Option<shepherd_core::deploy::Deployer>,
+    /// The herder's matchers (when `[herder]` is configured), for `herder`; its targets hear
+    /// the failover switches' announcements.
+    pub herder: Option<Arc<shepherd_core::herder::Herder>>,
+    /// The `[[failover]]` switches (when any is configured).
+    pub failovers: Option<shepherd_core::failover::Failovers>,
     pub policy: Arc<Policy>,
     /// The plugins of this build (help and whoami list them).
     pub registry: Arc<Registry>,
@@ -206,6 +212,10 @@ impl Registry {
             Box::new(deploy::Deployments),
             Box::new(deploy::LockPlugin),
             Box::new(deploy::Unlock),
+            Box::new(herder::HerderPlugin),
+            Box::new(failover::FailoverPlugin),
+            Box::new(failover::Failback),
+            Box::new(failover::Failovers),
         ];
         let plugins = all.into_iter().map(|p| (p.help().command, p)).collect();
         Self { plugins }

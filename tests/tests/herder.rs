@@ -412,7 +412,7 @@ struct Herding {
     config: ShepherdConfig,
     bot: Shepherd,
     _server: Ngircd,
-    _store: TestStore,
+    store: TestStore,
 }
 
 async fn herding(backend: Backend, herder: &str) -> Herding {
@@ -446,7 +446,7 @@ flood_rate = 1000.0
         config,
         bot,
         _server: server,
-        _store: store,
+        store,
     }
 }
 
@@ -660,9 +660,50 @@ async fn retried_after_delays_given_up_at_the_limit_and_never_when_stale(backend
         said_in_ops(&h.human.received()),
         vec![
             format!("herder: oom — job `build` {oom_url}: oom: cc1: out of memory"),
-            given_up
+            given_up.clone()
         ],
         "a report and the given-up line; retries themselves are not announced"
+    );
+
+    // In chat: what it did lately, and what it would do with one job.
+    let mut bot = h.bot;
+    bot.send("herder").await;
+    bot.expect_line("herder: the latest 10 actions, newest first:", WAIT)
+        .await;
+    let boot_url = format!("{}/g/p/-/jobs/{boot}", gitlab.url());
+    bot.expect_line(
+        &format!("given up after 2 retries — job `boot` {third_url} (runner-system-failure)"),
+        WAIT,
+    )
+    .await;
+    bot.send(&format!("herder {boot_url}")).await;
+    bot.expect_line(
+        &format!("action: none — already retried (job {third} is newer)"),
+        WAIT,
+    )
+    .await;
+    bot.send(&format!("herder {third_url}")).await;
+    bot.expect_line(
+        "retries so far: 2 (attempt 3 of `boot` in its pipeline)",
+        WAIT,
+    )
+    .await;
+    bot.expect_line(
+        "action: give up — 2 of 2 retries made; would say so in the targets",
+        WAIT,
+    )
+    .await;
+    let recent = bot.lines().join("\n");
+    assert!(
+        recent.contains(&format!(
+            "retry 1 made: job {second} — job `boot` {boot_url} (runner-system-failure)"
+        )),
+        "{recent}"
+    );
+    assert_eq!(
+        retries_of(gitlab, third).len(),
+        0,
+        "`herder <job>` changes nothing"
     );
 }
 
@@ -717,3 +758,192 @@ async fn a_retry_due_at_a_crash_is_made_once_after_the_restart(backend: Backend)
 }
 
 on_both_stores!(crash, a_retry_due_at_a_crash_is_made_once_after_the_restart);
+
+const SWITCHES: &str = r#"
+[[failover]]
+name = "beaker"
+description = "test on the backup Beaker lab"
+project = "g/p"
+variables = { BEAKER_URL = "https://beaker-2.example.org", BEAKER_POOL = "backup" }
+[[failover]]
+name = "lab"
+group = "g"
+variables = { LAB = "b" }
+"#;
+
+/// The variable writes the double was asked for (creates, updates, deletes).
+fn variable_writes(gitlab: &GitLabDouble) -> Vec<String> {
+    gitlab
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/variables"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+fn vars_of(vars: Option<Vec<shepherd_tests::gitlab::CiVariable>>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vars
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| (v.key, v.value))
+        .collect();
+    out.sort();
+    out
+}
+
+fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn switches_are_set_once_announced_and_restored_exactly(backend: Backend) {
+    let gitlab_setup = |g: &GitLabDouble| {
+        g.add_project("g/p");
+        g.add_project_variable("g/p", "BEAKER_URL", "https://beaker-1.example.org");
+        g.add_project_variable("g/p", "OTHER", "kept");
+    };
+    let herder = format!("{RETRYING}{SWITCHES}");
+    let h = herding(backend, &herder).await;
+    gitlab_setup(&h.gitlab);
+    let gitlab = &h.gitlab;
+    let mut bot = h.bot;
+    let before = kv(&[
+        ("BEAKER_URL", "https://beaker-1.example.org"),
+        ("OTHER", "kept"),
+    ]);
+    assert_eq!(vars_of(gitlab.project_variables("g/p")), before);
+
+    bot.send("failovers").await;
+    bot.expect_line("beaker — off — sets BEAKER_POOL=backup BEAKER_URL=https://beaker-2.example.org on project g/p (test on the backup Beaker lab)", WAIT).await;
+    // The first create's answer is lost after it took effect: the redelivered request reads
+    // before writing, so the variable is created once.
+    gitlab.fail_next(Route::CreateVariable, 1, FaultKind::CreateThenFail(502));
+    bot.send("failover beaker").await;
+    let on = "failover: beaker (project g/p) is on: test on the backup Beaker lab — BEAKER_POOL: unset → \"backup\", BEAKER_URL: \"https://beaker-1.example.org\" → \"https://beaker-2.example.org\" (by tester)";
+    bot.expect_line(on, WAIT).await;
+    assert_eq!(
+        vars_of(gitlab.project_variables("g/p")),
+        kv(&[
+            ("BEAKER_POOL", "backup"),
+            ("BEAKER_URL", "https://beaker-2.example.org"),
+            ("OTHER", "kept")
+        ])
+    );
+    assert!(
+        h.human
+            .wait_for(WAIT, |m| said_in_ops(m).iter().any(|l| l == on))
+            .await,
+        "announced in the herder's targets: {:?}",
+        said_in_ops(&h.human.received())
+    );
+    let writes = variable_writes(gitlab);
+    assert_eq!(
+        writes.iter().filter(|w| w.starts_with("POST")).count(),
+        1,
+        "one create despite the lost answer: {writes:?}"
+    );
+    assert_eq!(
+        writes.iter().filter(|w| w.starts_with("PUT")).count(),
+        1,
+        "{writes:?}"
+    );
+
+    // Twice is one change.
+    bot.send("failover beaker").await;
+    bot.expect_line("failover: beaker (project g/p) is on already", WAIT)
+        .await;
+    assert_eq!(variable_writes(gitlab).len(), 2);
+    bot.send("failovers").await;
+    bot.expect_line("beaker — ON since", WAIT).await;
+
+    // Back: the old value restored, the new variable deleted, the rest untouched.
+    bot.send("failback beaker").await;
+    bot.expect_line("failback: beaker (project g/p) is off again — BEAKER_POOL: \"backup\" → unset, BEAKER_URL: \"https://beaker-2.example.org\" → \"https://beaker-1.example.org\"", WAIT).await;
+    assert_eq!(vars_of(gitlab.project_variables("g/p")), before);
+    bot.send("failback beaker").await;
+    bot.expect_line(
+        "failback: beaker (project g/p) is not on; nothing changed.",
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        variable_writes(gitlab).len(),
+        4,
+        "{:?}",
+        variable_writes(gitlab)
+    );
+
+    // A group's switch.
+    bot.send("failover lab").await;
+    bot.expect_line("failover: lab (group g) is on — LAB: unset → \"b\"", WAIT)
+        .await;
+    assert_eq!(vars_of(gitlab.group_variables("g")), kv(&[("LAB", "b")]));
+    bot.send("failback lab").await;
+    bot.expect_line(
+        "failback: lab (group g) is off again — LAB: \"b\" → unset",
+        WAIT,
+    )
+    .await;
+    assert_eq!(vars_of(gitlab.group_variables("g")), Vec::new());
+
+    bot.send("failover nope").await;
+    bot.expect_line(
+        "there is no failover switch \"nope\" (configured: beaker, lab)",
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        h.store
+            .count("SELECT COUNT(*) FROM audit WHERE command IN ('failover', 'failback') AND outcome = 'done'")
+            .await,
+        6,
+        "every failover and failback is audited"
+    );
+    assert_eq!(
+        variable_writes(gitlab).len(),
+        6,
+        "{:?}",
+        variable_writes(gitlab)
+    );
+}
+
+on_both_stores!(
+    failover,
+    switches_are_set_once_announced_and_restored_exactly
+);
+
+#[tokio::test]
+async fn non_production_failovers_only_describe() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gitlab = GitLabDouble::start().await;
+    gitlab.add_project("g/p");
+    gitlab.add_project_variable("g/p", "BEAKER_URL", "https://beaker-1.example.org");
+    let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.production = false;
+    config.extra = SWITCHES.into();
+    let mut bot = Shepherd::serve(&config).await;
+    bot.wait_http(WAIT).await;
+    bot.send("failover beaker").await;
+    bot.expect_line("non-production mode: failover beaker (project g/p) would change BEAKER_POOL: unset → \"backup\", BEAKER_URL: \"https://beaker-1.example.org\" → \"https://beaker-2.example.org\" — nothing was changed.", WAIT).await;
+    bot.send("failovers").await;
+    bot.expect_line("beaker — off", WAIT).await;
+    bot.send("failback beaker").await;
+    bot.expect_line(
+        "failback: beaker (project g/p) is not on; nothing changed.",
+        WAIT,
+    )
+    .await;
+    assert!(
+        variable_writes(&gitlab).is_empty(),
+        "{:?}",
+        variable_writes(&gitlab)
+    );
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM audit WHERE command = 'failover' AND outcome = 'would'")
+            .await,
+        1
+    );
+}

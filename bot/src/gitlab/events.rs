@@ -215,6 +215,7 @@ impl GitLabEvents {
                     job_name: job.build_name.clone(),
                     job_url: seen.url.to_string(),
                     pipeline_id: job.pipeline_id,
+                    git_ref: job.git_ref.clone(),
                     matcher: matcher.name.clone(),
                     retry,
                     limit: matcher.retry_limit,

@@ -53,6 +53,9 @@ pub struct PlannedRetry {
     pub job_name: String,
     pub job_url: String,
     pub pipeline_id: u64,
+    /// The pipeline's ref, from the Job Hook (empty: read from the pipeline when needed).
+    #[serde(default)]
+    pub git_ref: String,
     pub matcher: String,
     /// Which retry of the job this is (1 = the first).
     pub retry: u32,
@@ -180,7 +183,8 @@ pub async fn carry_out(
     if !attempts.iter().any(|j| j.id == plan.job_id) {
         return Ok(RetryOutcome::Gone);
     }
-    match superseded_by(gitlab, project, plan.pipeline_id).await {
+    let known_ref = Some(plan.git_ref.as_str()).filter(|r| !r.is_empty());
+    match superseded_by(gitlab, project, plan.pipeline_id, known_ref).await {
         Ok(Some(by)) => return Ok(RetryOutcome::Superseded { by }),
         Ok(None) => {}
         Err(GitLabError::NotFound { .. }) => return Ok(RetryOutcome::Gone),
@@ -238,18 +242,23 @@ fn newest_after(attempts: &[Job], id: u64) -> Option<Job> {
 
 /// The newest pipeline that supersedes pipeline `id`: a newer one of the same ref (of any of
 /// a merge request's refs, for a merge request pipeline) that shepherd did not make for
-/// someone. `None` when `id` itself is such a one-off.
+/// someone. `None` when `id` itself is such a one-off. `git_ref` is the pipeline's ref when
+/// the caller knows it (else it is read).
 pub async fn superseded_by(
     gitlab: &GitLab,
     project: &str,
     id: u64,
+    git_ref: Option<&str>,
 ) -> Result<Option<u64>, GitLabError> {
     if carries_request_id(gitlab, project, id).await? {
         return Ok(None);
     }
-    let pipeline = gitlab.pipeline(project, id).await?;
+    let git_ref = match git_ref {
+        Some(r) => r.to_string(),
+        None => gitlab.pipeline(project, id).await?.git_ref,
+    };
     let mut newest = None;
-    for git_ref in superseding_refs(&pipeline.git_ref) {
+    for git_ref in superseding_refs(&git_ref) {
         let query = PipelineQuery {
             git_ref: Some(git_ref),
             per_page: Some(SUPERSEDING_LOOKED_AT),

@@ -21,6 +21,9 @@
 //! - Canary (`bench canary [refs]`, default 20): `@shepherd test` -> all reference pipelines
 //!   created, first summary note, verdict, and the API calls spent watching the pipelines with
 //!   Pipeline Hooks and with polling only (`bench/canary.rs`).
+//! - Herder (`bench herder [jobs]`, default 1000): Job Hook -> retry request latency with a
+//!   zero delay, and a burst of failed jobs: time until all are retried, API calls per job,
+//!   the busiest minute against the budget (`bench/herder.rs`).
 //!
 //! Run: `./target/release/bench [commands]`, `./target/release/bench irc [commands]` (default
 //! 1000), `./target/release/bench hooks [deliveries]` and `./target/release/bench canary [refs]`,
@@ -30,6 +33,8 @@
 // A binary's root resolves modules beside itself; these live in `bench/`.
 #[path = "bench/canary.rs"]
 mod canary;
+#[path = "bench/herder.rs"]
+mod herder;
 #[path = "bench/hooks.rs"]
 mod hooks;
 
@@ -416,6 +421,7 @@ async fn main() {
         "irc" => return irc_main(count(&args, 1000)).await,
         "hooks" => return hooks::main(count(&args, 5000)).await,
         "canary" => return canary::main(count(&args, 20)).await,
+        "herder" => return herder::main(count(&args, 1000)).await,
         // The floor server of `bench hooks`, run as a child process.
         "hook-floor" => return hooks::floor_server().await,
         _ => {}

@@ -29,10 +29,10 @@ pub enum FaultKind {
     Slow(Duration),
     /// Drops the connection (TCP reset) without answering; the work is not done.
     Reset,
-    /// On `POST /projects/:id/pipeline`, `POST /projects/:id/merge_requests/:iid/notes` and
-    /// `POST /projects/:id/jobs/:job_id/retry`: the pipeline, note or new job is created (with its
-    /// webhook), then the answer is this status (502 from the proxy, typically). On other routes
-    /// it behaves like `Status(code)`.
+    /// On `POST /projects/:id/pipeline`, `POST /projects/:id/merge_requests/:iid/notes`,
+    /// `POST /projects/:id/jobs/:job_id/retry` and `POST .../variables`: the pipeline, note, new
+    /// job or variable is created (with its webhook), then the answer is this status (502 from the
+    /// proxy, typically). On other routes it behaves like `Status(code)`.
     CreateThenFail(u16),
     /// Never answers; the client has to give up (the work is not done).
     Timeout,

@@ -418,7 +418,7 @@ async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<Incoming>) 
         Some(FaultKind::CreateThenFail(code)) => {
             if matches!(
                 target.route,
-                Route::CreatePipeline | Route::CreateNote | Route::RetryJob
+                Route::CreatePipeline | Route::CreateNote | Route::RetryJob | Route::CreateVariable
             ) {
                 let _ = respond(&shared, &req).await;
             }
