@@ -1,8 +1,10 @@
-//! The herder (issue 13), as far as it is built: `shepherd herder check --job-url URL` judges a
-//! job of the GitLab double with the configured matchers and says what the herder would do,
-//! reading only (the double sees no write from it); and `serve` judges the double's Job Hooks,
-//! says `report` and `alert` matches once in the herder's targets on a real ngIRCd, and counts
-//! every match and every failure no matcher knows.
+//! The herder and the failover switches (issue 13), against the GitLab double and a real
+//! ngIRCd: `shepherd herder check --job-url URL` judges a job and writes nothing; `serve` judges
+//! Job Hooks, says `report` and `alert` matches once, retries after each matcher's delay exactly
+//! once per job (a redelivered hook, a kill -9 before the retry was due, a lost answer to it),
+//! gives up at the limit with a line in the targets, never retries a superseded pipeline's job,
+//! and only describes in non-production mode; `herder` in chat lists and inspects; `failover`,
+//! `failback` and `failovers` change a project's or group's variables once and restore them.
 
 use std::time::{Duration, Instant};
 
@@ -416,12 +418,17 @@ struct Herding {
 }
 
 async fn herding(backend: Backend, herder: &str) -> Herding {
+    herding_in(backend, herder, true).await
+}
+
+async fn herding_in(backend: Backend, herder: &str, production: bool) -> Herding {
     let store = TestStore::new(backend).await;
     let gitlab = GitLabDouble::start().await;
     let server = Ngircd::start(Throttle::Off).await;
     let mut human = IrcClient::connect(&server.addr(), "human").await;
     human.join("#ops").await;
     let mut config = ShepherdConfig::new(&store, &gitlab);
+    config.production = production;
     config.extra = format!(
         r##"[gitlab_comments]
 webhook_secret_env = "TEST_WEBHOOK_SECRET"
@@ -946,4 +953,37 @@ async fn non_production_failovers_only_describe() {
             .await,
         1
     );
+}
+
+#[tokio::test]
+async fn non_production_retries_are_only_described() {
+    let h = herding_in(Backend::Sqlite, RETRYING, false).await;
+    let p = h.gitlab.add_pipeline("g/p", "main", "running", &[]);
+    let boot = h.gitlab.add_job(p.id, "boot", "test", "running");
+    h.gitlab
+        .set_job_status(boot, "failed", Some("runner_system_failure"));
+    let url = format!("{}/g/p/-/jobs/{boot}", h.gitlab.url());
+    let line = format!(
+        "herder: non-production mode: would retry job `boot` {url} now (runner-system-failure, retry 1 of 2) — nothing was sent."
+    );
+    assert!(
+        h.human
+            .wait_for(WAIT, |m| said_in_ops(m).contains(&line))
+            .await,
+        "{:?}\n{}",
+        said_in_ops(&h.human.received()),
+        h.bot.stderr()
+    );
+    wait_metric(
+        &h.bot,
+        &retried("runner-system-failure", "would_retry"),
+        1.0,
+    )
+    .await;
+    assert!(
+        h.gitlab.requests().iter().all(|r| r.method == "GET"),
+        "{:?}",
+        h.gitlab.requests()
+    );
+    assert_eq!(h.gitlab.jobs(p.id).len(), 1, "no new attempt");
 }
