@@ -210,16 +210,10 @@ impl Failovers {
         if !recovered {
             let current = by_key(self.gitlab.ci_variables(owner).await?);
             if !production {
-                let changes = switch
-                    .variables
-                    .iter()
-                    .map(|(k, v)| VariableChange {
-                        key: k.clone(),
-                        before: current.get(k).cloned(),
-                        after: Some(v.clone()),
-                    })
-                    .collect();
-                return Ok(Change::Would { changes });
+                let wanted = switch.variables.iter().map(|(k, v)| (k, Some(v)));
+                return Ok(Change::Would {
+                    changes: described(wanted, &current),
+                });
             }
             // What was there, saved with the mark before anything is written.
             let mut tx = self.store.begin().await?;
@@ -308,15 +302,10 @@ impl Failovers {
         if !recovered {
             if !production {
                 let current = by_key(self.gitlab.ci_variables(owner).await?);
-                let changes = restore
-                    .iter()
-                    .map(|(k, v)| VariableChange {
-                        key: k.clone(),
-                        before: current.get(k).cloned(),
-                        after: v.clone(),
-                    })
-                    .collect();
-                return Ok(Change::Would { changes });
+                let wanted = restore.iter().map(|(k, v)| (k, v.as_ref()));
+                return Ok(Change::Would {
+                    changes: described(wanted, &current),
+                });
             }
             let taken = sqlx::query(
                 "UPDATE failover_switches SET state = 'restoring', request_id = $1, identity = $2, person = $3, changed_at = $4 \
@@ -445,6 +434,20 @@ pub fn owner_of(switch: &FailoverSwitch) -> VariableOwner<'_> {
         (None, Some(g)) => VariableOwner::Group(g),
         (None, None) => VariableOwner::Project(""),
     }
+}
+
+/// What making the variables `wanted` (`None`: absent) would change from `current`.
+fn described<'a>(
+    wanted: impl Iterator<Item = (&'a String, Option<&'a String>)>,
+    current: &BTreeMap<String, String>,
+) -> Vec<VariableChange> {
+    wanted
+        .map(|(key, after)| VariableChange {
+            key: key.clone(),
+            before: current.get(key).cloned(),
+            after: after.cloned(),
+        })
+        .collect()
 }
 
 fn by_key(vars: Vec<CiVariable>) -> BTreeMap<String, String> {

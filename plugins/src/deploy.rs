@@ -692,7 +692,7 @@ fn announce(
         .service(service)
         .map(|s| s.announce.clone())
         .unwrap_or_default();
-    announcements(targets, origin, text)
+    crate::util::announcements(targets, origin, text)
 }
 
 /// Every service's `announce` rooms (for locks, which hold for all services).
@@ -703,16 +703,5 @@ fn announce_all(deployer: &Deployer, origin: &Origin, text: &str) -> Vec<(Origin
         .iter()
         .flat_map(|s| s.announce.clone())
         .collect();
-    announcements(targets, origin, text)
-}
-
-fn announcements(mut targets: Vec<String>, origin: &Origin, text: &str) -> Vec<(Origin, String)> {
-    targets.sort();
-    targets.dedup();
-    targets
-        .iter()
-        .filter_map(|t| Origin::parse(t))
-        .filter(|o| !(o.frontend == origin.frontend && o.room == origin.room))
-        .map(|o| (o, text.to_string()))
-        .collect()
+    crate::util::announcements(targets, origin, text)
 }

@@ -85,19 +85,12 @@ fn changes_text(changes: &[VariableChange]) -> String {
 
 /// The herder's targets, except the asker's own room (which gets the reply).
 fn announcements(services: &Services, origin: &Origin, text: &str) -> Vec<(Origin, String)> {
-    let mut targets: Vec<String> = services
+    let targets = services
         .herder
         .as_ref()
         .map(|h| h.config().targets.clone())
         .unwrap_or_default();
-    targets.sort();
-    targets.dedup();
-    targets
-        .iter()
-        .filter_map(|t| Origin::parse(t))
-        .filter(|o| !(o.frontend == origin.frontend && o.room == origin.room))
-        .map(|o| (o, text.to_string()))
-        .collect()
+    crate::util::announcements(targets, origin, text)
 }
 
 /// The reply, announcement and audit entry of a failover or failback.

@@ -1,6 +1,7 @@
 //! Small helpers shared by plugins: resolving references, mapping errors, durations.
 
 use shepherd_commands::{MrRef, PipelineRef};
+use shepherd_core::Origin;
 use shepherd_core::gitlab::GitLabError;
 
 use crate::{Call, PluginError, Services};
@@ -62,6 +63,22 @@ pub fn gitlab_error(e: GitLabError) -> PluginError {
     } else {
         PluginError::Refuse(e.user_message())
     }
+}
+
+/// `text` for each of `targets` (once each), except the asker's own room, which gets the reply.
+pub fn announcements(
+    mut targets: Vec<String>,
+    origin: &Origin,
+    text: &str,
+) -> Vec<(Origin, String)> {
+    targets.sort();
+    targets.dedup();
+    targets
+        .iter()
+        .filter_map(|t| Origin::parse(t))
+        .filter(|o| !(o.frontend == origin.frontend && o.room == origin.room))
+        .map(|o| (o, text.to_string()))
+        .collect()
 }
 
 /// `1h 2m 3s` style, for pipeline durations.

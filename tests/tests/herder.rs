@@ -251,37 +251,10 @@ fn said_in_ops(msgs: &[Message]) -> Vec<String> {
 
 #[tokio::test]
 async fn job_hooks_are_judged_reports_said_once_and_matches_counted() {
-    let store = TestStore::new(Backend::Sqlite).await;
-    let gitlab = GitLabDouble::start().await;
-    let server = Ngircd::start(Throttle::Off).await;
-    let mut human = IrcClient::connect(&server.addr(), "human").await;
-    human.join("#ops").await;
-    let mut config = ShepherdConfig::new(&store, &gitlab);
-    config.extra = format!(
-        r##"[irc]
-server = "127.0.0.1"
-port = {port}
-tls = false
-channels = ["#ops"]
-flood_burst = 1000
-flood_rate = 1000.0
-{herder}"##,
-        port = server.port(),
-        herder = HERDER
-            .replace("targets = []", "targets = [\"irc:#ops\"]")
-            .replace("TEST_HOOK_SECRET", "TEST_WEBHOOK_SECRET"),
-    );
-    config
-        .env
-        .push(("TEST_WEBHOOK_SECRET".into(), SECRET.into()));
-    let bot = Shepherd::serve(&config).await;
-    bot.wait_http(WAIT).await;
-    assert!(
-        human.wait_for(WAIT, joined("shepherd", "#ops")).await,
-        "{}",
-        bot.stderr()
-    );
-    gitlab.set_webhook(&format!("{}/hooks/gitlab", bot.base_url()), SECRET);
+    let (_, herder) = HERDER.split_once("[herder]").expect("a [herder] section");
+    let herder = format!("[herder]{herder}").replace("targets = []", "targets = [\"irc:#ops\"]");
+    let h = herding(Backend::Sqlite, &herder).await;
+    let (gitlab, human, bot) = (&h.gitlab, &h.human, &h.bot);
 
     let p = gitlab.add_pipeline("g/p", "main", "running", &[]);
     let oom = gitlab.add_job(p.id, "build", "build", "running");
@@ -369,7 +342,7 @@ flood_rate = 1000.0
         "{:?}",
         gitlab.requests()
     );
-    let traced = trace_reads(&gitlab);
+    let traced = trace_reads(gitlab);
     assert_eq!(traced.len(), 2, "oom and lint only: {traced:?}");
 }
 
