@@ -362,6 +362,7 @@ impl App {
                                 watches = p.watches,
                                 effects = p.effects,
                                 alert_notices = p.alert_notices,
+                                herder_actions = p.herder_actions,
                                 "retention: old finished rows deleted"
                             );
                         }

@@ -261,10 +261,12 @@ pub struct Pruned {
     pub outbox: u64,
     pub watches: u64,
     pub alert_notices: u64,
+    pub herder_actions: u64,
 }
 
 /// Deletes what is finished and older than `before` (Unix ms): done requests and their
-/// idempotency records, delivered messages, ended watches, alert notices. Dead requests, the
+/// idempotency records, delivered messages, ended watches, alert notices, the herder's recorded
+/// actions. Dead requests, the
 /// audit log, pipelines started and canary runs stay. Slot messages whose slot is still in use
 /// are not needed once delivered: the slot row keeps the note id.
 pub async fn prune(store: &Store, before: i64) -> Result<Pruned, StoreError> {
@@ -308,6 +310,11 @@ pub async fn prune(store: &Store, before: i64) -> Result<Pruned, StoreError> {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+    let herder_actions = sqlx::query("DELETE FROM herder_actions WHERE created_at < $1")
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     tx.commit().await?;
     Ok(Pruned {
         requests,
@@ -315,6 +322,7 @@ pub async fn prune(store: &Store, before: i64) -> Result<Pruned, StoreError> {
         outbox,
         watches,
         alert_notices,
+        herder_actions,
     })
 }
 

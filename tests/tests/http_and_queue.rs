@@ -621,9 +621,33 @@ async fn queue_contract(backend: Backend) {
     let done_before: i64 = test_store
         .count("SELECT COUNT(*) FROM requests WHERE state = 'done'")
         .await;
+    let action = shepherd_core::herder::actions::Action {
+        kind: shepherd_core::herder::actions::ActionKind::Retried,
+        project: "g/p".into(),
+        job_id: 7,
+        job_name: "boot".into(),
+        job_url: "https://gitlab.example.com/g/p/-/jobs/7".into(),
+        matcher: "runner".into(),
+        retry: Some(1),
+        new_job_id: Some(8),
+        detail: None,
+        at: 0,
+    };
+    assert!(
+        shepherd_core::herder::actions::record(&store, &action)
+            .await
+            .expect("record")
+    );
+    assert!(
+        !shepherd_core::herder::actions::record(&store, &action)
+            .await
+            .expect("record"),
+        "an action is recorded once per job and kind"
+    );
     let pruned = shepherd_core::store::prune(&store, shepherd_core::store::now_ms() + 1)
         .await
         .expect("prune");
+    assert_eq!(pruned.herder_actions, 1, "old herder actions go");
     assert_eq!(
         pruned.requests as i64,
         done_before - 1,
