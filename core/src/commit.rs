@@ -100,7 +100,7 @@ impl GroupStats {
         Self {
             groups: counter(
                 "store_group_commits_total",
-                "Transactions of the group writer (requests and lines from outside)",
+                "Transactions of the group writer that held requests or lines from outside (on SQLite: writer turns with a group; turns of lease and completion runs alone are not counted)",
             ),
             writes: counter(
                 "store_group_writes_total",
