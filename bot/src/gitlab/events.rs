@@ -176,20 +176,24 @@ impl GitLabEvents {
         seen: &Seen<'_>,
     ) -> Result<(), EventError> {
         let job = seen.job;
-        let attempts = match self
-            .services
-            .gitlab
-            .job_attempts(seen.project, job.pipeline_id, &job.build_name)
-            .await
+        let decision = match retry::plan(
+            &self.services.gitlab,
+            matcher,
+            seen.project,
+            job.pipeline_id,
+            &job.build_name,
+            job.build_id,
+        )
+        .await
         {
-            Ok(attempts) => attempts,
+            Ok(decision) => decision,
             Err(e) if e.is_retryable() => return Err(EventError::Retry(e.to_string())),
             Err(e) => {
                 tracing::warn!(job = job.build_id, error = %e, "herder: cannot read the job's attempts; not retrying it");
                 return Ok(());
             }
         };
-        match retry::decide(matcher, job.build_id, &attempts) {
+        match decision {
             Decision::AlreadyRetried { newer } => {
                 tracing::info!(
                     job = job.build_id,
@@ -220,11 +224,9 @@ impl GitLabEvents {
                     retry,
                     limit: matcher.retry_limit,
                 };
-                let payload = serde_json::to_string(&plan)
-                    .map_err(|e| EventError::Unreadable(e.to_string()))
-                    .and_then(|text| {
-                        Payload::from_json(text).map_err(|e| EventError::Unreadable(e.to_string()))
-                    })?;
+                let payload = serde_json::to_value(&plan)
+                    .map(Payload::from)
+                    .map_err(|e| EventError::Unreadable(e.to_string()))?;
                 let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
                 let request = NewRequest {
                     kind: RETRY_KIND.to_string(),
@@ -274,18 +276,7 @@ impl GitLabEvents {
             self.services.production,
         )
         .await;
-        let mut action = Action {
-            kind: ActionKind::Skipped,
-            project: plan.project.clone(),
-            job_id: plan.job_id,
-            job_name: plan.job_name.clone(),
-            job_url: plan.job_url.clone(),
-            matcher: plan.matcher.clone(),
-            retry: Some(plan.retry),
-            new_job_id: None,
-            detail: None,
-            at: 0,
-        };
+        let mut action = plan.action(ActionKind::Skipped);
         let mut line = None;
         let label = match outcome {
             Ok(RetryOutcome::Retried { job, recovered }) => {

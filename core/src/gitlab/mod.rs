@@ -356,35 +356,33 @@ impl GitLab {
             variables: &'a [Variable],
         }
         let body = json_body(&Body { git_ref, variables }, "the pipeline request")?;
-        let call = Call {
-            method: Method::POST,
-            endpoint: "POST /projects/:id/pipeline",
-            url: self.url(&["projects", project_segment(project), "pipeline"]),
-            body: Some(body),
-            repeat: Repeat::OnlyIfNoEffect,
-            what: project_what(project),
-            tail: None,
-        };
+        let call = Self::write(
+            Method::POST,
+            "POST /projects/:id/pipeline",
+            self.url(&["projects", project_segment(project), "pipeline"]),
+            Some(body),
+            Repeat::OnlyIfNoEffect,
+            project_what(project),
+        );
         self.call_json(&call).await
     }
 
     /// `POST /projects/:id/pipelines/:pipeline_id/cancel`. Idempotent, so retried normally.
     pub async fn cancel_pipeline(&self, project: &str, id: u64) -> Result<Pipeline, GitLabError> {
-        let call = Call {
-            method: Method::POST,
-            endpoint: "POST /projects/:id/pipelines/:pipeline_id/cancel",
-            url: self.url(&[
+        let call = Self::write(
+            Method::POST,
+            "POST /projects/:id/pipelines/:pipeline_id/cancel",
+            self.url(&[
                 "projects",
                 project_segment(project),
                 "pipelines",
                 &id.to_string(),
                 "cancel",
             ]),
-            body: None,
-            repeat: Repeat::Safe,
-            what: pipeline_what(project, id),
-            tail: None,
-        };
+            None,
+            Repeat::Safe,
+            pipeline_what(project, id),
+        );
         self.call_json(&call).await
     }
 
@@ -518,21 +516,20 @@ impl GitLab {
     /// new job), so an ambiguous failure is not retried here: the caller looks for a newer job
     /// of the same name in the pipeline before trying again.
     pub async fn retry_job(&self, project: &str, id: u64) -> Result<Job, GitLabError> {
-        let call = Call {
-            method: Method::POST,
-            endpoint: "POST /projects/:id/jobs/:job_id/retry",
-            url: self.url(&[
+        let call = Self::write(
+            Method::POST,
+            "POST /projects/:id/jobs/:job_id/retry",
+            self.url(&[
                 "projects",
                 project_segment(project),
                 "jobs",
                 &id.to_string(),
                 "retry",
             ]),
-            body: None,
-            repeat: Repeat::OnlyIfNoEffect,
-            what: format!("job {id} of {project}"),
-            tail: None,
-        };
+            None,
+            Repeat::OnlyIfNoEffect,
+            format!("job {id} of {project}"),
+        );
         self.call_json(&call).await
     }
 
@@ -633,21 +630,20 @@ impl GitLab {
         iid: u64,
         body: &str,
     ) -> Result<Note, GitLabError> {
-        let call = Call {
-            method: Method::POST,
-            endpoint: "POST /projects/:id/merge_requests/:merge_request_iid/notes",
-            url: self.url(&[
+        let call = Self::write(
+            Method::POST,
+            "POST /projects/:id/merge_requests/:merge_request_iid/notes",
+            self.url(&[
                 "projects",
                 project_segment(project),
                 "merge_requests",
                 &iid.to_string(),
                 "notes",
             ]),
-            body: Some(note_body(body)?),
-            repeat: Repeat::OnlyIfNoEffect,
-            what: merge_request_what(project, iid),
-            tail: None,
-        };
+            Some(note_body(body)?),
+            Repeat::OnlyIfNoEffect,
+            merge_request_what(project, iid),
+        );
         self.call_json(&call).await
     }
 
@@ -661,10 +657,10 @@ impl GitLab {
         note_id: u64,
         body: &str,
     ) -> Result<Note, GitLabError> {
-        let call = Call {
-            method: Method::PUT,
-            endpoint: "PUT /projects/:id/merge_requests/:merge_request_iid/notes/:note_id",
-            url: self.url(&[
+        let call = Self::write(
+            Method::PUT,
+            "PUT /projects/:id/merge_requests/:merge_request_iid/notes/:note_id",
+            self.url(&[
                 "projects",
                 project_segment(project),
                 "merge_requests",
@@ -672,11 +668,10 @@ impl GitLab {
                 "notes",
                 &note_id.to_string(),
             ]),
-            body: Some(note_body(body)?),
-            repeat: Repeat::Safe,
-            what: format!("note {note_id} of {}", merge_request_what(project, iid)),
-            tail: None,
-        };
+            Some(note_body(body)?),
+            Repeat::Safe,
+            format!("note {note_id} of {}", merge_request_what(project, iid)),
+        );
         self.call_json(&call).await
     }
 

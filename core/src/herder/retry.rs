@@ -26,6 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use shepherd_config::HerderMatcher;
 
+use super::actions::{Action, ActionKind};
 use crate::effects;
 use crate::gitlab::{GitLab, GitLabError, Job, PipelineQuery};
 use crate::once::{self, CreateFailure, OnceError};
@@ -70,6 +71,24 @@ impl PlannedRetry {
     }
 }
 
+impl PlannedRetry {
+    /// This retry's action of `kind`, to record (see [`super::actions`]).
+    pub fn action(&self, kind: ActionKind) -> Action {
+        Action {
+            kind,
+            project: self.project.clone(),
+            job_id: self.job_id,
+            job_name: self.job_name.clone(),
+            job_url: self.job_url.clone(),
+            matcher: self.matcher.clone(),
+            retry: Some(self.retry),
+            new_job_id: None,
+            detail: None,
+            at: 0,
+        }
+    }
+}
+
 /// What the herder does with a job a `retry` matcher matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -103,6 +122,20 @@ pub fn decide(matcher: &HerderMatcher, job_id: u64, attempts: &[Job]) -> Decisio
         retry,
         delay: matcher.retry_delay(retry),
     }
+}
+
+/// Reads the attempts of job `job_id` (named `name`, in pipeline `pipeline_id` of `project`)
+/// and [`decide`]s.
+pub async fn plan(
+    gitlab: &GitLab,
+    matcher: &HerderMatcher,
+    project: &str,
+    pipeline_id: u64,
+    name: &str,
+    job_id: u64,
+) -> Result<Decision, GitLabError> {
+    let attempts = gitlab.job_attempts(project, pipeline_id, name).await?;
+    Ok(decide(matcher, job_id, &attempts))
 }
 
 /// What became of a due retry.
